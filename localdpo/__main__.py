@@ -1,0 +1,5 @@
+import sys
+
+from localdpo.cli import main
+
+sys.exit(main())

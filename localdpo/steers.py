@@ -1,0 +1,251 @@
+"""Steer records and JSONL files.
+
+A steer is what a person produces when they stop a model mid-answer, correct one part of what it wrote and
+let it resume: `prompt`, the assistant `prefix` kept as written, the model's original continuation
+(`rejected`) and the correction (`chosen`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+Messages = list[dict[str, str]]
+Prompt = Union[str, Messages]
+
+STEER_FIELDS = ("prompt", "prefix", "rejected", "chosen", "chosen_complete", "rejected_complete", "id", "meta")
+
+
+class SteerValidationError(ValueError):
+    """A steer field holds a bad value; `field` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"field '{field_name}': {message}")
+        self.field = field_name
+
+
+class SteerFileError(ValueError):
+    """A row of a steer file is bad; the message names the file, the line and the field."""
+
+    def __init__(self, path: str | os.PathLike, line: int, field_name: str | None, message: str):
+        where = f"{path}:{line}"
+        what = f"field '{field_name}': {message}" if field_name else message
+        super().__init__(f"{where}: {what}")
+        self.path = str(path)
+        self.line = line
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One correction of a model's answer at a point inside it.
+
+    The training pair is `prompt + prefix + chosen` (preferred) against `prompt + prefix + rejected`.
+    """
+
+    prompt: Prompt
+    """The user turn: plain text, or chat messages `{"role", "content"}` rendered with the chat template."""
+    prefix: str
+    """Assistant text written before the mistake, kept as it was (may be empty)."""
+    rejected: str
+    """What the model wrote from that point on (may run on past the corrected part)."""
+    chosen: str
+    """The correction from that point on; may be partial (need not reach the end of the answer)."""
+    chosen_complete: bool = False
+    """The correction ends the answer: the end-of-turn token is appended to `chosen`."""
+    rejected_complete: bool = False
+    """The rejected text ends the answer too (whole-answer preference rows); steers leave this False."""
+    id: str | None = None
+    """Stable identifier; caches and results point back to it."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form metadata (task, the model's full output, ...)."""
+
+    def __post_init__(self) -> None:
+        validate_steer(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise SteerValidationError(name, f"expected a string, got {type(value).__name__}")
+
+
+def _check_messages(messages: list) -> None:
+    if not messages:
+        raise SteerValidationError("prompt", "message list is empty")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise SteerValidationError("prompt", f"message {i} is {type(message).__name__}, expected an object")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise SteerValidationError("prompt", f"message {i} needs a string '{key}'")
+
+
+def validate_steer(steer: Steer) -> None:
+    """Raise `SteerValidationError` naming the first bad field of `steer`."""
+    if isinstance(steer.prompt, list):
+        _check_messages(steer.prompt)
+    elif isinstance(steer.prompt, str):
+        if not steer.prompt:
+            raise SteerValidationError("prompt", "is empty")
+    else:
+        raise SteerValidationError("prompt", f"expected a string or a list of messages, got {type(steer.prompt).__name__}")
+    for name in ("prefix", "rejected", "chosen"):
+        _check_str(name, getattr(steer, name))
+    for name in ("chosen_complete", "rejected_complete"):
+        if not isinstance(getattr(steer, name), bool):
+            raise SteerValidationError(name, f"expected a bool, got {type(getattr(steer, name)).__name__}")
+    if steer.id is not None and not isinstance(steer.id, str):
+        raise SteerValidationError("id", f"expected a string, got {type(steer.id).__name__}")
+    if not isinstance(steer.meta, dict):
+        raise SteerValidationError("meta", f"expected an object, got {type(steer.meta).__name__}")
+    if not steer.chosen and not steer.chosen_complete:
+        raise SteerValidationError("chosen", "is empty (a correction needs text, or chosen_complete=true to end the answer)")
+    if steer.chosen == steer.rejected and steer.chosen_complete == steer.rejected_complete:
+        raise SteerValidationError("chosen", "is identical to rejected: nothing was corrected")
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _assistant_text(value: Any, name: str) -> str:
+    """A TRL completion is a string or a list holding one assistant message."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if value[0].get("role") != "assistant" or not isinstance(value[0].get("content"), str):
+            raise SteerValidationError(name, "expected one assistant message with string content")
+        return value[0]["content"]
+    raise SteerValidationError(name, f"expected a string or one assistant message, got {type(value).__name__}")
+
+
+def steer_from_row(row: dict[str, Any], *, default_id: str | None = None) -> Steer:
+    """Build a steer from a JSON object: a steer row, or a TRL-style `prompt`/`chosen`/`rejected` row.
+
+    A TRL row (no `prefix` key) holds two whole answers: their longest common prefix becomes `prefix`,
+    and both sides are complete (each ends with the end-of-turn token).
+    """
+    if not isinstance(row, dict):
+        raise SteerValidationError("<row>", f"expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(STEER_FIELDS))
+    if unknown:
+        raise SteerValidationError(unknown[0], f"unknown field (known: {', '.join(STEER_FIELDS)})")
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in row:
+            raise SteerValidationError(name, "is missing")
+    meta = row.get("meta", {})
+    if "prefix" in row:
+        values = dict(row)
+    else:
+        chosen = _assistant_text(row["chosen"], "chosen")
+        rejected = _assistant_text(row["rejected"], "rejected")
+        cut = common_prefix_length(chosen, rejected)
+        values = dict(row, prefix=chosen[:cut], chosen=chosen[cut:], rejected=rejected[cut:])
+        values.setdefault("chosen_complete", True)
+        values.setdefault("rejected_complete", True)
+        meta = dict(meta) if isinstance(meta, dict) else meta
+        if isinstance(meta, dict):
+            meta.setdefault("source_format", "trl_preference")
+    values["meta"] = meta
+    if values.get("id") is None and default_id is not None:
+        values["id"] = default_id
+    return Steer(**{k: values[k] for k in STEER_FIELDS if k in values})
+
+
+@dataclass
+class LoadReport:
+    """What `load_steers` read: rows kept and rows skipped with the reason for each."""
+
+    path: str
+    loaded: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    """(line number, error message) for every skipped row."""
+
+    def summary(self) -> str:
+        text = f"{self.path}: loaded {self.loaded} steers, skipped {len(self.skipped)} bad rows"
+        for line, message in self.skipped[:20]:
+            text += f"\n  line {line}: {message}"
+        if len(self.skipped) > 20:
+            text += f"\n  ... and {len(self.skipped) - 20} more"
+        return text
+
+
+def load_steers(
+    path: str | os.PathLike,
+    *,
+    skip_invalid: bool = False,
+    return_report: bool = False,
+) -> list[Steer] | tuple[list[Steer], LoadReport]:
+    """Steers read from a JSONL file, one per non-blank line.
+
+    Steers without an `id` get `"<file stem>:<line>"`. A bad row raises `SteerFileError` naming the file,
+    line and field; with `skip_invalid=True` bad rows are skipped instead, and the report (printed as a
+    warning, returned with `return_report=True`) lists how many and which.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"steer file not found: {path}")
+    steers: list[Steer] = []
+    report = LoadReport(path=str(path))
+    seen_ids: dict[str, int] = {}
+    with path.open("r", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise SteerFileError(path, line_number, None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+                try:
+                    steer = steer_from_row(row, default_id=f"{path.stem}:{line_number}")
+                except SteerValidationError as error:
+                    raise SteerFileError(path, line_number, error.field, str(error).split(": ", 1)[1]) from None
+                except TypeError as error:
+                    raise SteerFileError(path, line_number, None, str(error)) from None
+                if steer.id in seen_ids:
+                    raise SteerFileError(path, line_number, "id", f"duplicate id {steer.id!r} (first on line {seen_ids[steer.id]})")
+            except SteerFileError as error:
+                if not skip_invalid:
+                    raise
+                report.skipped.append((line_number, str(error)))
+                continue
+            seen_ids[steer.id] = line_number
+            steers.append(steer)
+    report.loaded = len(steers)
+    if report.skipped:
+        import warnings
+
+        warnings.warn(report.summary(), stacklevel=2)
+    return (steers, report) if return_report else steers
+
+
+def save_steers(steers: Iterable[Steer], path: str | os.PathLike) -> Path:
+    """Write steers as JSONL atomically (temporary file, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for steer in steers:
+                handle.write(json.dumps(steer.to_dict(), ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
