@@ -78,7 +78,11 @@ def collate_pairs(
         masks = [getattr(e, f"{side}_mask") for e in examples]
         length = length_of(ids)
         batch[ids_key] = pad_right(ids, pad_token_id, length)  # (B, T)
-        batch[attn_key] = pad_right([torch.ones_like(i, dtype=torch.bool) for i in ids], False, length)  # (B, T)
+        batch[attn_key] = pad_right(
+            [torch.ones_like(i, dtype=torch.bool) for i in ids], False, length
+        )  # (B, T)
         batch[loss_key] = pad_right(masks, False, length)  # (B, T)
-    batch[INDEX] = torch.tensor(list(indices) if indices is not None else range(len(examples)), dtype=torch.long)
+    batch[INDEX] = torch.tensor(
+        list(indices) if indices is not None else range(len(examples)), dtype=torch.long
+    )
     return batch

@@ -24,12 +24,16 @@ def embedded_gguf_path() -> Path:
     """Path of the embedded GGUF file; a clear error with the install command when it is missing."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the embedded model package '{EMBEDDED_PACKAGE}' is not installed: {INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"the embedded model package '{EMBEDDED_PACKAGE}' is not installed: {INSTALL_HINT}"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / EMBEDDED_GGUF
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{EMBEDDED_GGUF} not found in {list(spec.submodule_search_locations)}: {INSTALL_HINT}")
+    raise FileNotFoundError(
+        f"{EMBEDDED_GGUF} not found in {list(spec.submodule_search_locations)}: {INSTALL_HINT}"
+    )
 
 
 def embedded_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -61,7 +61,9 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, *, chunk_size: in
     Shape: logits (B, T, V), input_ids (B, T) -> (B, T) float32.
     """
     if logits.shape[:2] != input_ids.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} disagree on (B, T)")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} disagree on (B, T)"
+        )
     batch, length = input_ids.shape
     out = logits.new_zeros((batch, length), dtype=torch.float32)
     if length < 2:
@@ -142,7 +144,10 @@ def localized_dpo_loss(
             f"chosen shapes disagree: policy {tuple(policy_chosen_logps.shape)}, reference "
             f"{tuple(ref_chosen_logps.shape)}, mask {tuple(chosen_mask.shape)}"
         )
-    if policy_rejected_logps.shape != ref_rejected_logps.shape or policy_rejected_logps.shape != rejected_mask.shape:
+    if (
+        policy_rejected_logps.shape != ref_rejected_logps.shape
+        or policy_rejected_logps.shape != rejected_mask.shape
+    ):
         raise ValueError(
             f"rejected shapes disagree: policy {tuple(policy_rejected_logps.shape)}, reference "
             f"{tuple(ref_rejected_logps.shape)}, mask {tuple(rejected_mask.shape)}"

@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any, Union
 
 Messages = list[dict[str, str]]
-Prompt = Union[str, Messages]
+Prompt = Union[str, Messages]  # noqa: UP007 (a runtime alias: `|` needs Python 3.10 objects)
 
-STEER_FIELDS = ("prompt", "prefix", "rejected", "chosen", "chosen_complete", "rejected_complete", "id", "meta")
+STEER_FIELDS = (
+    "prompt",
+    "prefix",
+    "rejected",
+    "chosen",
+    "chosen_complete",
+    "rejected_complete",
+    "id",
+    "meta",
+)
 
 
 class SteerValidationError(ValueError):
@@ -82,7 +91,9 @@ def _check_messages(messages: list) -> None:
         raise SteerValidationError("prompt", "message list is empty")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise SteerValidationError("prompt", f"message {i} is {type(message).__name__}, expected an object")
+            raise SteerValidationError(
+                "prompt", f"message {i} is {type(message).__name__}, expected an object"
+            )
         for key in ("role", "content"):
             if not isinstance(message.get(key), str):
                 raise SteerValidationError("prompt", f"message {i} needs a string '{key}'")
@@ -96,7 +107,9 @@ def validate_steer(steer: Steer) -> None:
         if not steer.prompt:
             raise SteerValidationError("prompt", "is empty")
     else:
-        raise SteerValidationError("prompt", f"expected a string or a list of messages, got {type(steer.prompt).__name__}")
+        raise SteerValidationError(
+            "prompt", f"expected a string or a list of messages, got {type(steer.prompt).__name__}"
+        )
     for name in ("prefix", "rejected", "chosen"):
         _check_str(name, getattr(steer, name))
     for name in ("chosen_complete", "rejected_complete"):
@@ -107,7 +120,9 @@ def validate_steer(steer: Steer) -> None:
     if not isinstance(steer.meta, dict):
         raise SteerValidationError("meta", f"expected an object, got {type(steer.meta).__name__}")
     if not steer.chosen and not steer.chosen_complete:
-        raise SteerValidationError("chosen", "is empty (a correction needs text, or chosen_complete=true to end the answer)")
+        raise SteerValidationError(
+            "chosen", "is empty (a correction needs text, or chosen_complete=true to end the answer)"
+        )
     if steer.chosen == steer.rejected and steer.chosen_complete == steer.rejected_complete:
         raise SteerValidationError("chosen", "is identical to rejected: nothing was corrected")
 
@@ -129,7 +144,9 @@ def _assistant_text(value: Any, name: str) -> str:
         if value[0].get("role") != "assistant" or not isinstance(value[0].get("content"), str):
             raise SteerValidationError(name, "expected one assistant message with string content")
         return value[0]["content"]
-    raise SteerValidationError(name, f"expected a string or one assistant message, got {type(value).__name__}")
+    raise SteerValidationError(
+        name, f"expected a string or one assistant message, got {type(value).__name__}"
+    )
 
 
 def steer_from_row(row: dict[str, Any], *, default_id: str | None = None) -> Steer:
@@ -209,15 +226,24 @@ def load_steers(
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise SteerFileError(path, line_number, None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+                    raise SteerFileError(
+                        path, line_number, None, f"invalid JSON ({error.msg} at column {error.colno})"
+                    ) from None
                 try:
                     steer = steer_from_row(row, default_id=f"{path.stem}:{line_number}")
                 except SteerValidationError as error:
-                    raise SteerFileError(path, line_number, error.field, str(error).split(": ", 1)[1]) from None
+                    raise SteerFileError(
+                        path, line_number, error.field, str(error).split(": ", 1)[1]
+                    ) from None
                 except TypeError as error:
                     raise SteerFileError(path, line_number, None, str(error)) from None
                 if steer.id in seen_ids:
-                    raise SteerFileError(path, line_number, "id", f"duplicate id {steer.id!r} (first on line {seen_ids[steer.id]})")
+                    raise SteerFileError(
+                        path,
+                        line_number,
+                        "id",
+                        f"duplicate id {steer.id!r} (first on line {seen_ids[steer.id]})",
+                    )
             except SteerFileError as error:
                 if not skip_invalid:
                     raise

@@ -68,6 +68,11 @@ def divergent_span(
     """
     chosen = chosen_ids.tolist() if isinstance(chosen_ids, torch.Tensor) else list(chosen_ids)
     rejected = rejected_ids.tolist() if isinstance(rejected_ids, torch.Tensor) else list(rejected_ids)
+    if not all(isinstance(t, int) for t in (*chosen, *rejected)):
+        # any hashable tokens (e.g. strings in examples): intern them as small ints
+        interned: dict = {}
+        chosen = [interned.setdefault(t, len(interned)) for t in chosen]
+        rejected = [interned.setdefault(t, len(interned)) for t in rejected]
     if chosen == rejected:
         raise ValueError("chosen and rejected token ids are identical: there is no divergent span")
     p = 0
@@ -144,7 +149,9 @@ def _mask_range(mask: torch.Tensor) -> tuple[int, int]:
     return int(positions[0]), int(positions[-1]) + 1
 
 
-def _tokenize_side(tokenizer, prompt_text: str, is_chat: bool, assistant_text: str, add_eos: bool) -> tuple[list[int], int]:
+def _tokenize_side(
+    tokenizer, prompt_text: str, is_chat: bool, assistant_text: str, add_eos: bool
+) -> tuple[list[int], int]:
     """Token ids of prompt + assistant text (+ EOS) and the index of the first token holding assistant text."""
     encoding = tokenizer(
         prompt_text + assistant_text,
@@ -160,12 +167,16 @@ def _tokenize_side(tokenizer, prompt_text: str, is_chat: bool, assistant_text: s
             break
     if add_eos:
         if tokenizer.eos_token_id is None:
-            raise ValueError("chosen_complete needs an end-of-turn token but the tokenizer has no eos_token_id")
+            raise ValueError(
+                "chosen_complete needs an end-of-turn token but the tokenizer has no eos_token_id"
+            )
         ids.append(int(tokenizer.eos_token_id))
     return ids, assistant_start
 
 
-def _span_range(span_mode: SpanMode, side_length: int, assistant_start: int, div_start: int, div_end: int, p: int) -> tuple[int, int]:
+def _span_range(
+    span_mode: SpanMode, side_length: int, assistant_start: int, div_start: int, div_end: int, p: int
+) -> tuple[int, int]:
     if span_mode is SpanMode.DIVERGENT:
         return div_start, div_end
     if span_mode is SpanMode.TO_END:
@@ -173,7 +184,9 @@ def _span_range(span_mode: SpanMode, side_length: int, assistant_start: int, div
     return min(assistant_start, p), side_length
 
 
-def _fit(ids: list[int], span: tuple[int, int], max_length: int | None, side: str, steer_id: str | None) -> tuple[list[int], int]:
+def _fit(
+    ids: list[int], span: tuple[int, int], max_length: int | None, side: str, steer_id: str | None
+) -> tuple[list[int], int]:
     if max_length is None or len(ids) <= max_length:
         return ids, 0
     if span[1] > max_length:
@@ -199,7 +212,9 @@ def tokenize_steer(
     """
     span_mode = SpanMode(span_mode)
     prompt_text, is_chat = render_prompt(steer.prompt, tokenizer)
-    chosen_ids, chosen_start = _tokenize_side(tokenizer, prompt_text, is_chat, steer.prefix + steer.chosen, steer.chosen_complete)
+    chosen_ids, chosen_start = _tokenize_side(
+        tokenizer, prompt_text, is_chat, steer.prefix + steer.chosen, steer.chosen_complete
+    )
     rejected_ids, rejected_start = _tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.rejected, steer.rejected_complete
     )

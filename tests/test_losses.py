@@ -1,0 +1,176 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localdpo import localized_dpo_loss, masked_sft_loss, token_logps
+from localdpo.losses import LossType
+
+# --- token_logps ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logps_matches_log_softmax_gather(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11).to(dtype)
+    ids = torch.randint(0, 11, (3, 7))
+    expected = torch.zeros(3, 7)
+    expected[:, 1:] = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    out = token_logps(logits, ids, chunk_size=2)
+    assert out.dtype == torch.float32 and out.shape == (3, 7)
+    assert torch.equal(out[:, 0], torch.zeros(3))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_token_logps_hand_computed():
+    """Vocabulary of 2, logits [0, ln 3] -> p = [1/4, 3/4]: log p(token 1) = ln 0.75."""
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])
+    out = token_logps(logits, torch.tensor([[0, 1]]))
+    torch.testing.assert_close(out, torch.tensor([[0.0, math.log(0.75)]]))
+
+
+def test_token_logps_shape_mismatch():
+    with pytest.raises(ValueError, match="disagree"):
+        token_logps(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+
+
+# --- localized_dpo_loss ---------------------------------------------------------------------------------
+
+
+def random_pair(batch=4, tc=6, tr=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logps = [-torch.rand(batch, t, generator=g) * 3 for t in (tc, tr, tc, tr)]
+    return logps
+
+
+def test_completion_span_equals_textbook_dpo_on_sequence_sums():
+    """Masks over the whole completion: -log σ(β[(Σπ_w - Σref_w) - (Σπ_l - Σref_l)]) (Rafailov et al., eq. 7)."""
+    pc, pr, rc, rr = random_pair()
+    completion_c = torch.zeros(4, 6, dtype=torch.bool)
+    completion_c[:, 2:] = True
+    completion_r = torch.zeros(4, 9, dtype=torch.bool)
+    completion_r[:, 2:] = True
+    out = localized_dpo_loss(pc, pr, rc, rr, completion_c, completion_r, beta=0.3)
+    sums = [x[:, 2:].sum(-1) for x in (pc, pr, rc, rr)]
+    logits = (sums[0] - sums[2]) - (sums[1] - sums[3])
+    expected = -F.logsigmoid(0.3 * logits)
+    torch.testing.assert_close(out.losses, expected)
+    torch.testing.assert_close(out.loss, expected.mean())
+    torch.testing.assert_close(out.chosen_rewards, 0.3 * (sums[0] - sums[2]))
+    torch.testing.assert_close(out.rejected_rewards, 0.3 * (sums[1] - sums[3]))
+    assert not out.chosen_rewards.requires_grad
+
+
+def hand_case():
+    """One row; chosen span = positions 1..2, rejected span = position 2.
+
+    policy chosen  [-9, -1.0, -0.5]   span sum -1.5   reference chosen  [-9, -1.5, -1.0]  span sum -2.5
+    policy rejected[-9, -9, -2.0, -7] span sum -2.0   reference rejected[-9, -9, -1.0, -7] span sum -1.0
+    h = (-1.5 + 2.5) - (-2.0 + 1.0) = 1 + 1 = 2
+    """
+    pc = torch.tensor([[-9.0, -1.0, -0.5]], requires_grad=True)
+    rc = torch.tensor([[-9.0, -1.5, -1.0]])
+    pr = torch.tensor([[-9.0, -9.0, -2.0, -7.0]], requires_grad=True)
+    rr = torch.tensor([[-9.0, -9.0, -1.0, -7.0]])
+    cm = torch.tensor([[False, True, True]])
+    rm = torch.tensor([[False, False, True, False]])
+    return pc, pr, rc, rr, cm, rm
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "beta", "eps", "expected"),
+    [
+        # -log σ(0.5 · 2) = log(1 + e^-1)
+        ("sigmoid", 0.5, 0.0, math.log1p(math.exp(-1))),
+        # conservative: 0.9 log(1 + e^-1) + 0.1 log(1 + e^1)
+        ("sigmoid", 0.5, 0.1, 0.9 * math.log1p(math.exp(-1)) + 0.1 * math.log1p(math.exp(1))),
+        # (h - 1/(2β))² = (2 - 1)² = 1
+        ("ipo", 0.5, 0.0, 1.0),
+        # max(0, 1 - 0.25 · 2) = 0.5, and max(0, 1 - 1 · 2) = 0
+        ("hinge", 0.25, 0.0, 0.5),
+        ("hinge", 1.0, 0.0, 0.0),
+        # (0.8 log(1 + e^-1) - 0.2 log(1 + e^1)) / 0.6
+        ("robust", 0.5, 0.2, (0.8 * math.log1p(math.exp(-1)) - 0.2 * math.log1p(math.exp(1))) / 0.6),
+    ],
+)
+def test_each_loss_type_against_hand_computed_values(loss_type, beta, eps, expected):
+    out = localized_dpo_loss(*hand_case(), beta=beta, loss_type=loss_type, label_smoothing=eps)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert out.chosen_rewards.item() == pytest.approx(beta * 1.0)
+    assert out.rejected_rewards.item() == pytest.approx(beta * -1.0)
+
+
+def test_length_normalize_divides_each_side_by_its_span_length():
+    """chosen log-ratio 1.0 over 2 tokens -> 0.5; rejected -1.0 over 1 token -> -1.0; h = 1.5."""
+    out = localized_dpo_loss(*hand_case(), beta=1.0, length_normalize=True)
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-1.5)))
+    assert out.chosen_rewards.item() == pytest.approx(0.5)
+
+
+def test_gradients_are_exactly_zero_outside_the_spans():
+    pc, pr, rc, rr, cm, rm = hand_case()
+    localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.5).loss.backward()
+    assert torch.all(pc.grad[~cm] == 0) and torch.all(pc.grad[cm] != 0)
+    assert torch.all(pr.grad[~rm] == 0) and torch.all(pr.grad[rm] != 0)
+
+
+def test_values_outside_spans_never_leak_even_if_infinite():
+    pc, pr, rc, rr, cm, rm = hand_case()
+    pr = pr.detach().clone()
+    pr[0, 3] = -math.inf  # e.g. padding or an unscored run-on
+    out = localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.5)
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-1)))
+
+
+def test_empty_rejected_span_sums_to_zero():
+    """Insertion: rejected span empty, h = chosen log-ratio = 1."""
+    pc, pr, rc, rr, cm, _ = hand_case()
+    out = localized_dpo_loss(pc, pr, rc, rr, cm, torch.zeros(1, 4, dtype=torch.bool), beta=1.0)
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-1)))
+    assert out.rejected_rewards.item() == 0.0
+
+
+def test_row_with_both_spans_empty_raises_naming_the_row():
+    pc, pr, rc, rr = random_pair(batch=3)
+    cm = torch.ones(3, 6, dtype=torch.bool)
+    rm = torch.ones(3, 9, dtype=torch.bool)
+    cm[1] = False
+    rm[1] = False
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        localized_dpo_loss(pc, pr, rc, rr, cm, rm)
+
+
+def test_shape_mismatch_is_reported():
+    pc, pr, rc, rr = random_pair()
+    with pytest.raises(ValueError, match="chosen shapes disagree"):
+        localized_dpo_loss(
+            pc, pr, rc[:, :5], rr, torch.ones(4, 6, dtype=torch.bool), torch.ones(4, 9, dtype=torch.bool)
+        )
+
+
+def test_robust_rejects_label_smoothing_of_one_half():
+    with pytest.raises(ValueError, match="robust"):
+        localized_dpo_loss(*hand_case(), loss_type=LossType.ROBUST, label_smoothing=0.5)
+
+
+# --- masked_sft_loss ------------------------------------------------------------------------------------
+
+
+def test_masked_sft_matches_cross_entropy_with_ignore_index():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 8, 13)
+    ids = torch.randint(0, 13, (3, 8))
+    mask = torch.rand(3, 8) > 0.5
+    mask[:, 0] = False
+    labels = torch.where(mask, ids, torch.full_like(ids, -100))
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 13), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(masked_sft_loss(token_logps(logits, ids), mask), expected)
+
+
+def test_masked_sft_empty_mask_returns_zero_not_nan():
+    logps = torch.randn(2, 4, requires_grad=True)
+    loss = masked_sft_loss(logps, torch.zeros(2, 4, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.all(logps.grad == 0)
