@@ -1,0 +1,442 @@
+"""Shared-prefix packing: a steer's two sides in one row, the common prefix computed once.
+
+A pair is laid out as `[shared][chosen tail][rejected tail]`, where `shared` is the common token prefix of
+the two sides (`TokenizedSteer.divergence` tokens). Attention (query q, key k of the same row) is allowed
+iff both belong to the same pair, k <= q, and k is shared or on q's own branch: rejected-tail tokens never
+see chosen-tail tokens. Position ids run 0..p-1 over the shared part and restart at p for each tail, so
+every token has the context and position it has in its own unpacked sequence, and its log-prob is the same
+(up to floating-point summation order). The first token of each tail is predicted from the last shared
+token's hidden state; so are both sides' shared scored tokens (span mode `completion`), computed once.
+
+Several pairs may share a row (`max_tokens`): a block-diagonal mask keeps them apart.
+
+Masks by attention implementation (transformers 5 passes a ready 4D mask through untouched,
+`masking_utils._preprocess_mask_arguments`): `sdpa` gets a (R, 1, L, L) boolean mask, `eager` the same as
+an additive float mask, `flex_attention` a `BlockMask` built from the pair and branch ids (no L×L tensor).
+`flash_attention_*` cannot express the tail-to-tail exclusion and is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from localdpo.data import (
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    INDEX,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+)
+
+PAD, SHARED, CHOSEN, REJECTED = -1, 0, 1, 2
+"""Branch ids of packed tokens."""
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
+"""Decoder-only architectures whose attention takes a custom 4D mask and explicit position ids (RoPE, no
+per-layer mask types), checked for equality with the unpacked forward in tests/test_packing.py."""
+
+MASKED_ATTENTION = frozenset({"sdpa", "eager", "flex_attention"})
+
+
+class PackingUnsupportedError(ValueError):
+    """The model cannot run packed pairs exactly; use the unpacked path."""
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def sliding_window(model) -> int | None:
+    """The attention window the model applies, or None (a packed row ignores it: checked against lengths)."""
+    config = _text_config(model)
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def check_packing_support(model) -> None:
+    """Raise `PackingUnsupportedError` naming why `model` cannot run packed pairs exactly."""
+    config = _text_config(model)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise PackingUnsupportedError(
+            f"model_type {model_type!r} is not one of the packing-tested architectures "
+            f"{sorted(SUPPORTED_MODEL_TYPES)}; use packing=False"
+        )
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in MASKED_ATTENTION:
+        raise PackingUnsupportedError(
+            f"attention implementation {implementation!r} does not honour a custom 4D mask; load the model with "
+            f"attn_implementation in {sorted(MASKED_ATTENTION)} or use packing=False"
+        )
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and any(
+        getattr(c, "is_prompt_learning", False) for c in peft_config.values()
+    ):
+        raise PackingUnsupportedError(
+            "prompt-learning PEFT adapters prepend virtual tokens; use packing=False"
+        )
+
+
+def supports_packing(model) -> bool:
+    """Whether `model` can run packed pairs exactly (see `check_packing_support` for the reason if not)."""
+    try:
+        check_packing_support(model)
+    except PackingUnsupportedError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Pairs packed as `[shared][chosen tail][rejected tail]` rows, with maps back to collate_pairs' layout."""
+
+    input_ids: torch.Tensor
+    """(R, L) int64: packed token ids, right-padded."""
+    position_ids: torch.Tensor
+    """(R, L) int64: each token's position in its own unpacked side (0 on padding)."""
+    pair_ids: torch.Tensor
+    """(R, L) int64: batch index of the pair each token belongs to, -1 on padding."""
+    branch: torch.Tensor
+    """(R, L) int64: SHARED, CHOSEN or REJECTED (tail), PAD on padding."""
+    chosen_source: torch.Tensor
+    """(B, Tc) int64: flat index r·L + l of the hidden state that predicts chosen token t, -1 if none."""
+    rejected_source: torch.Tensor
+    """(B, Tr) int64: the same for rejected tokens."""
+    chosen_ids: torch.Tensor
+    """(B, Tc) int64: chosen token ids in collate_pairs' layout (the prediction targets)."""
+    rejected_ids: torch.Tensor
+    """(B, Tr) int64."""
+    chosen_mask: torch.Tensor
+    """(B, Tc) bool: scored chosen tokens."""
+    rejected_mask: torch.Tensor
+    """(B, Tr) bool: scored rejected tokens."""
+    index: torch.Tensor
+    """(B,) int64: dataset index of each pair."""
+    unpacked_tokens: int
+    """Non-padding tokens the unpacked path would run (both sides of every pair, untrimmed)."""
+
+    @property
+    def packed_tokens(self) -> int:
+        """Non-padding tokens in the packed rows."""
+        return int((self.pair_ids >= 0).sum())
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        """This batch with every tensor on `device`."""
+        moved = {
+            name: value.to(device) if isinstance(value, torch.Tensor) else value
+            for name, value in self.__dict__.items()
+        }
+        return PackedBatch(**moved)
+
+    def attention_allowed(self) -> torch.Tensor:
+        """Which key each query may attend to (padding attends to itself only, so no row is all-masked).
+
+        Shape: (R, 1, L, L) bool.
+        """
+        pair_q, pair_k = self.pair_ids[:, :, None], self.pair_ids[:, None, :]  # (R, L, 1), (R, 1, L)
+        branch_q, branch_k = self.branch[:, :, None], self.branch[:, None, :]
+        length = self.pair_ids.shape[1]
+        position = torch.arange(length, device=self.pair_ids.device)
+        causal = position[None, :, None] >= position[None, None, :]  # (1, L, L)
+        same_branch = (branch_k == SHARED) | (branch_k == branch_q)  # (R, L, L)
+        allowed = (pair_q == pair_k) & (pair_q >= 0) & causal & same_branch  # (R, L, L)
+        diagonal = torch.eye(length, dtype=torch.bool, device=allowed.device)[None]  # (1, L, L)
+        return (allowed | diagonal).unsqueeze(1)  # (R, 1, L, L)
+
+    def mask_mod(self):
+        """FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` of `attention_allowed`, read from the ids."""
+        pair_ids, branch = self.pair_ids, self.branch
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            same_pair = (pair_ids[b, q_idx] == pair_ids[b, kv_idx]) & (pair_ids[b, q_idx] >= 0)
+            visible = (branch[b, kv_idx] == SHARED) | (branch[b, kv_idx] == branch[b, q_idx])
+            return (same_pair & visible & (kv_idx <= q_idx)) | (q_idx == kv_idx)
+
+        return mask_mod
+
+    def block_mask(self):
+        """FlexAttention `BlockMask` of `attention_allowed`, built from pair and branch ids (no L×L tensor)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        rows, length = self.pair_ids.shape
+        return create_block_mask(
+            self.mask_mod(), B=rows, H=None, Q_LEN=length, KV_LEN=length, device=self.pair_ids.device
+        )
+
+    def attention_mask_for(self, implementation: str, dtype: torch.dtype):
+        """The mask in the form `implementation` takes: bool (sdpa), additive `dtype` (eager), BlockMask (flex)."""
+        if implementation == "flex_attention":
+            return self.block_mask()
+        allowed = self.attention_allowed()  # (R, 1, L, L)
+        if implementation == "sdpa":
+            return allowed
+        if implementation == "eager":
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, torch.finfo(dtype).min)
+        raise PackingUnsupportedError(f"no packed mask for attention implementation {implementation!r}")
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    limit = min(a.numel(), b.numel())
+    differ = (a[:limit] != b[:limit]).nonzero()
+    return int(differ[0]) if differ.numel() else limit
+
+
+def _kept_length(loss_mask: torch.Tensor, length: int, trim: bool) -> int:
+    if not trim:
+        return length
+    scored = loss_mask[:length].nonzero().flatten()
+    return int(scored[-1]) + 1 if scored.numel() else 0
+
+
+def _assign_rows(lengths: list[int], max_tokens: int | None, index: torch.Tensor) -> list[tuple[int, int]]:
+    """(row, offset) of each segment: one per row, or first-fit decreasing into rows of `max_tokens`."""
+    if max_tokens is None:
+        return [(i, 0) for i in range(len(lengths))]
+    fill: list[int] = []
+    placement: list[tuple[int, int]] = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        if lengths[i] > max_tokens:
+            raise ValueError(
+                f"pair {i} (dataset index {int(index[i])}) packs to {lengths[i]} tokens > max_tokens={max_tokens}"
+            )
+        row = next((r for r, used in enumerate(fill) if used + lengths[i] <= max_tokens), None)
+        if row is None:
+            fill.append(0)
+            row = len(fill) - 1
+        placement[i] = (row, fill[row])
+        fill[row] += lengths[i]
+    return placement
+
+
+def pack_batch(
+    batch: dict[str, torch.Tensor],
+    *,
+    pad_token_id: int,
+    max_tokens: int | None = None,
+    trim: bool = True,
+    pad_to_multiple_of: int | None = None,
+) -> PackedBatch:
+    """Pack a `collate_pairs` batch; the shared part of each pair is the common prefix of its two sides.
+
+    `max_tokens=None` puts each pair on its own row; otherwise rows hold up to `max_tokens` tokens (a pair
+    longer than that raises `ValueError`). `trim` drops each side's tokens after its last scored token
+    (lossless under causal attention; their log-probs then come out 0).
+    """
+    chosen, rejected = batch[CHOSEN_INPUT_IDS].cpu(), batch[REJECTED_INPUT_IDS].cpu()  # (B, Tc), (B, Tr)
+    chosen_mask, rejected_mask = batch[CHOSEN_LOSS_MASK].cpu().bool(), batch[REJECTED_LOSS_MASK].cpu().bool()
+    chosen_len = batch[CHOSEN_ATTENTION_MASK].cpu().bool().sum(-1).tolist()  # B ints
+    rejected_len = batch[REJECTED_ATTENTION_MASK].cpu().bool().sum(-1).tolist()
+    index = batch[INDEX].cpu() if INDEX in batch else torch.arange(chosen.shape[0])
+    pairs = []
+    for i in range(chosen.shape[0]):
+        n_c = _kept_length(chosen_mask[i], chosen_len[i], trim)
+        n_r = _kept_length(rejected_mask[i], rejected_len[i], trim)
+        p = _common_prefix(chosen[i, : chosen_len[i]], rejected[i, : rejected_len[i]])
+        shared = min(p, max(n_c, n_r))
+        chosen_tail, rejected_tail = (
+            chosen[i, shared : max(n_c, shared)],
+            rejected[i, shared : max(n_r, shared)],
+        )
+        pairs.append((n_c, n_r, shared, chosen[i, :shared], chosen_tail, rejected_tail))
+    lengths = [shared + c.numel() + r.numel() for _, _, shared, _, c, r in pairs]
+    placement = _assign_rows(lengths, max_tokens, index)
+    rows = 1 + max(row for row, _ in placement)
+    width = max([offset + n for (_, offset), n in zip(placement, lengths)] + [1])
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    pair_ids = torch.full((rows, width), PAD, dtype=torch.long)
+    branch = torch.full((rows, width), PAD, dtype=torch.long)
+    chosen_source = torch.full(chosen.shape, -1, dtype=torch.long)
+    rejected_source = torch.full(rejected.shape, -1, dtype=torch.long)
+    for i, ((row, offset), (n_c, n_r, shared, prefix, chosen_tail, rejected_tail)) in enumerate(
+        zip(placement, pairs)
+    ):
+        ct, rt = chosen_tail.numel(), rejected_tail.numel()
+        segment = slice(offset, offset + shared + ct + rt)
+        input_ids[row, segment] = torch.cat([prefix, chosen_tail, rejected_tail])
+        position_ids[row, segment] = torch.cat(
+            [torch.arange(shared + ct), torch.arange(shared, shared + rt)]
+        )  # rejected tail restarts at `shared`
+        pair_ids[row, segment] = i
+        branch[row, segment] = torch.tensor(
+            [SHARED] * shared + [CHOSEN] * ct + [REJECTED] * rt, dtype=torch.long
+        )
+        base = row * width + offset
+        # token t is predicted by the hidden state of side position t-1
+        t = torch.arange(1, n_c)
+        chosen_source[i, 1:n_c] = base + t - 1  # shared then chosen tail: contiguous
+        t = torch.arange(1, n_r)
+        rejected_source[i, 1:n_r] = torch.where(
+            t - 1 < shared, base + t - 1, base + shared + ct + (t - 1 - shared)
+        )
+    return PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        pair_ids=pair_ids,
+        branch=branch,
+        chosen_source=chosen_source,
+        rejected_source=rejected_source,
+        chosen_ids=chosen,
+        rejected_ids=rejected,
+        chosen_mask=chosen_mask,
+        rejected_mask=rejected_mask,
+        index=index,
+        unpacked_tokens=int(sum(chosen_len) + sum(rejected_len)),
+    )
+
+
+def pack_pairs(
+    examples,
+    *,
+    pad_token_id: int,
+    max_tokens: int | None = None,
+    trim: bool = True,
+    pad_to_multiple_of: int | None = None,
+) -> PackedBatch:
+    """`pack_batch` of `collate_pairs(examples)`: a sequence of `TokenizedSteer` as packed rows."""
+    from localdpo.data import collate_pairs
+
+    batch = collate_pairs(examples, pad_token_id=pad_token_id)
+    return pack_batch(
+        batch,
+        pad_token_id=pad_token_id,
+        max_tokens=max_tokens,
+        trim=trim,
+        pad_to_multiple_of=pad_to_multiple_of,
+    )
+
+
+def _check_window(model, packed: PackedBatch) -> None:
+    window = sliding_window(model)
+    longest = int(packed.position_ids.max()) + 1
+    if window is not None and longest > window:
+        raise PackingUnsupportedError(
+            f"sequences reach position {longest} > sliding_window={window}; a packed mask does not apply the "
+            "window: use packing=False"
+        )
+
+
+def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Zeros of `where`'s shape holding `values` at its True entries. Shape: (N,), (B, T) bool -> (B, T)."""
+    out = torch.zeros(where.shape, dtype=torch.float32, device=values.device)
+    return out.masked_scatter(where, values)
+
+
+def packed_pair_logps(
+    model,
+    packed: PackedBatch,
+    *,
+    span_head: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of both sides from one packed forward, in collate_pairs' layout.
+
+    `out[b, t] = log p(x_t | x_<t)` as `sequence_token_logps` gives on the unpacked side, at every scored
+    position (with `span_head`, only there; without it, at every kept position); 0 elsewhere and at t = 0.
+    `span_head` projects only the predicting hidden states through the LM head (`localdpo.span_head`).
+
+    Shape: -> chosen (B, Tc) float32, rejected (B, Tr) float32.
+    """
+    from localdpo.span_head import DEFAULT_CHUNK_SIZE, decoder_hidden_states, head_token_logps
+
+    check_packing_support(model)
+    _check_window(model, packed)
+    device = next(model.parameters()).device
+    packed = packed.to(device)
+    implementation = _text_config(model)._attn_implementation
+    mask = packed.attention_mask_for(implementation, next(model.parameters()).dtype)
+    need_chosen = packed.chosen_source >= 0  # (B, Tc)
+    need_rejected = packed.rejected_source >= 0  # (B, Tr)
+    if span_head:
+        need_chosen, need_rejected = need_chosen & packed.chosen_mask, need_rejected & packed.rejected_mask
+    source = torch.cat([packed.chosen_source[need_chosen], packed.rejected_source[need_rejected]])  # (N,)
+    targets = torch.cat([packed.chosen_ids[need_chosen], packed.rejected_ids[need_rejected]])  # (N,)
+    forward = {"attention_mask": mask, "position_ids": packed.position_ids, "use_cache": False}
+    if span_head:
+        hidden = decoder_hidden_states(model, packed.input_ids, **forward)  # (R, L, H)
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (R·L, H)
+        # shared scored tokens appear on both sides with the same predictor and target: project them once
+        radix = int(targets.max()) + 1 if targets.numel() else 1
+        unique_keys, inverse = torch.unique(source * radix + targets, return_inverse=True)  # (U,), (N,)
+        rows, row_targets = flat[unique_keys // radix], unique_keys % radix  # (U, H), (U,)
+        logps = head_token_logps(model, rows, row_targets, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)[
+            inverse
+        ]
+    else:
+        logits = model(input_ids=packed.input_ids, **forward).logits  # (R, L, V)
+        rows = logits.reshape(-1, logits.shape[-1])[source].float()  # (N, V)
+        logps = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1)  # (N,)
+    n_chosen = int(need_chosen.sum())
+    return _scatter(logps[:n_chosen], need_chosen), _scatter(logps[n_chosen:], need_rejected)
+
+
+def pair_token_logps(
+    model,
+    examples_or_batch,
+    *,
+    packing: bool = True,
+    span_head: bool = True,
+    pad_token_id: int | None = None,
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(chosen_logps, rejected_logps, chosen_mask, rejected_mask)` of a batch, by the fastest exact path.
+
+    `examples_or_batch` is a sequence of `TokenizedSteer` (collated here with `pad_token_id`) or a
+    `collate_pairs` batch. The log-probs are in collate_pairs' layout and equal `sequence_token_logps` on
+    every scored position, whichever path runs: packed when `packing` and the model supports it, else one
+    forward per side; span-only LM head when `span_head` and the head is reproducible, else full logits.
+    A requested fast path the model cannot run falls back with a warning naming the reason.
+
+    Shape: -> (B, Tc) float32, (B, Tr) float32, (B, Tc) bool, (B, Tr) bool.
+    """
+    import warnings
+
+    from localdpo.data import collate_pairs
+    from localdpo.forward import sequence_token_logps
+    from localdpo.span_head import SpanHeadUnsupportedError, logit_transform, span_token_logps
+
+    if isinstance(examples_or_batch, dict):
+        batch = examples_or_batch
+    else:
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is needed to collate TokenizedSteer examples")
+        batch = collate_pairs(examples_or_batch, pad_token_id=pad_token_id)
+    device = next(model.parameters()).device
+    chosen_mask = batch[CHOSEN_LOSS_MASK].to(device).bool()
+    rejected_mask = batch[REJECTED_LOSS_MASK].to(device).bool()
+    if span_head:
+        try:
+            logit_transform(model)
+        except SpanHeadUnsupportedError as error:
+            warnings.warn(f"span head off: {error}", stacklevel=2)
+            span_head = False
+    if packing:
+        try:
+            check_packing_support(model)
+            packed = pack_batch(batch, pad_token_id=pad_token_id or 0, max_tokens=max_tokens)
+            _check_window(model, packed)
+        except PackingUnsupportedError as error:
+            warnings.warn(f"packing off: {error}", stacklevel=2)
+        else:
+            chosen, rejected = packed_pair_logps(model, packed, span_head=span_head)
+            return chosen, rejected, chosen_mask, rejected_mask
+    sides = []
+    for ids_key, attn_key, mask in (
+        (CHOSEN_INPUT_IDS, CHOSEN_ATTENTION_MASK, chosen_mask),
+        (REJECTED_INPUT_IDS, REJECTED_ATTENTION_MASK, rejected_mask),
+    ):
+        ids, attention = batch[ids_key].to(device), batch[attn_key].to(device)
+        if span_head:
+            sides.append(span_token_logps(model, ids, attention, mask))  # (B, T)
+        else:
+            sides.append(sequence_token_logps(model, ids, attention))  # (B, T)
+    return sides[0], sides[1], chosen_mask, rejected_mask
