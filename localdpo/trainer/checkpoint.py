@@ -1,0 +1,215 @@
+"""Resumable checkpoints written atomically and verified on load.
+
+A checkpoint is a directory `checkpoints/step-000040/` holding
+  model.safetensors  the trainable parameters (all weights, or the LoRA adapter),
+  optimizer.pt       optimizer and scheduler state (`torch.load(weights_only=True)`),
+  rng.pt             python and torch (CPU and CUDA) RNG states,
+  state.json         step, examples consumed, data seed, world size,
+  manifest.json      sha256 and size of every file above, written last.
+It is written into a hidden temporary directory (every file fsynced), then renamed into place, so a kill at
+any moment leaves either no checkpoint or a complete one; a directory whose manifest is missing or does not
+match its files is never loaded (`latest_checkpoint` skips it with a warning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete, corrupted or does not fit the run; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    """Trainable parameters by name."""
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    state: dict[str, Any]
+    """step, consumed (examples consumed from the data stream), data_seed, world_size, ..."""
+
+
+def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
+    return Path(root) / f"{PREFIX}{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python and torch RNG states (every CUDA device too); numpy is not used by the trainer."""
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    *,
+    tensors: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    rng: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint `step` under `root` atomically; returns its directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(root, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors")
+        )
+        torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            _fsync_file(path)
+            files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _fsync_file(tmp / MANIFEST)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run of the same step: move the old one aside first
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of checkpoint `path` after checking every file's size and sha256; `CheckpointError` if not."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{manifest_path}: missing (the checkpoint was not finished)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{manifest_path}: unreadable ({error})") from None
+    if manifest.get("version") != FORMAT_VERSION or not manifest.get("complete"):
+        raise CheckpointError(
+            f"{manifest_path}: version {manifest.get('version')} / complete={manifest.get('complete')}"
+        )
+    for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+        if name not in files:
+            raise CheckpointError(f"{manifest_path}: does not list {name}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in the manifest but missing")
+        if file.stat().st_size != expected["bytes"]:
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, manifest says {expected['bytes']}")
+        if _sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"{file}: sha256 does not match the manifest (corrupted)")
+    return manifest
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A verified checkpoint read back (tensors on CPU)."""
+    path = Path(path)
+    verify_checkpoint(path)
+    opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    return Checkpoint(
+        path=path,
+        tensors=load_file(str(path / "model.safetensors")),
+        optimizer=opt["optimizer"],
+        scheduler=opt["scheduler"],
+        rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
+        state=json.loads((path / "state.json").read_text()),
+    )
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories under `root` (verified or not), oldest step first; temporary ones excluded."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith(PREFIX) and path.name[len(PREFIX) :].isdigit():
+            found.append((int(path.name[len(PREFIX) :]), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint under `root` that verifies; broken ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as error:
+            warnings.warn(f"skipping a checkpoint that does not verify: {error}", stacklevel=2)
+    return None
+
+
+def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints, and leftover temporary directories (0 keeps all)."""
+    root = Path(root)
+    if keep_last <= 0 or not root.is_dir():
+        return
+    for path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,459 @@
+"""Training configuration: nested dataclasses, read from YAML, overridden with `key=value`, saved with each run.
+
+`load_config("ldpo_cpu.yaml", ["optim.lr=1e-5", "method=dpo"])` reads the file, applies the overrides
+(dotted keys, values parsed to the field's type) and validates the result. Unknown keys raise
+`ConfigError` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localdpo.losses import LossType
+from localdpo.tokenization import SpanMode
+from localdpo.trainer.methods import Method
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the key (and the file when there is one)."""
+
+
+@dataclass
+class DataConfig:
+    train_steers: str | None = None
+    """JSONL steer file to train on (`localdpo.load_steers` format); not needed when steers are passed in."""
+    eval_steers: str | None = None
+    """JSONL steer file held out for evaluation; when unset, `eval_fraction` of the train steers is held out."""
+    eval_fraction: float = 0.2
+    """Fraction of the train steers held out (seeded by `train.data_seed`) when there is no `eval_steers`."""
+    max_length: int | None = 512
+    """Token limit per side (`localdpo.tokenize_steer`); only unscored tail tokens are ever cut."""
+    on_too_long: str = "skip"
+    """`skip` (counted and reported) or `error` for steers whose scored tokens do not fit `max_length`."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train a LoRA adapter (peft) instead of all weights; the reference is the base model."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names wrapped with adapters (Llama-style names)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """`smollm2-135m-instruct` (embedded), `tiny` (random toy model for tests), a local directory or hub id."""
+    tiny_seed: int = 0
+    """Weight seed of the `tiny` model."""
+    trust_remote_code: bool = False
+    """Passed to transformers; off unless you trust the model repository's code."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, ~30% slower)."""
+    disable_dropout: bool | None = None
+    """Set every dropout probability to 0; None = the method's default (on for DPO methods, off for SFT)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA settings."""
+
+
+@dataclass
+class LossConfig:
+    span_mode: SpanMode | None = None
+    """Scored span: `divergent`, `to_end` or `completion`; None = the method's default."""
+    beta: float = 0.1
+    """DPO temperature β (rewards are β · log-ratio)."""
+    loss_type: LossType = LossType.SIGMOID
+    """Preference loss on the margin: sigmoid, ipo, hinge, robust (`localdpo.LossType`)."""
+    label_smoothing: float = 0.0
+    """ε of conservative / robust DPO."""
+    length_normalize: bool = False
+    """Divide each span's log-ratio by its token count."""
+    sft_weight: float = 0.0
+    """Weight of the chosen-span NLL added to DPO methods (RPO-style); 0 = off."""
+    reference: str = "cache"
+    """Reference log-probs from `cache` (computed once from the starting model) or a `live` frozen model."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW β1."""
+    adam_beta2: float = 0.999
+    """AdamW β2."""
+    adam_eps: float = 1e-8
+    """AdamW ε."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to `lr` over this many optimizer steps."""
+    min_lr_ratio: float = 0.0
+    """Cosine decay ends at `lr * min_lr_ratio` at `train.max_steps`."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None = no clipping; the norm is logged either way)."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 4
+    """Steer pairs per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (global batch = batch_size × grad_accum × world size)."""
+    seed: int = 0
+    """Seed of torch/python RNGs (dropout, LoRA init)."""
+    data_seed: int | None = None
+    """Seed of the data order and the eval split; None = `seed`."""
+    device: str = "auto"
+    """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `bf16` (autocast) or `fp32`; master weights stay fp32."""
+    packing: bool = False
+    """Pack each pair's shared prefix once (`localdpo.packing`, preference methods only)."""
+    span_head: bool = False
+    """Apply the LM head on scored positions only (`localdpo.span_head`, preference methods only)."""
+    log_every: int = 1
+    """Log training metrics every this many optimizer steps."""
+    progress: bool = True
+    """Show a tqdm progress bar (rank 0)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on held-out steers every this many steps (0 = only at the start and the end)."""
+    at_start: bool = True
+    """Evaluate before the first step (the baseline of every curve)."""
+    batch_size: int = 8
+    """Pairs per evaluation forward."""
+    span_mode: SpanMode = SpanMode.DIVERGENT
+    """Span scored by the held-out metrics, the same for every method so they compare."""
+    max_steers: int | None = None
+    """Use at most this many held-out steers (None = all)."""
+    drift: bool = True
+    """Measure drift: mean per-token KL(reference || policy) on unrelated chat prompts."""
+    drift_prompts: str | None = None
+    """JSONL of `{"prompt": ...}` rows; None = the 32 prompts shipped in `localdpo/trainer/drift_prompts.jsonl`."""
+    drift_num_prompts: int | None = None
+    """Use only the first this many drift prompts (None = all)."""
+    drift_max_new_tokens: int = 24
+    """Length of the reference model's greedy continuation on which the KL is measured."""
+    task: str | None = None
+    """Task name for generation accuracy (`localdpo.taskeval.evaluate_task`); None = skip."""
+    task_n: int = 50
+    """Held-out task prompts generated per task evaluation."""
+    task_seed: int = 1234
+    """Seed of the held-out task prompts."""
+    task_every: int = 0
+    """Also run the task evaluation every this many steps (0 = only at the start and the end)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = none during training)."""
+    keep_last: int = 2
+    """Keep this many newest checkpoints (older ones are deleted after a newer one is verified)."""
+    resume: str = "auto"
+    """`auto` (latest verified checkpoint of run_dir, if any), `never` (refuse a run_dir with checkpoints), or a path."""
+    save_final: bool = True
+    """Save the final model (or adapter) in Hugging Face format under run_dir/final."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"
+    """`auto` (online when WANDB_MODE=online or WANDB_API_KEY is set, else offline), `online`, `offline`, `disabled`."""
+    project: str = "localdpo"
+    """W&B project."""
+    group: str | None = None
+    """W&B group: the runs of one comparison."""
+    name: str | None = None
+    """Run name; None = the run_dir's name."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    dir: str | None = None
+    """Where the wandb/ folder goes; None = run_dir."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; `method` picks the loss, the rest is shared by every method."""
+
+    method: Method = Method.LDPO
+    """`ldpo`, `dpo`, `sft` or `sft_full` (see `localdpo.trainer.Method`)."""
+    run_dir: str | None = None
+    """Output directory (config, checkpoints, metrics); None = `runs/<method>-seed<seed>`."""
+    cache_dir: str | None = None
+    """localdpo cache (converted models, reference log-probs); None = `$LOCALDPO_CACHE` or ~/.cache/localdpo."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    @property
+    def span_mode(self) -> SpanMode:
+        """The training span mode: `loss.span_mode`, or the method's default."""
+        return self.loss.span_mode if self.loss.span_mode is not None else self.method.default_span_mode
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return (
+            Path(self.run_dir)
+            if self.run_dir
+            else Path("runs") / f"{self.method.value}-seed{self.train.seed}"
+        )
+
+    @property
+    def data_seed(self) -> int:
+        return self.train.seed if self.train.data_seed is None else self.train.data_seed
+
+
+_CHOICES = {
+    "data.on_too_long": ("error", "skip"),
+    "loss.reference": ("cache", "live"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """`config` after checking cross-field rules; `ConfigError` naming the key otherwise."""
+    for key, choices in _CHOICES.items():
+        value = get_value(config, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    method, span = config.method, config.span_mode
+    if span not in method.allowed_span_modes:
+        allowed = ", ".join(m.value for m in method.allowed_span_modes)
+        hint = " (use method=ldpo for a localized span)" if method is Method.DPO else ""
+        raise ConfigError(
+            f"loss.span_mode={span.value} is not valid for method={method.value}: allowed {allowed}{hint}"
+        )
+    if config.loss.sft_weight and not method.is_preference:
+        raise ConfigError(
+            f"loss.sft_weight applies to DPO methods only (method={method.value} is already SFT)"
+        )
+    positive = (
+        "train.max_steps",
+        "train.batch_size",
+        "train.grad_accum",
+        "eval.batch_size",
+        "train.log_every",
+    )
+    for key in positive:
+        if get_value(config, key) < 1:
+            raise ConfigError(f"{key}={get_value(config, key)}: must be >= 1")
+    for key in (
+        "eval.every",
+        "eval.task_every",
+        "checkpoint.every",
+        "optim.warmup_steps",
+        "checkpoint.keep_last",
+    ):
+        if get_value(config, key) < 0:
+            raise ConfigError(f"{key}={get_value(config, key)}: must be >= 0")
+    if config.loss.beta <= 0:
+        raise ConfigError(f"loss.beta={config.loss.beta}: must be > 0")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={config.optim.lr}: must be > 0")
+    if not 0 <= config.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction={config.data.eval_fraction}: must be in [0, 1)")
+    return config
+
+
+# ---------------------------------------------------------------- dicts, YAML and key=value overrides
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (leaves only)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _optional_inner(tp) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+_NULLS = ("null", "none", "~", "")
+_TRUES, _FALSES = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce(value: Any, tp, key: str) -> Any:
+    """`value` (from YAML, or a `key=value` string) converted to the field type `tp`; `ConfigError` if it cannot be."""
+    inner, optional = _optional_inner(tp)
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NULLS):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be null")
+    try:
+        if isinstance(inner, type) and issubclass(inner, Enum):
+            try:
+                return inner(value)
+            except ValueError:
+                choices = ", ".join(m.value for m in inner)
+                raise ConfigError(f"{key}={value!r}: expected one of {choices}") from None
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUES:
+                return True
+            if text in _FALSES:
+                return False
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        if inner is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if inner is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if inner is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if typing.get_origin(inner) is list:
+            (item_type,) = typing.get_args(inner)
+            if isinstance(value, str):
+                value = (
+                    yaml.safe_load(value)
+                    if value.strip().startswith("[")
+                    else [v for v in value.split(",") if v]
+                )
+            if not isinstance(value, list):
+                raise ValueError
+            return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}={value!r}: expected {getattr(inner, '__name__', inner)}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def from_dict(data: dict[str, Any], cls=RunConfig, prefix: str = "") -> Any:
+    """A config dataclass from a nested dict; unknown keys raise `ConfigError` listing the valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'; valid keys: {', '.join(valid_keys(cls, prefix))}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(value or {}, tp, f"{prefix}{key}.")
+        else:
+            kwargs[key] = coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (enums as their values): what YAML and W&B get."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, list):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def get_value(config: Any, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def apply_override(config: RunConfig, item: str) -> None:
+    """Set one `dotted.key=value` on `config` in place, parsing the value to the field's type."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys())}")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, leaf, coerce(value, _hints(type(node))[leaf], key))
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """The validated config from a YAML file (or the defaults when `path` is None) plus `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    try:
+        config = from_dict(data)
+        for item in overrides:
+            apply_override(config, item)
+        return validate(config)
+    except ConfigError as error:
+        if path is not None:
+            raise ConfigError(f"{path}: {error}") from None
+        raise
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    os.replace(tmp, path)
+    return path

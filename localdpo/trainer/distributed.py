@@ -1,0 +1,82 @@
+"""Process-group helpers and the data stream every process reads its share of.
+
+Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) the trainer joins the process group (NCCL on CUDA,
+gloo on CPU) and wraps the policy in DistributedDataParallel. The data order is one seeded stream shared by
+every process: epoch e is the permutation `randperm(N, seed=data_seed + e)`, epochs concatenated. Each
+micro-step takes the next `batch_size × world_size` positions of the stream and process r gets the slice
+`[r·batch_size, (r+1)·batch_size)`, so the union over processes is exactly the batch a single process with
+`batch_size × world_size` would see, and the data position is one integer (`consumed`) that a checkpoint
+stores and resume restores exactly, whatever the world size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun (no-op for a single process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def all_reduce_mean(values: dict[str, float], info: DistInfo, device) -> dict[str, float]:
+    """Mean of each value over processes (identity for a single process)."""
+    if not info.enabled or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return {k: float(v) / info.world_size for k, v in zip(keys, tensor.tolist())}
+
+
+def epoch_permutation(n: int, data_seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch. Shape: () -> (n,) int64."""
+    generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def stream_indices(n: int, data_seed: int, start: int, count: int) -> list[int]:
+    """Dataset indices at positions `[start, start + count)` of the concatenated-epochs stream."""
+    if n <= 0:
+        raise ValueError("the training set is empty")
+    out: list[int] = []
+    position = start
+    cache: dict[int, torch.Tensor] = {}
+    while len(out) < count:
+        epoch, offset = divmod(position, n)
+        if epoch not in cache:
+            cache[epoch] = epoch_permutation(n, data_seed, epoch)
+        take = min(n - offset, count - len(out))
+        out += cache[epoch][offset : offset + take].tolist()
+        position += take
+    return out
+
+
+def rank_slice(indices: list[int], info: DistInfo, batch_size: int) -> list[int]:
+    """This process's share of one global micro-batch of `batch_size × world_size` indices."""
+    return indices[info.rank * batch_size : (info.rank + 1) * batch_size]

@@ -1,0 +1,637 @@
+"""The trainer: every method on the same steers, data order, optimizer and evaluation; only the loss differs.
+
+trainer = Trainer(load_config("experiments/configs/tiny.yaml"))
+result = trainer.run()          # setup() + train() + save(); or run_training(config)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from localdpo.data import (
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+    trim_to_scored,
+)
+from localdpo.losses import localized_dpo_loss, masked_sft_loss
+from localdpo.steers import Steer, load_steers
+from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers
+from localdpo.trainer import checkpoint as ckpt
+from localdpo.trainer.config import ConfigError, RunConfig, save_config, validate
+from localdpo.trainer.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    init_distributed,
+    rank_slice,
+    stream_indices,
+)
+from localdpo.trainer.drift import DriftSet, load_drift_prompts
+from localdpo.trainer.methods import method_loss
+from localdpo.trainer.modeling import (
+    apply_lora,
+    disable_dropout,
+    load_base_model,
+    pair_logps,
+    trainable_tensors,
+)
+from localdpo.trainer.reference import CachedReference, LiveReference
+
+
+@dataclass
+class TrainResult:
+    """What a run gives back."""
+
+    final: dict[str, float]
+    """The last evaluation's metrics plus `train/loss` of the last step."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Every evaluation (`step` included), in order."""
+    train_log: list[dict[str, float]] = field(default_factory=list)
+    """Every logged training step's metrics (`step` included)."""
+    run_dir: Path | None = None
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `max_steps`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def split_steers(steers: Sequence[Steer], fraction: float, seed: int) -> tuple[list[Steer], list[Steer]]:
+    """(train, held out): a seeded `fraction` of `steers` held out (at least one when fraction > 0)."""
+    if not fraction:
+        return list(steers), []
+    order = torch.randperm(len(steers), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(len(steers) * fraction))
+    held = set(order[:n_eval])
+    return [s for i, s in enumerate(steers) if i not in held], [s for i, s in enumerate(steers) if i in held]
+
+
+class Trainer:
+    """Train one method on steers: `setup()`, `train()`, `evaluate()`, `save()` (or `run()` for all)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model=None,
+        tokenizer=None,
+        train_steers: Sequence[Steer | TokenizedSteer] | None = None,
+        eval_steers: Sequence[Steer | TokenizedSteer] | None = None,
+        *,
+        reference_cache=None,
+        drift_set: DriftSet | None = None,
+    ):
+        """`model`/`tokenizer`: an already-loaded starting model (copied, never modified); steers as `Steer`s
+        or already tokenized (train in the run's span mode, eval in `eval.span_mode`); `reference_cache`: a
+        shared cache of the same starting model; `drift_set`: a shared `DriftSet` of the same model."""
+        self.config = validate(config)
+        self._given_model, self.tokenizer = model, tokenizer
+        self._given_train, self._given_eval = train_steers, eval_steers
+        self.reference_cache, self.drift_set = reference_cache, drift_set
+        self.run_dir = config.resolved_run_dir
+        self.step = 0
+        self.consumed = 0
+        self.history: list[dict[str, float]] = []
+        self.train_log: list[dict[str, float]] = []
+        self.logger = None
+        self._is_setup = False
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> Trainer:
+        """Load everything, build the reference and drift set from the starting model, restore a checkpoint."""
+        cfg = self.config
+        self.device = self._resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        use_bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.device.type == "cuda"
+        )
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+
+        base = self._load_model()
+        self._load_data()
+        base.to(self.device)
+        self._build_reference(base)
+        if cfg.eval.drift and self.drift_set is None:
+            prompts = load_drift_prompts(cfg.eval.drift_prompts)[: cfg.eval.drift_num_prompts]
+            self.drift_set = DriftSet.build(
+                base,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=cfg.eval.drift_max_new_tokens,
+                device=self.device,
+            )
+
+        if (
+            cfg.model.disable_dropout
+            if cfg.model.disable_dropout is not None
+            else cfg.method.disables_dropout
+        ):
+            disable_dropout(base)
+        torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on what setup computed before
+        self.model = apply_lora(base, cfg) if cfg.model.lora.enabled else base
+        if cfg.model.lora.enabled and self._live_reference_pending:
+            self.reference = LiveReference(
+                None, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
+            )
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.to(self.device)
+        self.model.train()
+        self.params = trainable_tensors(self.model)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()),
+            lr=o.lr,
+            betas=(o.adam_beta1, o.adam_beta2),
+            eps=o.adam_eps,
+            weight_decay=o.weight_decay,
+            foreach=self.device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(
+                s, warmup_steps=o.warmup_steps, max_steps=cfg.train.max_steps, min_lr_ratio=o.min_lr_ratio
+            ),
+        )
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self._resume()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            from localdpo.trainer.logging import RunLogger
+
+            self.logger = RunLogger(cfg, self.run_dir, resume_step=self.step)
+        self._is_setup = True
+        return self
+
+    @staticmethod
+    def _resolve_device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name}: CUDA is not available on this machine")
+        return device
+
+    def _load_model(self):
+        if self._given_model is not None:
+            if self.tokenizer is None:
+                raise ValueError("pass the tokenizer together with the model")
+            return copy.deepcopy(self._given_model).float()
+        model, self.tokenizer = load_base_model(self.config, self.tokenizer)
+        return model.float()
+
+    def _tokenize(self, steers, span_mode: SpanMode, what: str) -> list[TokenizedSteer]:
+        if steers and isinstance(steers[0], TokenizedSteer):
+            wrong = [t.steer_id for t in steers if t.span_mode is not span_mode]
+            if wrong:
+                raise ValueError(
+                    f"{what} steers were tokenized with another span mode than {span_mode.value}: {wrong[:5]}"
+                )
+            return list(steers)
+        examples, report = tokenize_steers(
+            steers,
+            self.tokenizer,
+            max_length=self.config.data.max_length,
+            span_mode=span_mode,
+            on_too_long=self.config.data.on_too_long,
+        )
+        self.tokenize_reports[what] = report
+        return examples
+
+    def _load_data(self) -> None:
+        cfg = self.config
+        train, held = self._given_train, self._given_eval
+        if train is None:
+            if not cfg.data.train_steers:
+                raise ConfigError("data.train_steers is not set and no steers were passed in")
+            train = load_steers(cfg.data.train_steers)
+            if held is None and cfg.data.eval_steers:
+                held = load_steers(cfg.data.eval_steers)
+        if held is None:
+            if train and isinstance(train[0], TokenizedSteer):
+                raise ValueError("pass eval_steers along with tokenized train steers")
+            train, held = split_steers(train, cfg.data.eval_fraction, cfg.data_seed)
+        self.tokenize_reports: dict[str, Any] = {}
+        self.train_examples = self._tokenize(train, cfg.span_mode, "train")
+        eval_examples = self._tokenize(held, cfg.eval.span_mode, "eval")
+        self.eval_examples = eval_examples[: cfg.eval.max_steers] if cfg.eval.max_steers else eval_examples
+        if not self.train_examples:
+            raise ValueError("no training steers left after tokenization")
+
+    def _build_reference(self, base) -> None:
+        """The reference is the starting model: cached log-probs before any step, or a frozen live model."""
+        cfg = self.config
+        self._live_reference_pending = False
+        if cfg.loss.reference == "live":
+            if cfg.model.lora.enabled:
+                self._live_reference_pending = True  # the LoRA model with its adapter off, set after wrapping
+                self.reference = None
+            else:
+                frozen = copy.deepcopy(base).eval().requires_grad_(False)
+                self.reference = LiveReference(frozen, autocast_dtype=self.autocast_dtype)
+            return
+        if self.reference_cache is None:
+            try:
+                from localdpo.refcache import ReferenceCache
+            except ModuleNotFoundError as error:
+                raise ConfigError(
+                    f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
+                ) from None
+            self.reference_cache = ReferenceCache(
+                base,
+                self.tokenizer,
+                dtype=self.autocast_dtype or torch.float32,
+                max_length=cfg.data.max_length,
+                cache_dir=cfg.cache_dir,
+                batch_size=cfg.eval.batch_size,
+                device=self.device,
+                progress=cfg.train.progress and self.dist.is_main,
+            )
+        needed = (self.train_examples if cfg.method.needs_reference else []) + self.eval_examples
+        self.reference_cache.precompute(needed)
+        self.reference = CachedReference(self.reference_cache)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _resume(self) -> None:
+        cfg = self.config
+        mode = cfg.checkpoint.resume
+        if mode == "never":
+            if ckpt.list_checkpoints(self.checkpoint_root):
+                raise ConfigError(
+                    f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
+                )
+            return
+        path = ckpt.latest_checkpoint(self.checkpoint_root) if mode == "auto" else Path(mode)
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        missing = set(self.params) ^ set(state.tensors)
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: parameters do not match the model: {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for name, tensor in state.tensors.items():
+                self.params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        ckpt.restore_rng_state(state.rng)
+        self.step, self.consumed = int(state.state["step"]), int(state.state["consumed"])
+        self.history = list(state.state.get("history", []))
+        if state.state.get("data_seed") != self.config.data_seed or state.state.get("n_train") != len(
+            self.train_examples
+        ):
+            raise ckpt.CheckpointError(
+                f"{path}: written for another data order (data seed / training set size differ)"
+            )
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint of the current step (rank 0) and prune old ones."""
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(
+                self.checkpoint_root,
+                self.step,
+                tensors=self.params,
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                rng=ckpt.capture_rng_state(),
+                state={
+                    "consumed": self.consumed,
+                    "data_seed": self.config.data_seed,
+                    "n_train": len(self.train_examples),
+                    "world_size": self.dist.world_size,
+                    "history": self.history,
+                },
+            )
+            ckpt.prune_checkpoints(self.checkpoint_root, self.config.checkpoint.keep_last)
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return path
+
+    def save(self) -> Path | None:
+        """Save the final model (or LoRA adapter) and tokenizer in Hugging Face format under run_dir/final."""
+        if not self.dist.is_main:
+            return None
+        import shutil
+        import tempfile
+
+        final = self.run_dir / "final"
+        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=self.run_dir))
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    # ------------------------------------------------------------------ training
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+
+    def _forward(self, model, batch, need_rejected: bool):
+        cfg = self.config.train
+        if need_rejected and (cfg.packing or cfg.span_head):
+            from localdpo.packing import pair_token_logps
+
+            chosen, rejected, _, _ = pair_token_logps(
+                model,
+                batch,
+                packing=cfg.packing,
+                span_head=cfg.span_head,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            return chosen, rejected
+        return pair_logps(model, batch, need_rejected=need_rejected)
+
+    def _micro_batch(self) -> tuple[list[TokenizedSteer], dict[str, torch.Tensor]]:
+        per_step = self.config.train.batch_size * self.dist.world_size
+        indices = stream_indices(len(self.train_examples), self.config.data_seed, self.consumed, per_step)
+        self.consumed += per_step
+        mine = rank_slice(indices, self.dist, self.config.train.batch_size)
+        examples = [self.train_examples[i] for i in mine]
+        batch = collate_pairs(
+            [trim_to_scored(e) for e in examples], pad_token_id=self.tokenizer.pad_token_id, indices=mine
+        )
+        return examples, self._to_device(batch)
+
+    def _loss(self, model, examples, batch):
+        cfg = self.config
+        need_rejected = cfg.method.is_preference
+        with self._autocast():
+            chosen, rejected = self._forward(model, batch, need_rejected)
+        ref_chosen = ref_rejected = None
+        if cfg.method.needs_reference:
+            ref_chosen, ref_rejected = self.reference.batch_logps(examples, batch, self.device)
+        return method_loss(
+            cfg.method,
+            policy_chosen_logps=chosen,
+            chosen_loss_mask=batch[CHOSEN_LOSS_MASK],
+            chosen_attention_mask=batch[CHOSEN_ATTENTION_MASK],
+            policy_rejected_logps=rejected,
+            rejected_loss_mask=batch[REJECTED_LOSS_MASK],
+            ref_chosen_logps=ref_chosen,
+            ref_rejected_logps=ref_rejected,
+            beta=cfg.loss.beta,
+            loss_type=cfg.loss.loss_type,
+            label_smoothing=cfg.loss.label_smoothing,
+            length_normalize=cfg.loss.length_normalize,
+            sft_weight=cfg.loss.sft_weight,
+        )
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns its metrics (averaged over processes)."""
+        cfg = self.config
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        tokens = 0
+        accum = cfg.train.grad_accum
+        for micro in range(accum):
+            examples, batch = self._micro_batch()
+            sync = micro == accum - 1 or not self.dist.enabled
+            context = self.ddp_model.no_sync() if not sync else nullcontext()
+            with context:
+                out = self._loss(self.ddp_model, examples, batch)
+                (out.loss / accum).backward()
+            sums["train/loss"] = sums.get("train/loss", 0.0) + float(out.loss.detach()) / accum
+            for key, value in out.metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value.float().mean()) / accum
+            tokens += int(batch[CHOSEN_ATTENTION_MASK].sum())
+            if cfg.method.is_preference:
+                tokens += int(batch[REJECTED_ATTENTION_MASK].sum())
+        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        metrics = all_reduce_mean(sums, self.dist, self.device)
+        metrics.update(
+            {
+                "train/lr": lr,
+                "train/grad_norm": float(grad_norm),
+                "train/epoch": self.consumed / len(self.train_examples),
+                "perf/tokens_per_s": tokens * self.dist.world_size / elapsed,
+                "perf/step_time_s": elapsed,
+                "perf/peak_memory_gb": _peak_memory_gb(self.device),
+            }
+        )
+        return metrics
+
+    def train(self) -> TrainResult:
+        """Train to `train.max_steps` (from a restored checkpoint if any), evaluating and checkpointing on schedule."""
+        if not self._is_setup:
+            self.setup()
+        cfg = self.config
+        if self.step == 0 and cfg.eval.at_start and not self.history:
+            self._evaluate_and_log(final=False)
+        bar = None
+        if cfg.train.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=cfg.train.max_steps, initial=self.step, desc=f"{cfg.method.value}", dynamic_ncols=True
+            )
+        last = {}
+        while self.step < cfg.train.max_steps:
+            last = self.train_step()
+            if self.dist.is_main and (
+                self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps
+            ):
+                self.train_log.append(dict(last, step=self.step))
+                self.logger.log(last, self.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['train/loss']:.4f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
+            done = self.step == cfg.train.max_steps
+            if not done and cfg.eval.every and self.step % cfg.eval.every == 0:
+                self._evaluate_and_log(final=False)
+            if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or done):
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = (
+            self._evaluate_and_log(final=True)
+            if not (self.history and self.history[-1]["step"] == self.step)
+            else self.history[-1]
+        )
+        final = dict(final)
+        if last:
+            final["train/loss"] = last["train/loss"]
+        if self.logger is not None:
+            self.logger.summary({f"final/{k}": v for k, v in final.items()})
+        return TrainResult(
+            final=final, history=list(self.history), train_log=list(self.train_log), run_dir=self.run_dir
+        )
+
+    def run(self) -> TrainResult:
+        """`setup()`, `train()`, `save()` (when `checkpoint.save_final`), then close the logger."""
+        try:
+            self.setup()
+            result = self.train()
+            if self.config.checkpoint.save_final:
+                self.save()
+            return result
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.finish()
+            self.logger = None
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, *, task: bool = False) -> dict[str, float]:
+        """Held-out metrics of the current policy: preference accuracy, mean margin, chosen-span NLL, drift (, task).
+
+        Every method is scored with the same implicit reward, β · (policy − reference) log-prob summed over
+        the `eval.span_mode` spans, so the numbers compare across methods.
+        """
+        cfg = self.config
+        model = self.model
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {"step": self.step}
+        try:
+            if self.eval_examples:
+                margins, chosen_rewards, rejected_rewards = [], [], []
+                nll_sum, nll_tokens = 0.0, 0
+                for start in range(0, len(self.eval_examples), cfg.eval.batch_size):
+                    examples = self.eval_examples[start : start + cfg.eval.batch_size]
+                    batch = self._to_device(
+                        collate_pairs(
+                            [trim_to_scored(e) for e in examples], pad_token_id=self.tokenizer.pad_token_id
+                        )
+                    )
+                    with self._autocast():
+                        chosen, rejected = pair_logps(model, batch)
+                    ref_chosen, ref_rejected = self.reference.batch_logps(examples, batch, self.device)
+                    out = localized_dpo_loss(
+                        chosen,
+                        rejected,
+                        ref_chosen,
+                        ref_rejected,
+                        batch[CHOSEN_LOSS_MASK],
+                        batch[REJECTED_LOSS_MASK],
+                        beta=cfg.loss.beta,
+                    )
+                    margins.append(out.margins.cpu())
+                    chosen_rewards.append(out.chosen_rewards.cpu())
+                    rejected_rewards.append(out.rejected_rewards.cpu())
+                    n = int(batch[CHOSEN_LOSS_MASK].sum())
+                    nll_sum += float(masked_sft_loss(chosen, batch[CHOSEN_LOSS_MASK])) * n
+                    nll_tokens += n
+                margin = torch.cat(margins)
+                metrics.update(
+                    {
+                        "eval/preference_accuracy": float((margin > 0).float().mean()),
+                        "eval/margin": float(margin.mean()),
+                        "eval/rewards_chosen": float(torch.cat(chosen_rewards).mean()),
+                        "eval/rewards_rejected": float(torch.cat(rejected_rewards).mean()),
+                        "eval/chosen_nll": nll_sum / max(1, nll_tokens),
+                        "eval/num_steers": float(len(self.eval_examples)),
+                    }
+                )
+            if self.drift_set is not None:
+                metrics["eval/drift_kl"] = self.drift_set.kl(
+                    model, device=self.device, autocast_dtype=self.autocast_dtype
+                )
+            if task and cfg.eval.task:
+                metrics.update(self._task_metrics())
+        finally:
+            model.train(was_training)
+        return metrics
+
+    def _task_metrics(self) -> dict[str, float]:
+        from localdpo.taskeval import evaluate_task
+
+        result = evaluate_task(
+            self.model,
+            self.tokenizer,
+            self.config.eval.task,
+            n=self.config.eval.task_n,
+            seed=self.config.eval.task_seed,
+        )
+        return {
+            f"eval/task_{k}": float(v)
+            for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+
+    def _evaluate_and_log(self, *, final: bool) -> dict[str, float]:
+        cfg = self.config
+        task = final or self.step == 0 or bool(cfg.eval.task_every and self.step % cfg.eval.task_every == 0)
+        # Evaluation must not consume training randomness (a resumed run skips evaluations already logged).
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            metrics = self.evaluate(task=task)
+        random.setstate(python_state)
+        self.history.append(metrics)
+        if self.logger is not None:
+            self.logger.log({k: v for k, v in metrics.items() if k != "step"}, self.step)
+        return metrics
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def run_training(config: RunConfig, **kwargs) -> TrainResult:
+    """Train `config` end to end (`Trainer(config, **kwargs).run()`): the entry point for notebooks and comparisons."""
+    return Trainer(config, **kwargs).run()

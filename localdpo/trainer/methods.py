@@ -1,0 +1,155 @@
+"""Training methods and their losses: every method sees the same batches and differs only here.
+
+`method_loss` is pure (tensors in, tensors out): per-token log-probs of both sides and the batch masks.
+
+References:
+  DPO: Rafailov et al. 2023, "Direct Preference Optimization", eq. 7 (via `localdpo.localized_dpo_loss`).
+  RPO (DPO + NLL of the chosen side): Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from localdpo.losses import LossType, localized_dpo_loss, masked_sft_loss
+from localdpo.tokenization import SpanMode
+
+
+class Method(str, Enum):
+    """What the trainer optimizes on the steers."""
+
+    LDPO = "ldpo"
+    """Localized DPO: the DPO loss on the scored spans (default: the divergent span, the edit itself)."""
+    DPO = "dpo"
+    """Standard DPO on the same steers: the whole assistant completion of each side is scored."""
+    SFT = "sft"
+    """Supervised fine-tuning on the corrected tokens only (the chosen span)."""
+    SFT_FULL = "sft_full"
+    """SFT on the whole chosen sequence, prompt included (the common mistake; an ablation)."""
+
+    @property
+    def is_preference(self) -> bool:
+        """Whether the loss compares chosen against rejected (and so needs the rejected forward)."""
+        return self in (Method.LDPO, Method.DPO)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether training needs reference log-probs (evaluation always uses them for the margins)."""
+        return self.is_preference
+
+    @property
+    def default_span_mode(self) -> SpanMode:
+        return {
+            Method.LDPO: SpanMode.DIVERGENT,
+            Method.DPO: SpanMode.COMPLETION,
+            Method.SFT: SpanMode.DIVERGENT,
+            Method.SFT_FULL: SpanMode.COMPLETION,
+        }[self]
+
+    @property
+    def allowed_span_modes(self) -> tuple[SpanMode, ...]:
+        """Span modes this method accepts; standard DPO is defined on the whole completion only."""
+        if self in (Method.LDPO, Method.SFT):
+            return (SpanMode.DIVERGENT, SpanMode.TO_END, SpanMode.COMPLETION)
+        return (SpanMode.COMPLETION,)
+
+    @property
+    def disables_dropout(self) -> bool:
+        """Default for `model.disable_dropout`: DPO's policy/reference ratio assumes deterministic forwards."""
+        return self.is_preference
+
+
+def full_sequence_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Every real token except the first (which has no prediction): the `sft_full` loss mask.
+
+    Shape: attention_mask (B, T) -> (B, T) bool.
+    """
+    mask = attention_mask.bool().clone()  # (B, T)
+    mask[:, 0] = False
+    return mask
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """A method's loss on one micro-batch and its detached metrics."""
+
+    loss: torch.Tensor
+    """() the loss to backpropagate."""
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Detached (B,) or () tensors under W&B keys (`rewards/chosen`, ...), averaged by the caller."""
+
+
+def method_loss(
+    method: Method | str,
+    *,
+    policy_chosen_logps: torch.Tensor,
+    chosen_loss_mask: torch.Tensor,
+    chosen_attention_mask: torch.Tensor,
+    policy_rejected_logps: torch.Tensor | None = None,
+    rejected_loss_mask: torch.Tensor | None = None,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    beta: float = 0.1,
+    loss_type: LossType | str = LossType.SIGMOID,
+    label_smoothing: float = 0.0,
+    length_normalize: bool = False,
+    sft_weight: float = 0.0,
+) -> MethodOutput:
+    """The loss of `method` on one batch and its metrics.
+
+    Preference methods: `localized_dpo_loss` on the loss masks (which the tokenizer set from the span mode),
+    plus `sft_weight` times the masked NLL of the chosen span (RPO-style). `sft`: masked NLL of the chosen
+    span. `sft_full`: NLL of every chosen token after the first, prompt included.
+
+    Shape: policy_chosen_logps, ref_chosen_logps, chosen_loss_mask, chosen_attention_mask (B, Tc);
+    policy_rejected_logps, ref_rejected_logps, rejected_loss_mask (B, Tr).
+    """
+    method = Method(method)
+    chosen_loss_mask = chosen_loss_mask.bool()
+    if method is Method.SFT_FULL:
+        mask = full_sequence_mask(chosen_attention_mask)  # (B, Tc)
+        loss = masked_sft_loss(policy_chosen_logps, mask)
+        return MethodOutput(loss, {"train/sft_loss": loss.detach(), "tokens/scored": mask.sum().float()})
+    sft = masked_sft_loss(policy_chosen_logps, chosen_loss_mask)
+    if method is Method.SFT:
+        return MethodOutput(
+            sft, {"train/sft_loss": sft.detach(), "tokens/scored": chosen_loss_mask.sum().float()}
+        )
+    if (
+        policy_rejected_logps is None
+        or rejected_loss_mask is None
+        or ref_chosen_logps is None
+        or ref_rejected_logps is None
+    ):
+        raise ValueError(
+            f"method {method.value} needs rejected log-probs, its mask and reference log-probs of both sides"
+        )
+    rejected_loss_mask = rejected_loss_mask.bool()
+    out = localized_dpo_loss(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        chosen_loss_mask,
+        rejected_loss_mask,
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+        length_normalize=length_normalize,
+    )
+    loss = out.loss + sft_weight * sft if sft_weight else out.loss
+    metrics = {
+        "train/dpo_loss": out.loss.detach(),
+        "train/sft_loss": sft.detach(),
+        "rewards/chosen": out.chosen_rewards,
+        "rewards/rejected": out.rejected_rewards,
+        "rewards/margins": out.margins,
+        "rewards/accuracies": (out.margins > 0).float(),
+        "tokens/scored": (chosen_loss_mask.sum() + rejected_loss_mask.sum()).float(),
+        "tokens/chosen_span": chosen_loss_mask.sum(-1).float(),
+        "tokens/rejected_span": rejected_loss_mask.sum(-1).float(),
+    }
+    return MethodOutput(loss, metrics)

@@ -1,0 +1,89 @@
+"""Policy preparation: loading, dropout, LoRA, gradient checkpointing, and the training forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_INPUT_IDS, REJECTED_ATTENTION_MASK, REJECTED_INPUT_IDS
+from localdpo.forward import sequence_token_logps
+from localdpo.trainer.config import RunConfig
+
+TINY_MODEL = "tiny"
+
+
+def load_base_model(config: RunConfig, tokenizer=None):
+    """`(model, tokenizer)` named by `config.model.name` (fp32 weights, CPU, eval mode)."""
+    from localdpo.models import load_model, tiny_model
+
+    if config.model.name == TINY_MODEL:
+        return tiny_model(seed=config.model.tiny_seed, tokenizer=tokenizer)
+    model, loaded_tokenizer = load_model(
+        config.model.name, cache_dir=config.cache_dir, trust_remote_code=config.model.trust_remote_code
+    )
+    return model, tokenizer if tokenizer is not None else loaded_tokenizer
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Set every dropout probability of `model` to 0 (modules and attention dropout); returns how many were set."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p:
+            module.p = 0.0
+            changed += 1
+        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout:
+            module.attention_dropout = 0.0
+            changed += 1
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if isinstance(getattr(getattr(model, "config", None), name, None), float):
+            setattr(model.config, name, 0.0)
+    return changed
+
+
+def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
+    """`model` wrapped with a fresh LoRA adapter (peft); only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.model.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name (tied weights once): what a checkpoint saves."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def pair_logps(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    need_rejected: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of both sides of a collated batch, in one forward of the 2B rows (chosen only if not `need_rejected`).
+
+    The single switch point of the training forward: a faster packed / span-only forward replaces this.
+
+    Shape: batch chosen (B, Tc), rejected (B, Tr) -> (B, Tc), (B, Tr) float32.
+    """
+    chosen_ids, chosen_attn = batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK]
+    if not need_rejected:
+        return sequence_token_logps(model, chosen_ids, chosen_attn), None
+    rejected_ids, rejected_attn = batch[REJECTED_INPUT_IDS], batch[REJECTED_ATTENTION_MASK]
+    tc, tr = chosen_ids.shape[1], rejected_ids.shape[1]
+    length = max(tc, tr)
+    ids = torch.cat(
+        [nn.functional.pad(chosen_ids, (0, length - tc)), nn.functional.pad(rejected_ids, (0, length - tr))]
+    )  # (2B, T)
+    attn = torch.cat(
+        [nn.functional.pad(chosen_attn, (0, length - tc)), nn.functional.pad(rejected_attn, (0, length - tr))]
+    )  # (2B, T)
+    logps = sequence_token_logps(model, ids, attn)  # (2B, T)
+    batch_size = chosen_ids.shape[0]
+    return logps[:batch_size, :tc], logps[batch_size:, :tr]  # (B, Tc), (B, Tr)

@@ -1,0 +1,40 @@
+import pytest
+
+from localdpo.steers import Steer
+
+COLORS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "black",
+    "white",
+    "pink",
+    "brown",
+    "gray",
+    "gold",
+]
+
+
+def make_steers(n: int = 12) -> list[Steer]:
+    """Small list-answer steers: the model wrote a wrong second item, the person corrected it mid-answer."""
+    steers = []
+    for i in range(n):
+        a, b, c = COLORS[i % 12], COLORS[(i + 3) % 12], COLORS[(i + 7) % 12]
+        steers.append(
+            Steer(
+                prompt=f"List three colors starting with {a}.",
+                prefix=f"1. {a.capitalize()}\n2. ",
+                rejected=f"{c.capitalize()} car\n3. {b.capitalize()}",
+                chosen=f"{b.capitalize()}\n3. {b.capitalize()}",
+                id=f"s{i}",
+            )
+        )
+    return steers
+
+
+@pytest.fixture
+def steers():
+    return make_steers()
