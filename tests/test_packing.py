@@ -348,3 +348,55 @@ def test_flex_attention_packed_logps_and_gradients_equal_unpacked_on_cuda(smol_t
     torch.testing.assert_close(got[1][r_mask], expected[1][r_mask], atol=1e-4, rtol=0)
     for name in expected[2]:
         torch.testing.assert_close(got[2][name], expected[2][name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def _trl_rows(examples: list[TokenizedSteer]) -> list[dict[str, list[int]]]:
+    """TRL's tokenized columns on localdpo's ids: the prompt ends where the scored completion starts."""
+    rows = []
+    for example in examples:
+        cut = int(example.chosen_mask.nonzero()[0])
+        assert cut == int(
+            example.rejected_mask.nonzero()[0]
+        )  # span mode completion: same start on both sides
+        chosen, rejected = example.chosen_ids.tolist(), example.rejected_ids.tolist()
+        rows.append({"prompt_ids": chosen[:cut], "chosen_ids": chosen[cut:], "rejected_ids": rejected[cut:]})
+    return rows
+
+
+def test_standard_dpo_first_step_equals_trl_dpo_trainer(smol_tokenizer, tmp_path):
+    """Span mode `completion` + localized_dpo_loss through the fast path = TRL 1.16's DPOTrainer, same ids."""
+    pytest.importorskip("datasets")
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from localdpo.losses import localized_dpo_loss
+
+    policy, _ = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    reference, _ = tiny_model(seed=1, tokenizer=smol_tokenizer)
+    trl_policy = copy.deepcopy(policy)
+    args = DPOConfig(
+        output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to=[], save_strategy="no", max_length=None,
+        per_device_train_batch_size=3, beta=0.1, seed=0,
+    )  # fmt: skip
+    text = Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}])  # only to build the trainer
+    trainer = DPOTrainer(
+        trl_policy,
+        ref_model=copy.deepcopy(reference),
+        args=args,
+        train_dataset=text,
+        processing_class=smol_tokenizer,
+    )
+    examples = _examples(smol_tokenizer, SpanMode.COMPLETION)
+    trl_loss = trainer.compute_loss(trainer.model, trainer.data_collator(_trl_rows(examples)))
+    trl_loss.backward()
+
+    pad = smol_tokenizer.pad_token_id
+    with torch.no_grad():
+        ref_chosen, ref_rejected, _, _ = pair_token_logps(reference, examples, pad_token_id=pad)
+    chosen, rejected, c_mask, r_mask = pair_token_logps(policy, examples, pad_token_id=pad)
+    loss = localized_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, c_mask, r_mask, beta=0.1).loss
+    loss.backward()
+    torch.testing.assert_close(loss, trl_loss, atol=1e-5, rtol=0)
+    trl_grads = dict(trainer.model.named_parameters())
+    for name, parameter in policy.named_parameters():
+        torch.testing.assert_close(parameter.grad, trl_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
