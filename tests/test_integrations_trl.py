@@ -1,0 +1,364 @@
+"""LocalizedDPOTrainer (TRL 1.16) against localdpo's own functions, on tiny random Llama models (CPU, fp32)."""
+
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+datasets = pytest.importorskip("datasets")
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+from localdpo import Steer, localized_dpo_loss, tokenize_steer  # noqa: E402
+from localdpo.data import (  # noqa: E402
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+)
+from localdpo.forward import sequence_token_logps  # noqa: E402
+from localdpo.integrations.trl import (  # noqa: E402
+    SPAN_COLUMNS,
+    LocalizedDPOTrainer,
+    SpanDataCollatorForPreference,
+    trl_loss_type,
+    trl_row_from_tokenized,
+)
+from localdpo.steers import steer_from_row  # noqa: E402
+
+STEERS = [
+    Steer(
+        prompt="List two fruits:",
+        prefix=" 1. Apple\n2.",
+        rejected=" Carrot\n3. Pear",
+        chosen=" Banana\n3. Pear",
+        id="fruit",
+    ),
+    Steer(
+        prompt=[{"role": "user", "content": "What is 2+2?"}],
+        prefix="It is",
+        rejected=" 5, I think.",
+        chosen=" 4, I think.",
+        id="sum",
+    ),
+    Steer(
+        prompt="Capital of France?",
+        prefix="",
+        rejected=" Lyon, a city.",
+        chosen=" Paris.",
+        chosen_complete=True,
+        id="capital",
+    ),
+    Steer(prompt="Name a colour:", prefix=" Blue", rejected=" and green and red.", chosen=".", id="colour"),
+]
+ROWS = [
+    {"prompt": "The capital of France is", "chosen": " Paris. It is big.", "rejected": " Lyon. It is big."},
+    {"prompt": "Two plus two is", "chosen": " four.", "rejected": " five, or six."},
+    {
+        "prompt": "Water boils at",
+        "chosen": " 100 degrees at sea level.",
+        "rejected": " 90 degrees at sea level.",
+    },
+]
+
+
+def _tiny(seed, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, smol_tokenizer):
+    """Saved tiny policy (seed 0) and reference (seed 1): TRL may reload a reference from `_name_or_path`."""
+    dirs = {}
+    for name, seed in (("policy", 0), ("reference", 1)):
+        path = tmp_path_factory.mktemp(name)
+        _tiny(seed, smol_tokenizer).save_pretrained(path)
+        dirs[name] = path
+    return dirs
+
+
+def _load(path):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"), bf16=False, report_to=[], use_cpu=True, gradient_checkpointing=False,
+        save_strategy="no", logging_steps=1, per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
+        beta=0.1, seed=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return DPOConfig(**values)
+
+
+def _full_batch(trainer):
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    return trainer.data_collator(rows)
+
+
+def _trl_loss(trainer):
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, _full_batch(trainer)))
+
+
+def _localdpo_loss(policy, reference, tokenizer, steers, span_mode, **loss_kwargs):
+    """The loss computed with localdpo's own functions only."""
+    examples = [tokenize_steer(s, tokenizer, span_mode=span_mode) for s in steers]
+    batch = collate_pairs(examples, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = {
+            (name, side): sequence_token_logps(model, batch[ids], batch[attn])
+            for name, model in (("policy", policy), ("reference", reference))
+            for side, ids, attn in (
+                ("c", CHOSEN_INPUT_IDS, CHOSEN_ATTENTION_MASK),
+                ("r", REJECTED_INPUT_IDS, REJECTED_ATTENTION_MASK),
+            )
+        }
+    out = localized_dpo_loss(
+        logps["policy", "c"], logps["policy", "r"], logps["reference", "c"], logps["reference", "r"],
+        batch[CHOSEN_LOSS_MASK], batch[REJECTED_LOSS_MASK], **loss_kwargs,
+    )  # fmt: skip
+    return float(out.loss)
+
+
+def test_steer_row_reassembles_localdpo_ids_and_spans(smol_tokenizer):
+    for steer in STEERS:
+        example = tokenize_steer(steer, smol_tokenizer)
+        row = trl_row_from_tokenized(example)
+        assert row["prompt_ids"] + row["chosen_ids"] == example.chosen_ids.tolist()
+        assert row["prompt_ids"] + row["rejected_ids"] == example.rejected_ids.tolist()
+        assert (row[SPAN_COLUMNS[0]], row[SPAN_COLUMNS[1]]) == example.chosen_span
+        assert (row[SPAN_COLUMNS[2]], row[SPAN_COLUMNS[3]]) == example.rejected_span
+    # "Paris." vs "Lyon, a city.": the edit is the whole continuation; chosen ends the answer (EOS scored).
+    row = trl_row_from_tokenized(tokenize_steer(STEERS[2], smol_tokenizer))
+    chosen = row["prompt_ids"] + row["chosen_ids"]
+    assert smol_tokenizer.decode(chosen[row[SPAN_COLUMNS[0]] : row[SPAN_COLUMNS[1]]]) == " Paris.<|im_end|>"
+
+
+def test_loss_type_mapping():
+    assert trl_loss_type("sigmoid") == "sigmoid"
+    assert trl_loss_type("sigmoid", length_normalize=True) == "sigmoid_norm"
+    assert trl_loss_type("ipo", length_normalize=True) == "ipo"
+    assert trl_loss_type("hinge") == "hinge"
+    assert trl_loss_type("robust") == "robust"
+    with pytest.raises(ValueError, match="ipo with length_normalize=False"):
+        trl_loss_type("ipo")
+
+
+def test_sigmoid_with_label_smoothing_is_refused(model_dirs, smol_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="ignores label_smoothing"):
+        LocalizedDPOTrainer(
+            _load(model_dirs["policy"]), args=_args(tmp_path, label_smoothing=0.1), train_dataset=STEERS,
+            processing_class=smol_tokenizer,
+        )  # fmt: skip
+
+
+def test_trl_rows_get_spans_on_trl_ids(model_dirs, smol_tokenizer, tmp_path):
+    """Spans are found on TRL's own ids; for plain-text rows those equal localdpo's tokenization of the row."""
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), args=_args(tmp_path), train_dataset=datasets.Dataset.from_list(ROWS),
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    row = trainer.train_dataset[0]
+    chosen = row["prompt_ids"] + row["chosen_ids"]
+    assert smol_tokenizer.decode(chosen[row[SPAN_COLUMNS[0]] : row[SPAN_COLUMNS[1]]]) == " Paris"
+    for index, raw in enumerate(ROWS):
+        row = trainer.train_dataset[index]
+        example = tokenize_steer(steer_from_row(raw), smol_tokenizer)
+        assert row["prompt_ids"] + row["chosen_ids"] == example.chosen_ids.tolist()
+        assert row["prompt_ids"] + row["rejected_ids"] == example.rejected_ids.tolist()
+        assert (row[SPAN_COLUMNS[0]], row[SPAN_COLUMNS[1]]) == example.chosen_span
+        assert (row[SPAN_COLUMNS[2]], row[SPAN_COLUMNS[3]]) == example.rejected_span
+
+
+def test_span_columns_survive_remove_unused_columns(model_dirs, smol_tokenizer, tmp_path):
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), args=_args(tmp_path, remove_unused_columns=True), train_dataset=STEERS,
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    kept = trainer._remove_unused_columns(trainer.train_dataset)
+    assert set(SPAN_COLUMNS) <= set(kept.column_names)
+    assert "localdpo_steer_id" not in kept.column_names
+    batch = next(iter(trainer.get_train_dataloader()))
+    # The dataloader shuffles: match rows through their ids.
+    by_ids = {}
+    for steer in STEERS:
+        example = tokenize_steer(steer, smol_tokenizer)
+        by_ids[tuple(example.chosen_ids.tolist())] = example.chosen_mask.tolist()
+        by_ids[tuple(example.rejected_ids.tolist())] = example.rejected_mask.tolist()
+    for ids, attention, mask in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]):
+        length = int(attention.sum())
+        assert [bool(m) for m in mask[:length].tolist()] == by_ids[tuple(ids[:length].tolist())]
+        assert not mask[length:].any()
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "length_normalize", "label_smoothing"),
+    [
+        ("sigmoid", False, 0.0),
+        ("sigmoid", True, 0.0),
+        ("ipo", True, 0.0),
+        ("hinge", False, 0.0),
+        ("robust", False, 0.2),
+    ],
+)
+def test_first_step_loss_matches_localdpo(
+    model_dirs, smol_tokenizer, tmp_path, loss_type, length_normalize, label_smoothing
+):
+    policy, reference = _load(model_dirs["policy"]), _load(model_dirs["reference"])
+    trainer = LocalizedDPOTrainer(
+        policy, ref_model=reference,
+        args=_args(tmp_path, loss_type=[trl_loss_type(loss_type, length_normalize)], label_smoothing=label_smoothing),
+        train_dataset=STEERS, processing_class=smol_tokenizer,
+    )  # fmt: skip
+    expected = _localdpo_loss(
+        _load(model_dirs["policy"]), _load(model_dirs["reference"]), smol_tokenizer, STEERS, "divergent",
+        beta=0.1, loss_type=loss_type, length_normalize=length_normalize, label_smoothing=label_smoothing,
+    )  # fmt: skip
+    assert _trl_loss(trainer) == pytest.approx(expected, abs=1e-5)
+    # The reference differs from the policy, so the loss is not its trivial value at h = 0.
+    trivial = {"sigmoid": math.log(2), "ipo": (1 / 0.2) ** 2, "hinge": 1.0, "robust": math.log(2)}[loss_type]
+    assert abs(expected - trivial) > 1e-4
+
+
+@pytest.mark.parametrize("span_mode", ["divergent", "to_end", "completion"])
+def test_precomputed_reference_matches_localdpo(model_dirs, smol_tokenizer, tmp_path, span_mode):
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]),
+        args=_args(tmp_path, precompute_ref_log_probs=True), train_dataset=STEERS, processing_class=smol_tokenizer,
+        span_mode=span_mode,
+    )  # fmt: skip
+    assert "ref_chosen_logps" in trainer.train_dataset.column_names
+    expected = _localdpo_loss(
+        _load(model_dirs["policy"]),
+        _load(model_dirs["reference"]),
+        smol_tokenizer,
+        STEERS,
+        span_mode,
+        beta=0.1,
+    )
+    assert _trl_loss(trainer) == pytest.approx(expected, abs=1e-5)
+
+
+def test_completion_mode_equals_dpo_trainer(model_dirs, smol_tokenizer, tmp_path):
+    data = datasets.Dataset.from_list(ROWS)
+    plain = DPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]), args=_args(tmp_path),
+        train_dataset=data, processing_class=smol_tokenizer,
+    )  # fmt: skip
+    localized = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]), args=_args(tmp_path),
+        train_dataset=data, processing_class=smol_tokenizer, span_mode="completion",
+    )  # fmt: skip
+    plain_batch, localized_batch = _full_batch(plain), _full_batch(localized)
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        assert torch.equal(plain_batch[key], localized_batch[key]), key
+    assert _trl_loss(localized) == pytest.approx(_trl_loss(plain), abs=1e-6)
+    divergent = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]), args=_args(tmp_path),
+        train_dataset=data, processing_class=smol_tokenizer,
+    )  # fmt: skip
+    assert _full_batch(divergent)["completion_mask"].sum() < plain_batch["completion_mask"].sum()
+
+
+def test_training_lowers_the_loss(model_dirs, smol_tokenizer, tmp_path):
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), args=_args(tmp_path, max_steps=4), train_dataset=STEERS,
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    before = _trl_loss(trainer)
+    assert before == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 0: h = 0
+    trainer.train()
+    assert _trl_loss(trainer) < before - 0.01
+
+
+def test_reference_cache_follows_the_span_rule(model_dirs, smol_tokenizer, tmp_path):
+    """Two runs over the same file-backed dataset with different span rules get their own reference values.
+
+    TRL caches precomputed reference log-probs next to the dataset, keyed by the prepared dataset's
+    fingerprint: the span map puts the span rule into that fingerprint.
+    """
+    datasets.Dataset.from_list(ROWS).save_to_disk(tmp_path / "data")
+    values = {}
+    for run, span_mode in enumerate(["divergent", "to_end", "divergent"]):
+        data = datasets.load_from_disk(str(tmp_path / "data"))
+        trainer = LocalizedDPOTrainer(
+            _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]),
+            args=_args(tmp_path, precompute_ref_log_probs=True), train_dataset=data, processing_class=smol_tokenizer,
+            span_mode=span_mode,
+        )  # fmt: skip
+        values[run] = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
+        # What the reference gives under this run's span rule, computed without any cache.
+        reference = _load(model_dirs["reference"])
+        batch = _full_batch(trainer)
+        with torch.no_grad():
+            logps = sequence_token_logps(reference, batch["input_ids"], batch["attention_mask"])  # (2B, T)
+        expected = (logps * batch["completion_mask"]).sum(-1)[: len(ROWS)]
+        torch.testing.assert_close(values[run], expected, atol=1e-5, rtol=1e-6)
+    cached = list((tmp_path / "data").glob("cache-*.arrow"))
+    assert cached, "the dataset was not file-backed: the test would not exercise TRL's cache"
+    assert not torch.allclose(values[0], values[1])
+    torch.testing.assert_close(values[2], values[0])
+
+
+def test_dataset_built_with_another_span_mode_is_refused(model_dirs, smol_tokenizer, tmp_path):
+    from localdpo.integrations.trl import steers_to_trl_dataset
+
+    data = steers_to_trl_dataset(STEERS, smol_tokenizer, span_mode="to_end")
+    with pytest.raises(ValueError, match="span_mode"):
+        LocalizedDPOTrainer(
+            _load(model_dirs["policy"]),
+            args=_args(tmp_path),
+            train_dataset=data,
+            processing_class=smol_tokenizer,
+        )
+
+
+def test_truncation_that_cuts_a_span_raises(smol_tokenizer):
+    example = trl_row_from_tokenized(tokenize_steer(STEERS[0], smol_tokenizer))
+    end = example[SPAN_COLUMNS[1]]
+    collator = SpanDataCollatorForPreference(pad_token_id=smol_tokenizer.pad_token_id, max_length=end - 1)
+    with pytest.raises(ValueError, match="cuts scored chosen tokens"):
+        collator([example])
+    assert (
+        SpanDataCollatorForPreference(pad_token_id=0, max_length=end)([example])["completion_mask"].sum() == 4
+    )
+
+
+def test_peft_reference_is_the_base_model(model_dirs, smol_tokenizer, tmp_path):
+    """With a LoRA adapter, TRL's reference is the base model (adapter off): precomputed values equal it."""
+    from peft import LoraConfig
+
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), args=_args(tmp_path, precompute_ref_log_probs=True, max_steps=4, learning_rate=1e-2),
+        train_dataset=STEERS, processing_class=smol_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )  # fmt: skip
+    base = _load(model_dirs["policy"])
+    batch = _full_batch(trainer)
+    with torch.no_grad():
+        logps = sequence_token_logps(base, batch["input_ids"], batch["attention_mask"])  # (2B, T)
+    expected = (logps * batch["completion_mask"]).sum(-1)  # (2B,)
+    torch.testing.assert_close(batch["ref_chosen_logps"], expected[: len(STEERS)], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(batch["ref_rejected_logps"], expected[len(STEERS) :], atol=1e-5, rtol=1e-6)
+    before = _trl_loss(trainer)
+    # A fresh LoRA adapter (B = 0) leaves the policy at the base model: h = 0.
+    assert before == pytest.approx(math.log(2), abs=1e-6)
+    trainer.train()
+    assert _trl_loss(trainer) < before - 0.01
