@@ -263,3 +263,34 @@ def test_peft_policy_uses_the_base_model_as_reference(smol_tokenizer, tmp_path):
         base = pair_token_logps(_tiny(0, smol_tokenizer), base_batch)
     for got, expected in zip(reference, base):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
+
+
+def test_matches_localdpo_trainer_first_step(smol_tokenizer, tmp_path):
+    """localdpo's own trainer logs the same first-step loss as the HF mixin (reference from a shared cache)."""
+    refcache = pytest.importorskip("localdpo.refcache")
+    loop = pytest.importorskip("localdpo.trainer.loop")
+    from localdpo.trainer.config import load_config
+
+    cache = refcache.ReferenceCache(
+        _tiny(1, smol_tokenizer), smol_tokenizer, cache_dir=tmp_path / "cache", progress=False
+    )
+    config = load_config(
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}", "train.max_steps=1", f"train.batch_size={len(STEERS)}",
+            "train.progress=false", "loss.reference=cache", "eval.drift=false", "eval.at_start=false",
+            "wandb.mode=disabled", "checkpoint.save_final=false", "train.device=cpu",
+        ],
+    )  # fmt: skip
+    own = loop.Trainer(
+        config, model=_tiny(0, smol_tokenizer), tokenizer=smol_tokenizer, train_steers=STEERS,
+        eval_steers=STEERS[:1], reference_cache=cache,
+    ).setup()  # fmt: skip
+    first_step = own.train_step()["train/loss"]
+    dataset = SteerPairDataset(STEERS, smol_tokenizer)
+    hf = LocalizedDPOLossTrainer(
+        _tiny(0, smol_tokenizer), _args(tmp_path), reference_cache=cache, train_dataset=dataset,
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    assert first_step == pytest.approx(_trainer_loss(hf, dataset), abs=1e-5)
+    assert abs(first_step - math.log(2)) > 1e-4
