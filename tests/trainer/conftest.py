@@ -38,3 +38,26 @@ def make_steers(n: int = 12) -> list[Steer]:
 @pytest.fixture
 def steers():
     return make_steers()
+
+
+def tiny_config(run_dir, *overrides):
+    """A fast CPU config: tiny random model, live reference, no drift, no W&B, no final save."""
+    from localdpo.trainer.config import load_config
+
+    return load_config(
+        None,
+        [
+            "model.name=tiny",
+            f"run_dir={run_dir}",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "train.progress=false",
+            "optim.lr=1e-3",
+            "loss.reference=live",
+            "eval.drift=false",
+            "eval.at_start=false",
+            "wandb.mode=disabled",
+            "checkpoint.save_final=false",
+            *overrides,
+        ],
+    )

@@ -1,0 +1,91 @@
+import json
+import random
+
+import pytest
+import torch
+
+from localdpo.trainer.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
+
+
+def _save(root, step, value=1.0):
+    return save_checkpoint(
+        root,
+        step,
+        tensors={"w": torch.full((3,), value)},
+        optimizer={"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        scheduler={"last_epoch": step},
+        rng=capture_rng_state(),
+        state={"consumed": step * 4},
+    )
+
+
+def test_round_trip(tmp_path):
+    path = _save(tmp_path, 7, value=2.5)
+    assert path.name == "step-000007"
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.tensors["w"], torch.full((3,), 2.5))
+    assert torch.equal(loaded.optimizer["state"][0]["exp_avg"], torch.ones(3))
+    assert loaded.scheduler == {"last_epoch": 7}
+    assert loaded.state == {"consumed": 28, "step": 7}
+    assert set(json.loads((path / "manifest.json").read_text())["files"]) == {
+        "model.safetensors",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+    }
+
+
+def test_rng_state_restores_python_and_torch():
+    state = capture_rng_state()
+    expected = (random.random(), torch.rand(2))
+    random.random(), torch.rand(5)
+    restore_rng_state(state)
+    assert random.random() == expected[0]
+    assert torch.equal(torch.rand(2), expected[1])
+
+
+def test_corrupted_checkpoint_is_refused_and_skipped(tmp_path):
+    _save(tmp_path, 2)
+    newest = _save(tmp_path, 4)
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: sha256 does not match"):
+        verify_checkpoint(newest)
+    with pytest.warns(UserWarning, match="does not verify"):
+        assert latest_checkpoint(tmp_path).name == "step-000002"
+
+
+def test_kill_during_a_write_leaves_nothing_loadable(tmp_path):
+    """A writer killed before the rename leaves only a hidden temporary directory; one killed after some files
+    but before the manifest (simulated by deleting it) leaves a directory that never loads."""
+    _save(tmp_path, 2)
+    (tmp_path / ".tmp-step-000004-abc").mkdir()
+    (tmp_path / ".tmp-step-000004-abc" / "model.safetensors").write_bytes(b"partial")
+    half = _save(tmp_path, 6)
+    (half / "manifest.json").unlink()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000006"]
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(half)
+    with pytest.warns(UserWarning):
+        assert latest_checkpoint(tmp_path).name == "step-000002"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_prune_keeps_the_newest(tmp_path):
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step)
+    (tmp_path / ".tmp-step-000005-x").mkdir()
+    prune_checkpoints(tmp_path, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
+    assert not list(tmp_path.glob(".tmp-*"))

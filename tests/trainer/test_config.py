@@ -1,0 +1,125 @@
+import pytest
+import yaml
+
+from localdpo.losses import LossType
+from localdpo.tokenization import SpanMode
+from localdpo.trainer.config import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+    valid_keys,
+)
+from localdpo.trainer.methods import Method
+
+
+def test_overrides_are_parsed_to_the_field_type():
+    config = load_config(
+        None,
+        [
+            "optim.lr=1e-5",
+            "train.max_steps=200",
+            "method=dpo",
+            "loss.loss_type=ipo",
+            "eval.task=null",
+            "model.lora.enabled=true",
+            "model.lora.target_modules=q_proj,v_proj",
+            "optim.max_grad_norm=none",
+            "wandb.tags=[a, b]",
+        ],
+    )
+    assert config.optim.lr == 1e-5 and isinstance(config.optim.lr, float)
+    assert config.train.max_steps == 200 and isinstance(config.train.max_steps, int)
+    assert config.method is Method.DPO
+    assert config.loss.loss_type is LossType.IPO
+    assert config.eval.task is None
+    assert config.model.lora.enabled is True
+    assert config.model.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.optim.max_grad_norm is None
+    assert config.wandb.tags == ["a", "b"]
+
+
+def test_method_default_span_modes():
+    assert load_config(None, ["method=ldpo"]).span_mode is SpanMode.DIVERGENT
+    assert load_config(None, ["method=dpo"]).span_mode is SpanMode.COMPLETION
+    assert load_config(None, ["method=sft"]).span_mode is SpanMode.DIVERGENT
+    assert load_config(None, ["method=sft_full"]).span_mode is SpanMode.COMPLETION
+    assert load_config(None, ["method=ldpo", "loss.span_mode=to_end"]).span_mode is SpanMode.TO_END
+
+
+def test_unknown_key_lists_the_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*optim\.lr,"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.foo'"):
+        from_dict({"optim": {"foo": 1}})
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"method='ppo': expected one of ldpo, dpo, sft, sft_full"):
+        load_config(None, ["method=ppo"])
+    with pytest.raises(ConfigError, match=r"train.max_steps='ten': expected int"):
+        load_config(None, ["train.max_steps=ten"])
+    with pytest.raises(ConfigError, match=r"train.max_steps='2.5': expected int"):
+        load_config(None, ["train.max_steps=2.5"])
+    with pytest.raises(ConfigError, match=r"model.lora.enabled='maybe': expected true or false"):
+        load_config(None, ["model.lora.enabled=maybe"])
+    with pytest.raises(ConfigError, match=r"loss.reference='disk'"):
+        load_config(None, ["loss.reference=disk"])
+    with pytest.raises(ConfigError, match=r"train.batch_size=0: must be >= 1"):
+        load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"expected key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_span_mode_incompatible_with_method():
+    with pytest.raises(ConfigError, match=r"loss.span_mode=divergent is not valid for method=dpo: allowed completion"):
+        load_config(None, ["method=dpo", "loss.span_mode=divergent"])
+    with pytest.raises(ConfigError, match=r"not valid for method=sft_full"):
+        load_config(None, ["method=sft_full", "loss.span_mode=to_end"])
+    with pytest.raises(ConfigError, match=r"sft_weight applies to DPO methods only"):
+        load_config(None, ["method=sft", "loss.sft_weight=1.0"])
+
+
+def test_yaml_file_with_overrides_and_errors_name_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: sft\noptim:\n  lr: 2.0e-5\ntrain:\n  batch_size: 2\n")
+    config = load_config(path, ["train.batch_size=3"])
+    assert (config.method, config.optim.lr, config.train.batch_size) == (Method.SFT, 2e-5, 3)
+    path.write_text("optim:\n  learning_rate: 1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown config key 'optim.learning_rate'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, ["method=dpo", "optim.lr=3e-6", "model.lora.r=4", "wandb.group=cmp"])
+    path = save_config(config, tmp_path / "config.yaml")
+    assert yaml.safe_load(path.read_text())["method"] == "dpo"
+    again = load_config(path)
+    assert to_dict(again) == to_dict(config)
+    assert again == config
+
+
+def test_every_key_is_settable():
+    config = RunConfig()
+    for key in valid_keys():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        text = ",".join(value) if isinstance(value, list) else ("null" if value is None else getattr(value, "value", value))
+        apply_override(config, f"{key}={text}")
+    assert to_dict(config) == to_dict(RunConfig())
+
+
+def test_all_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[2].glob("experiments/configs/*.yaml"))
+    assert configs
+    for path in configs:
+        assert path.read_text().startswith("# python -m localdpo train --config"), path
+        load_config(path)

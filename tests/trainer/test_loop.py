@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+
+from localdpo.models import tiny_model
+from localdpo.trainer import ConfigError, Trainer, run_training
+from localdpo.trainer.loop import lr_factor, split_steers
+
+from .conftest import make_steers, tiny_config
+
+STEERS = make_steers(12)
+TRAIN, HELD = STEERS[:8], STEERS[8:]
+
+
+@pytest.fixture(scope="module")
+def tiny(smol_tokenizer):
+    return tiny_model(seed=0, tokenizer=smol_tokenizer)
+
+
+def _run(tmp_path, tiny, *overrides, **kwargs):
+    model, tokenizer = tiny
+    config = tiny_config(tmp_path / "run", "train.batch_size=8", *overrides)
+    return run_training(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [("ldpo", []), ("dpo", []), ("sft", []), ("sft_full", []), ("ldpo", ["loss.sft_weight=1.0"])],
+    ids=["ldpo", "dpo", "sft", "sft_full", "ldpo+sft"],
+)
+def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra):
+    """Full batch (8 steers) so every step sees the same data: the loss must fall."""
+    result = _run(tmp_path, tiny, f"method={method}", "train.max_steps=6", *extra)
+    losses = [row["train/loss"] for row in result.train_log]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    if method.startswith("ldpo") or method == "dpo":
+        # policy == reference at step 0: every margin is 0 and the DPO loss is log 2
+        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_given_model_is_not_modified(tmp_path, tiny):
+    model, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(tmp_path, tiny, "train.max_steps=2")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_reference_cache_gives_the_same_training_as_a_live_reference(tmp_path, tiny):
+    live = _run(tmp_path / "a", tiny, "loss.reference=live", "train.max_steps=3")
+    cached = _run(tmp_path / "b", tiny, "loss.reference=cache", f"cache_dir={tmp_path / 'cache'}", "train.max_steps=3")
+    for a, b in zip(live.train_log, cached.train_log):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-5)
+        assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
+    assert cached.final["eval/margin"] == pytest.approx(live.final["eval/margin"], abs=1e-5)
+
+
+def test_evaluation_at_start_and_drift(tmp_path, tiny):
+    result = _run(
+        tmp_path,
+        tiny,
+        "eval.at_start=true",
+        "eval.every=2",
+        "eval.drift=true",
+        "eval.drift_num_prompts=2",
+        "eval.drift_max_new_tokens=4",
+        "train.max_steps=4",
+    )
+    assert [h["step"] for h in result.history] == [0, 2, 4]
+    start = result.history[0]
+    assert start["eval/margin"] == 0.0 and start["eval/preference_accuracy"] == 0.0
+    assert start["eval/drift_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.final["eval/drift_kl"] > 1e-4
+    assert result.final["eval/preference_accuracy"] > 0.5
+    assert start["eval/chosen_nll"] > 0 and start["eval/num_steers"] == 4
+
+
+def test_lora_trains_only_the_adapter_against_the_base_model(tmp_path, tiny):
+    model, tokenizer = tiny
+    for reference in ("live", "cache"):
+        config = tiny_config(
+            tmp_path / reference,
+            "model.lora.enabled=true",
+            "model.lora.r=4",
+            "optim.lr=1e-2",
+            "train.batch_size=8",
+            f"loss.reference={reference}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "checkpoint.every=4",
+        )
+        trainer = Trainer(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD)
+        result = trainer.run()
+        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert result.train_log[-1]["train/loss"] < result.train_log[0]["train/loss"]
+        assert trainer.params and all("lora_" in name for name in trainer.params)
+
+
+def test_final_model_is_saved_in_hugging_face_format(tmp_path, tiny):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny
+    config = tiny_config(tmp_path / "run", "checkpoint.save_final=true", "train.max_steps=1")
+    trainer = Trainer(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD)
+    trainer.run()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert torch.equal(loaded.model.embed_tokens.weight, trainer.model.model.embed_tokens.weight)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_clear_errors(tmp_path, tiny):
+    model, tokenizer = tiny
+    with pytest.raises(FileNotFoundError, match="steer file not found"):
+        Trainer(tiny_config(tmp_path / "a", f"data.train_steers={tmp_path / 'missing.jsonl'}")).setup()
+    with pytest.raises(ConfigError, match="data.train_steers is not set"):
+        Trainer(tiny_config(tmp_path / "b")).setup()
+    _run(tmp_path, tiny, "checkpoint.every=1", "train.max_steps=1")
+    with pytest.raises(ConfigError, match="checkpoint.resume=never"):
+        _run(tmp_path, tiny, "checkpoint.resume=never")
+
+
+def test_lr_schedule_and_split():
+    assert [lr_factor(s, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(2, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == 1.0
+    assert lr_factor(6, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == pytest.approx(0.5)  # half-way: cos(pi/2)
+    assert lr_factor(10, warmup_steps=2, max_steps=10, min_lr_ratio=0.1) == pytest.approx(0.1)
+    train, held = split_steers(STEERS, 0.25, seed=3)
+    assert len(train) == 9 and len(held) == 3 and not {s.id for s in train} & {s.id for s in held}
+    assert split_steers(STEERS, 0.25, seed=3) == (train, held)
