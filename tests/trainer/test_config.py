@@ -75,7 +75,9 @@ def test_bad_values_name_the_key():
 
 
 def test_span_mode_incompatible_with_method():
-    with pytest.raises(ConfigError, match=r"loss.span_mode=divergent is not valid for method=dpo: allowed completion"):
+    with pytest.raises(
+        ConfigError, match=r"loss.span_mode=divergent is not valid for method=dpo: allowed completion"
+    ):
         load_config(None, ["method=dpo", "loss.span_mode=divergent"])
     with pytest.raises(ConfigError, match=r"not valid for method=sft_full"):
         load_config(None, ["method=sft_full", "loss.span_mode=to_end"])
@@ -110,7 +112,11 @@ def test_every_key_is_settable():
         value = config
         for part in key.split("."):
             value = getattr(value, part)
-        text = ",".join(value) if isinstance(value, list) else ("null" if value is None else getattr(value, "value", value))
+        text = (
+            ",".join(value)
+            if isinstance(value, list)
+            else ("null" if value is None else getattr(value, "value", value))
+        )
         apply_override(config, f"{key}={text}")
     assert to_dict(config) == to_dict(RunConfig())
 

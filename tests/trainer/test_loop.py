@@ -10,7 +10,7 @@ from localdpo.trainer.loop import lr_factor, split_steers
 from .conftest import make_steers, tiny_config
 
 STEERS = make_steers(12)
-TRAIN, HELD = STEERS[:8], STEERS[8:]
+TRAIN, HELD = STEERS[:4], STEERS[8:]
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,10 @@ def tiny(smol_tokenizer):
 
 def _run(tmp_path, tiny, *overrides, **kwargs):
     model, tokenizer = tiny
-    config = tiny_config(tmp_path / "run", "train.batch_size=8", *overrides)
-    return run_training(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD, **kwargs)
+    config = tiny_config(tmp_path / "run", *overrides)
+    return run_training(
+        config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -30,10 +32,10 @@ def _run(tmp_path, tiny, *overrides, **kwargs):
     ids=["ldpo", "dpo", "sft", "sft_full", "ldpo+sft"],
 )
 def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra):
-    """Full batch (8 steers) so every step sees the same data: the loss must fall."""
-    result = _run(tmp_path, tiny, f"method={method}", "train.max_steps=6", *extra)
+    """Full batch (4 steers) so every step sees the same data: the loss must fall."""
+    result = _run(tmp_path, tiny, f"method={method}", "train.max_steps=4", *extra)
     losses = [row["train/loss"] for row in result.train_log]
-    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     if method.startswith("ldpo") or method == "dpo":
         # policy == reference at step 0: every margin is 0 and the DPO loss is log 2
         assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -49,7 +51,9 @@ def test_given_model_is_not_modified(tmp_path, tiny):
 
 def test_reference_cache_gives_the_same_training_as_a_live_reference(tmp_path, tiny):
     live = _run(tmp_path / "a", tiny, "loss.reference=live", "train.max_steps=3")
-    cached = _run(tmp_path / "b", tiny, "loss.reference=cache", f"cache_dir={tmp_path / 'cache'}", "train.max_steps=3")
+    cached = _run(
+        tmp_path / "b", tiny, "loss.reference=cache", f"cache_dir={tmp_path / 'cache'}", "train.max_steps=3"
+    )
     for a, b in zip(live.train_log, cached.train_log):
         assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-5)
         assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
@@ -84,10 +88,10 @@ def test_lora_trains_only_the_adapter_against_the_base_model(tmp_path, tiny):
             "model.lora.enabled=true",
             "model.lora.r=4",
             "optim.lr=1e-2",
-            "train.batch_size=8",
+            "train.max_steps=3",
             f"loss.reference={reference}",
             f"cache_dir={tmp_path / 'cache'}",
-            "checkpoint.every=4",
+            "checkpoint.every=3",
         )
         trainer = Trainer(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD)
         result = trainer.run()
@@ -122,7 +126,9 @@ def test_clear_errors(tmp_path, tiny):
 def test_lr_schedule_and_split():
     assert [lr_factor(s, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) for s in (0, 1)] == [0.5, 1.0]
     assert lr_factor(2, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == 1.0
-    assert lr_factor(6, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == pytest.approx(0.5)  # half-way: cos(pi/2)
+    assert lr_factor(6, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == pytest.approx(
+        0.5
+    )  # half-way: cos(pi/2)
     assert lr_factor(10, warmup_steps=2, max_steps=10, min_lr_ratio=0.1) == pytest.approx(0.1)
     train, held = split_steers(STEERS, 0.25, seed=3)
     assert len(train) == 9 and len(held) == 3 and not {s.id for s in train} & {s.id for s in held}

@@ -59,7 +59,9 @@ def test_sft_scores_only_the_chosen_span_and_sft_full_every_token():
 
 def test_preference_methods_need_the_rejected_side():
     with pytest.raises(ValueError, match="needs rejected log-probs"):
-        method_loss(Method.DPO, policy_chosen_logps=POLICY_C, chosen_loss_mask=MASK_C, chosen_attention_mask=ATTN)
+        method_loss(
+            Method.DPO, policy_chosen_logps=POLICY_C, chosen_loss_mask=MASK_C, chosen_attention_mask=ATTN
+        )
 
 
 def test_method_properties():
@@ -93,7 +95,10 @@ def _ldpo(model, tokenizer, steer, span_mode=SpanMode.DIVERGENT, *, grad_of_logp
     rejected = sequence_token_logps(model, batch["rejected_input_ids"], batch["rejected_attention_mask"])
     if grad_of_logps:
         chosen, rejected = chosen.detach().requires_grad_(), rejected.detach().requires_grad_()
-    ref_c, ref_r = torch.full_like(chosen, -11.0), torch.full_like(rejected, -11.0)  # fixed, policy-independent
+    ref_c, ref_r = (
+        torch.full_like(chosen, -11.0),
+        torch.full_like(rejected, -11.0),
+    )  # fixed, policy-independent
     out = method_loss(
         Method.LDPO,
         policy_chosen_logps=chosen,
