@@ -1,0 +1,55 @@
+"""Checkable tasks: registry of the built-in tasks (`get_task(name)`, `TASKS`)."""
+
+from __future__ import annotations
+
+from localdpo.tasks.arithmetic import Addition
+from localdpo.tasks.base import (
+    HELDOUT_PERCENT,
+    SPLITS,
+    Correction,
+    Judgement,
+    Mistake,
+    MistakeKind,
+    Task,
+    TaskPrompt,
+    Verdict,
+    split_of,
+)
+from localdpo.tasks.lists import Multiples, RunningSum, SortWords
+
+TASKS: dict[str, Task] = {task.name: task for task in (Addition(), RunningSum(), Multiples(), SortWords())}
+
+
+def get_task(name: str | Task) -> Task:
+    """The task registered as `name` (a `Task` is returned as is); `KeyError` lists the known names."""
+    if isinstance(name, Task):
+        return name
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def resolve_tasks(names: list[str] | tuple[str, ...] | str) -> list[Task]:
+    """Tasks for a list of names where `"all"` means every registered task."""
+    names = [names] if isinstance(names, str) else list(names)
+    if "all" in names:
+        return list(TASKS.values())
+    return [get_task(name) for name in dict.fromkeys(names)]
+
+
+__all__ = [
+    "HELDOUT_PERCENT",
+    "SPLITS",
+    "TASKS",
+    "Correction",
+    "Judgement",
+    "Mistake",
+    "MistakeKind",
+    "Task",
+    "TaskPrompt",
+    "Verdict",
+    "get_task",
+    "resolve_tasks",
+    "split_of",
+]

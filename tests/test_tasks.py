@@ -1,0 +1,325 @@
+"""Checkers and correctors on hand-written outputs, in the forms SmolLM2-135M-Instruct really writes."""
+
+import pytest
+
+from localdpo.tasks import TASKS, MistakeKind, Verdict, get_task, resolve_tasks, split_of
+from localdpo.tasks.parsing import NUMBER, WORD, find_lists
+
+ADD = get_task("addition")
+RUN = get_task("running_sum")
+MUL = get_task("multiples")
+SORT = get_task("sort_words")
+
+
+def apply(output, mistake, correction):
+    return output[: mistake.start] + correction.text + output[mistake.end :]
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_find_lists_inline_numbered_bullets():
+    (inline,) = find_lists("The first 3 multiples of 7 are 7, 14, and 21.", NUMBER)
+    assert [i.text for i in inline.items] == ["7", "14", "21"]
+    assert inline.style == "inline" and inline.separator == ", "
+    text = "Here:\n1. 12\n2. 18\n\n3. 24\nDone"
+    (numbered,) = find_lists(text, NUMBER)
+    assert [i.text for i in numbered.items] == ["12", "18", "24"]
+    assert [text[i.start : i.end] for i in numbered.items] == ["12", "18", "24"]
+    assert numbered.separator == "\n4. "
+    (bullets,) = find_lists("Sorted:\n- river\n- pencil", WORD)
+    assert [i.text for i in bullets.items] == ["river", "pencil"] and bullets.separator == "\n- "
+
+
+def test_find_lists_ignores_single_numbers_and_decimals():
+    assert find_lists("The first 8 multiples of 3 is 15.", NUMBER) == []
+    assert find_lists("values 1.5, 2.5", NUMBER) == []
+
+
+# ---------------------------------------------------------------- addition
+
+
+def test_addition_prompt_and_answer():
+    prompt = ADD.build(874, "+", 404)
+    assert prompt.id == "addition/874+404"
+    assert prompt.answer == ("1278",)
+    assert ADD.build(513, "-", 434).answer == ("79",)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "874 + 404 = 1278",
+        "To solve this equation, we can use the equation 874 + 404 = 1278.\n\nThis equation represents",
+        "The answer is 874 + 404 = 1,278.",
+    ],
+)
+def test_addition_right(output):
+    assert ADD.check(ADD.build(874, "+", 404), output).verdict is Verdict.CORRECT
+
+
+def test_addition_wrong_inside_sentence_points_at_result_and_corrects_it():
+    prompt = ADD.build(874, "+", 404)
+    output = "To solve this equation, we can use the equation 874 + 404 = 1688.\n\nThis"
+    judgement = ADD.check(prompt, output)
+    assert judgement.verdict is Verdict.WRONG
+    mistake = judgement.mistake
+    start = len("To solve this equation, we can use the equation 874 + 404 = ")  # 60
+    assert (mistake.start, mistake.end, mistake.found, mistake.item) == (start, start + 4, "1688", 0)
+    assert not judgement.first_item_correct
+    correction = ADD.correct(prompt, output, mistake)
+    assert apply(output, mistake, correction).endswith("874 + 404 = 1278.\n\nThis")
+
+
+def test_addition_judges_first_equation_with_the_prompt_operands():
+    prompt = ADD.build(591, "-", 258)
+    judgement = ADD.check(prompt, "First 2 + 2 = 4, then 591 - 258 = 258 + 258 = 591")
+    assert judgement.mistake.found == "258" and judgement.mistake.expected == "333"
+    assert judgement.mistake.start == len("First 2 + 2 = 4, then 591 - 258 = ")
+
+
+def test_addition_truncated_and_garbage_are_uncheckable():
+    prompt = ADD.build(513, "-", 434)
+    cut = "The equation 513 - 434 = 7"
+    assert ADD.check(prompt, cut, complete=False).verdict is Verdict.UNCHECKABLE
+    assert ADD.check(prompt, cut, complete=True).verdict is Verdict.WRONG  # the model ended there
+    for garbage in [
+        "To solve this equation, we need to isolate the variable",
+        "",
+        "513 - 434",
+        "434 - 513 = -79",
+    ]:
+        judgement = ADD.check(prompt, garbage)
+        assert judgement.verdict is Verdict.UNCHECKABLE and judgement.mistake is None, garbage
+
+
+# ---------------------------------------------------------------- running_sum
+
+
+def test_running_sum_prompt():
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    assert prompt.answer == ("3", "5", "10", "12", "20")
+    assert prompt.id == "running_sum/3-2-5-2-8"
+
+
+def test_running_sum_right_in_every_form():
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    for output in [
+        "3, 5, 10, 12, 20",
+        "The list of running totals is 3, 5, 10, 12, and 20.",
+        "Running totals:\n1. 3\n2. 5\n3. 10\n4. 12\n5. 20",
+        "The running totals of 3, 2, 5, 2, 8 are 3, 5, 10, 12, 20.",  # restated input skipped
+    ]:
+        assert RUN.check(prompt, output).verdict is Verdict.CORRECT, output
+
+
+def test_running_sum_echo_of_the_input_is_judged_when_it_is_the_only_list():
+    """The model often answers with the input list itself: that is its answer, wrong from item 1."""
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    output = "The list of running totals is 3, 2, 5, 2, 8."
+    judgement = RUN.check(prompt, output)
+    assert judgement.verdict is Verdict.WRONG and judgement.first_item_correct
+    mistake = judgement.mistake
+    assert (mistake.item, mistake.found, mistake.expected, output[mistake.start : mistake.end]) == (
+        1,
+        "2",
+        "5",
+        "2",
+    )
+    assert (
+        apply(output, mistake, RUN.correct(prompt, output, mistake))
+        == "The list of running totals is 3, 5, 5, 2, 8."
+    )
+
+
+def test_running_sum_wrong_first_and_middle_item():
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    first = RUN.check(prompt, "4, 5, 10, 12, 20")
+    assert first.mistake.item == 0 and not first.first_item_correct
+    middle = RUN.check(prompt, "Totals:\n1. 3\n2. 5\n3. 11\n4. 12\n5. 20")
+    assert (middle.mistake.item, middle.mistake.found, middle.mistake.start) == (
+        2,
+        "11",
+        len("Totals:\n1. 3\n2. 5\n3. "),
+    )
+
+
+def test_running_sum_truncated_and_garbage():
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    cut = "The running totals are 3, 5, 10, 1"
+    assert RUN.check(prompt, cut, complete=False).verdict is Verdict.UNCHECKABLE
+    judgement = RUN.check(prompt, cut, complete=True)
+    assert judgement.mistake.item == 3 and judgement.mistake.found == "1"
+    for garbage in ["The running sum of the list is 15.", "I cannot do that.", ""]:
+        assert RUN.check(prompt, garbage).verdict is Verdict.UNCHECKABLE, garbage
+
+
+# ---------------------------------------------------------------- multiples
+
+
+def test_multiples_right_inline_and_numbered():
+    prompt = MUL.build(7, 5)
+    assert prompt.answer == ("7", "14", "21", "28", "35") and prompt.id == "multiples/k=7,n=5"
+    assert (
+        MUL.check(prompt, "The first 5 multiples of 7 are 7, 14, 21, 28, and 35.").verdict is Verdict.CORRECT
+    )
+    assert MUL.check(prompt, "1. 7\n2. 14\n3. 21\n4. 28\n5. 35").verdict is Verdict.CORRECT
+
+
+def test_multiples_wrong_middle_item_inline():
+    prompt = MUL.build(7, 8)
+    output = "The first 8 multiples of 7 are 7, 14, 21, 28, 45, 63, 81, and 98."
+    judgement = MUL.check(prompt, output)
+    mistake = judgement.mistake
+    assert (mistake.item, mistake.found, mistake.expected) == (4, "45", "35")
+    assert output[: mistake.start].endswith("28, ") and output[mistake.end :].startswith(", 63")
+    assert judgement.items_found == 8
+
+
+def test_multiples_wrong_first_item_numbered():
+    prompt = MUL.build(12, 3)
+    judgement = MUL.check(prompt, "1. 1\n2. 24\n3. 36")
+    assert judgement.mistake.item == 0 and judgement.mistake.found == "1" and judgement.mistake.start == 3
+
+
+def test_multiples_missing_item_is_inserted_with_the_list_separator():
+    prompt = MUL.build(3, 4)
+    inline = "They are 3, 6, 9."
+    judgement = MUL.check(prompt, inline)
+    mistake = judgement.mistake
+    assert mistake.kind is MistakeKind.MISSING and mistake.start == mistake.end == len("They are 3, 6, 9")
+    assert apply(inline, mistake, MUL.correct(prompt, inline, mistake)) == "They are 3, 6, 9, 12."
+    numbered = "1. 3\n2. 6\n3. 9"
+    mistake = MUL.check(prompt, numbered).mistake
+    assert apply(numbered, mistake, MUL.correct(prompt, numbered, mistake)) == "1. 3\n2. 6\n3. 9\n4. 12"
+
+
+def test_multiples_extra_items_end_the_answer():
+    prompt = MUL.build(3, 3)
+    output = "The first 3 multiples of 3 are 3, 6, 9, 12, 15"
+    judgement = MUL.check(prompt, output)
+    mistake = judgement.mistake
+    assert mistake.kind is MistakeKind.EXTRA and mistake.item == 3 and mistake.found == ", 12"
+    correction = MUL.correct(prompt, output, mistake)
+    assert (
+        correction.ends_answer
+        and output[: mistake.start] + correction.text == "The first 3 multiples of 3 are 3, 6, 9."
+    )
+
+
+def test_multiples_truncated_and_garbage():
+    prompt = MUL.build(9, 8)
+    cut = "The first 8 multiples of 9 are 9, 18, 27, 3"
+    assert MUL.check(prompt, cut, complete=False).verdict is Verdict.UNCHECKABLE
+    assert MUL.check(prompt, "The first 8 multiples of 9 are 9, 18, 27, 36", complete=False).reason
+    assert MUL.check(prompt, "Multiples are numbers.").verdict is Verdict.UNCHECKABLE
+
+
+# ---------------------------------------------------------------- sort_words
+
+
+def test_sort_words_right_any_case_and_form():
+    prompt = SORT.build(["dog", "orange", "garden", "table"])
+    assert prompt.answer == ("dog", "garden", "orange", "table")
+    for output in [
+        "dog, garden, orange, table",
+        "1. Dog\n2. Garden\n3. Orange\n4. Table",
+        "The words are:\n- dog\n- garden\n- orange\n- table",
+        "Sort these words: dog, orange, garden, table. Sorted: dog, garden, orange, and table.",
+    ]:
+        assert SORT.check(prompt, output).verdict is Verdict.CORRECT, output
+
+
+def test_sort_words_wrong_first_item_keeps_the_models_capitalisation():
+    prompt = SORT.build(["dog", "orange", "garden", "table"])
+    output = "1. Orange\n2. Dog\n3. Garden\n4. Table"
+    mistake = SORT.check(prompt, output).mistake
+    assert (mistake.item, mistake.found, mistake.expected) == (0, "Orange", "dog")
+    assert SORT.correct(prompt, output, mistake).text == "Dog"
+
+
+def test_sort_words_wrong_middle_and_missing():
+    prompt = SORT.build(["table", "river", "cloud", "pencil", "window"])
+    output = "The words are: cloud, pencil, table, river."
+    mistake = SORT.check(prompt, output).mistake
+    assert (mistake.item, mistake.found, mistake.expected) == (2, "table", "river")
+    missing = "The words are: cloud, pencil, river, table."
+    mistake = SORT.check(prompt, missing).mistake
+    assert mistake.kind is MistakeKind.MISSING
+    assert apply(missing, mistake, SORT.correct(prompt, missing, mistake)) == (
+        "The words are: cloud, pencil, river, table, window."
+    )
+
+
+def test_sort_words_truncated_and_garbage():
+    prompt = SORT.build(["table", "river", "cloud", "pencil"])
+    assert SORT.check(prompt, "1. cloud\n2. penc", complete=False).verdict is Verdict.UNCHECKABLE
+    assert SORT.check(prompt, "The words in order are: 1. garden. 2. zebra.").verdict is Verdict.UNCHECKABLE
+    assert SORT.check(prompt, "Alphabetical order is useful.").verdict is Verdict.UNCHECKABLE
+
+
+# ---------------------------------------------------------------- prompts and splits
+
+
+def test_registry():
+    assert set(TASKS) >= {"addition", "running_sum", "multiples", "sort_words"}
+    assert [t.name for t in resolve_tasks("all")] == list(TASKS)
+    assert [t.name for t in resolve_tasks(["multiples", "addition", "multiples"])] == [
+        "multiples",
+        "addition",
+    ]
+    with pytest.raises(KeyError, match="known tasks"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_prompts_are_seeded_distinct_and_in_their_split(name):
+    task = TASKS[name]
+    a = task.prompts(40, seed=3, split="heldout")
+    assert a == task.prompts(40, seed=3, split="heldout")
+    assert a != task.prompts(40, seed=4, split="heldout")
+    assert len({p.id for p in a}) == 40
+    assert all(split_of(p.id) == "heldout" for p in a)
+    for prompt in a:  # the stored answer is what the checker accepts
+        assert task.check(prompt, ", ".join(prompt.answer)).verdict is Verdict.CORRECT or name == "addition"
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_no_heldout_prompt_in_training_prompts_of_any_seed(name):
+    task = TASKS[name]
+    heldout = {p.id for seed in range(3) for p in task.prompts(150, seed=seed, split="heldout")}
+    train = {p.id for seed in range(3) for p in task.prompts(150, seed=seed, split="train")}
+    assert heldout and train and not heldout & train
+
+
+def test_split_is_a_stable_hash():
+    assert split_of("multiples/k=7,n=5") == split_of("multiples/k=7,n=5")
+    fractions = [split_of(f"x/{i}") for i in range(4000)].count("heldout") / 4000
+    assert 0.22 < fractions < 0.28
+    assert [split_of(f"x/{i}", 1) for i in range(50)] != [split_of(f"x/{i}", 0) for i in range(50)]
+
+
+def test_multiples_prompt_space_holds_200_heldout_prompts():
+    assert len(MUL.prompts(200, seed=0, split="heldout")) == 200
+    with pytest.raises(ValueError):
+        MUL.prompts(5000, seed=0, split="heldout")
+    with pytest.raises(ValueError, match="split"):
+        MUL.prompts(1, seed=0, split="test")
+
+
+def test_word_runs_followed_by_more_words_are_no_list():
+    """Regression: "Alphabetically, the words are: eagle, ..." was judged as the list ["Alphabetically", "the"]."""
+    prompt = SORT.build(["eagle", "lemon", "window", "apple"])
+    output = "Alphabetically, the words in order are: eagle, lemon, window, apple."
+    mistake = SORT.check(prompt, output).mistake
+    assert (mistake.item, mistake.found) == (0, "eagle")
+    assert [i.text for i in find_lists("3, 2, 5 are the values", NUMBER)[0].items] == ["3", "2", "5"]
+
+
+def test_partial_restatement_of_the_input_is_not_judged_yet():
+    prompt = RUN.build([3, 2, 5, 2, 8])
+    assert RUN.check(prompt, "The running totals of 3, 2, 5,", complete=False).verdict is Verdict.UNCHECKABLE
+    assert (
+        RUN.check(prompt, "The running totals of 3, 2, 5, 2, 8 are 3, 5, 9,", complete=False).mistake.found
+        == "9"
+    )
