@@ -278,7 +278,12 @@ class Trainer:
                 progress=cfg.train.progress and self.dist.is_main,
             )
         needed = (self.train_examples if cfg.method.needs_reference else []) + self.eval_examples
+        # Under DDP rank 0 computes the shared on-disk cache first; the others then read it (all hits).
+        if self.dist.enabled and not self.dist.is_main:
+            torch.distributed.barrier()
         self.reference_cache.precompute(needed)
+        if self.dist.enabled and self.dist.is_main:
+            torch.distributed.barrier()
         self.reference = CachedReference(self.reference_cache)
 
     # ------------------------------------------------------------------ checkpoints
