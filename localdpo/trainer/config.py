@@ -363,6 +363,8 @@ def coerce(value: Any, tp, key: str) -> Any:
             if not isinstance(value, list):
                 raise ValueError
             return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    except ConfigError:
+        raise
     except (ValueError, TypeError):
         raise ConfigError(f"{key}={value!r}: expected {getattr(inner, '__name__', inner)}") from None
     raise ConfigError(f"{key}: unsupported field type {tp}")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,9 +25,8 @@ from localdpo.data import (
     collate_pairs,
     trim_to_scored,
 )
-from localdpo.losses import localized_dpo_loss, masked_sft_loss
-from localdpo.steers import Steer, load_steers
-from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers
+from localdpo.steers import Steer
+from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
 from localdpo.trainer.config import ConfigError, RunConfig, save_config, validate
 from localdpo.trainer.distributed import (
@@ -39,6 +37,7 @@ from localdpo.trainer.distributed import (
     stream_indices,
 )
 from localdpo.trainer.drift import DriftSet, load_drift_prompts
+from localdpo.trainer.evaluation import preference_metrics, task_metrics
 from localdpo.trainer.methods import method_loss
 from localdpo.trainer.modeling import (
     apply_lora,
@@ -48,6 +47,7 @@ from localdpo.trainer.modeling import (
     trainable_tensors,
 )
 from localdpo.trainer.reference import CachedReference, LiveReference
+from localdpo.trainer.steerdata import prepare_steers
 
 
 @dataclass
@@ -69,16 +69,6 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: flo
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def split_steers(steers: Sequence[Steer], fraction: float, seed: int) -> tuple[list[Steer], list[Steer]]:
-    """(train, held out): a seeded `fraction` of `steers` held out (at least one when fraction > 0)."""
-    if not fraction:
-        return list(steers), []
-    order = torch.randperm(len(steers), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = max(1, round(len(steers) * fraction))
-    held = set(order[:n_eval])
-    return [s for i, s in enumerate(steers) if i not in held], [s for i, s in enumerate(steers) if i in held]
 
 
 class Trainer:
@@ -210,43 +200,10 @@ class Trainer:
         model, self.tokenizer = load_base_model(self.config, self.tokenizer)
         return model.float()
 
-    def _tokenize(self, steers, span_mode: SpanMode, what: str) -> list[TokenizedSteer]:
-        if steers and isinstance(steers[0], TokenizedSteer):
-            wrong = [t.steer_id for t in steers if t.span_mode is not span_mode]
-            if wrong:
-                raise ValueError(
-                    f"{what} steers were tokenized with another span mode than {span_mode.value}: {wrong[:5]}"
-                )
-            return list(steers)
-        examples, report = tokenize_steers(
-            steers,
-            self.tokenizer,
-            max_length=self.config.data.max_length,
-            span_mode=span_mode,
-            on_too_long=self.config.data.on_too_long,
-        )
-        self.tokenize_reports[what] = report
-        return examples
-
     def _load_data(self) -> None:
-        cfg = self.config
-        train, held = self._given_train, self._given_eval
-        if train is None:
-            if not cfg.data.train_steers:
-                raise ConfigError("data.train_steers is not set and no steers were passed in")
-            train = load_steers(cfg.data.train_steers)
-            if held is None and cfg.data.eval_steers:
-                held = load_steers(cfg.data.eval_steers)
-        if held is None:
-            if train and isinstance(train[0], TokenizedSteer):
-                raise ValueError("pass eval_steers along with tokenized train steers")
-            train, held = split_steers(train, cfg.data.eval_fraction, cfg.data_seed)
-        self.tokenize_reports: dict[str, Any] = {}
-        self.train_examples = self._tokenize(train, cfg.span_mode, "train")
-        eval_examples = self._tokenize(held, cfg.eval.span_mode, "eval")
-        self.eval_examples = eval_examples[: cfg.eval.max_steers] if cfg.eval.max_steers else eval_examples
-        if not self.train_examples:
-            raise ValueError("no training steers left after tokenization")
+        self.train_examples, self.eval_examples, self.tokenize_reports = prepare_steers(
+            self.config, self.tokenizer, self._given_train, self._given_eval
+        )
 
     def _build_reference(self, base) -> None:
         """The reference is the starting model: cached log-probs before any step, or a frozen live model."""
@@ -539,8 +496,7 @@ class Trainer:
     def evaluate(self, *, task: bool = False) -> dict[str, float]:
         """Held-out metrics of the current policy: preference accuracy, mean margin, chosen-span NLL, drift (, task).
 
-        Every method is scored with the same implicit reward, β · (policy − reference) log-prob summed over
-        the `eval.span_mode` spans, so the numbers compare across methods.
+        See `localdpo.trainer.evaluation`: one implicit reward for every method, so the numbers compare.
         """
         cfg = self.config
         model = self.model
@@ -549,69 +505,37 @@ class Trainer:
         metrics: dict[str, float] = {"step": self.step}
         try:
             if self.eval_examples:
-                margins, chosen_rewards, rejected_rewards = [], [], []
-                nll_sum, nll_tokens = 0.0, 0
-                for start in range(0, len(self.eval_examples), cfg.eval.batch_size):
-                    examples = self.eval_examples[start : start + cfg.eval.batch_size]
-                    batch = self._to_device(
-                        collate_pairs(
-                            [trim_to_scored(e) for e in examples], pad_token_id=self.tokenizer.pad_token_id
-                        )
-                    )
-                    with self._autocast():
-                        chosen, rejected = pair_logps(model, batch)
-                    ref_chosen, ref_rejected = self.reference.batch_logps(examples, batch, self.device)
-                    out = localized_dpo_loss(
-                        chosen,
-                        rejected,
-                        ref_chosen,
-                        ref_rejected,
-                        batch[CHOSEN_LOSS_MASK],
-                        batch[REJECTED_LOSS_MASK],
-                        beta=cfg.loss.beta,
-                    )
-                    margins.append(out.margins.cpu())
-                    chosen_rewards.append(out.chosen_rewards.cpu())
-                    rejected_rewards.append(out.rejected_rewards.cpu())
-                    n = int(batch[CHOSEN_LOSS_MASK].sum())
-                    nll_sum += float(masked_sft_loss(chosen, batch[CHOSEN_LOSS_MASK])) * n
-                    nll_tokens += n
-                margin = torch.cat(margins)
                 metrics.update(
-                    {
-                        "eval/preference_accuracy": float((margin > 0).float().mean()),
-                        "eval/margin": float(margin.mean()),
-                        "eval/rewards_chosen": float(torch.cat(chosen_rewards).mean()),
-                        "eval/rewards_rejected": float(torch.cat(rejected_rewards).mean()),
-                        "eval/chosen_nll": nll_sum / max(1, nll_tokens),
-                        "eval/num_steers": float(len(self.eval_examples)),
-                    }
+                    preference_metrics(
+                        model,
+                        self.eval_examples,
+                        self.reference,
+                        beta=cfg.loss.beta,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        batch_size=cfg.eval.batch_size,
+                        device=self.device,
+                        autocast=self._autocast(),
+                        to_device=self._to_device,
+                    )
                 )
             if self.drift_set is not None:
                 metrics["eval/drift_kl"] = self.drift_set.kl(
                     model, device=self.device, autocast_dtype=self.autocast_dtype
                 )
             if task and cfg.eval.task:
-                metrics.update(self._task_metrics())
+                metrics.update(
+                    task_metrics(
+                        model,
+                        self.tokenizer,
+                        cfg.eval.task,
+                        n=cfg.eval.task_n,
+                        seed=cfg.eval.task_seed,
+                        batch_size=cfg.eval.batch_size,
+                    )
+                )
         finally:
             model.train(was_training)
         return metrics
-
-    def _task_metrics(self) -> dict[str, float]:
-        from localdpo.taskeval import evaluate_task
-
-        result = evaluate_task(
-            self.model,
-            self.tokenizer,
-            self.config.eval.task,
-            n=self.config.eval.task_n,
-            seed=self.config.eval.task_seed,
-        )
-        return {
-            f"eval/task_{k}": float(v)
-            for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
 
     def _evaluate_and_log(self, *, final: bool) -> dict[str, float]:
         cfg = self.config

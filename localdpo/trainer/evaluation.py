@@ -1,0 +1,83 @@
+"""Held-out evaluation: implicit-reward preference metrics on steers, and task accuracy by generation.
+
+Every method is scored with the same implicit reward (DPO eq. 5 up to the partition term):
+r(y) = β · Σ_{t in span} (log π(y_t) − log π_ref(y_t)) over the `eval.span_mode` span of each side, so the
+numbers compare across methods, SFT included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, trim_to_scored
+from localdpo.losses import localized_dpo_loss, masked_sum
+from localdpo.tokenization import TokenizedSteer
+from localdpo.trainer.modeling import pair_logps
+
+
+@torch.no_grad()
+def preference_metrics(
+    model,
+    examples: Sequence[TokenizedSteer],
+    reference,
+    *,
+    beta: float,
+    pad_token_id: int,
+    batch_size: int = 8,
+    device=None,
+    autocast: AbstractContextManager | None = None,
+    to_device=None,
+) -> dict[str, float]:
+    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards and
+    `eval/chosen_nll` (mean NLL per chosen-span token) of `model` on `examples`.
+
+    `reference` has `batch_logps(examples, batch, device)`; `model` is put in eval mode by the caller.
+    """
+    device = device if device is not None else next(model.parameters()).device
+    margins, chosen_rewards, rejected_rewards = [], [], []
+    nll_sum, nll_tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        batch = collate_pairs([trim_to_scored(e) for e in chunk], pad_token_id=pad_token_id)
+        batch = to_device(batch) if to_device is not None else {k: v.to(device) for k, v in batch.items()}
+        with autocast if autocast is not None else nullcontext():
+            chosen, rejected = pair_logps(model, batch)  # (B, Tc), (B, Tr)
+        ref_chosen, ref_rejected = reference.batch_logps(chunk, batch, device)
+        out = localized_dpo_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            batch[CHOSEN_LOSS_MASK],
+            batch[REJECTED_LOSS_MASK],
+            beta=beta,
+        )
+        margins.append(out.margins.cpu())
+        chosen_rewards.append(out.chosen_rewards.cpu())
+        rejected_rewards.append(out.rejected_rewards.cpu())
+        nll_sum -= float(masked_sum(chosen, batch[CHOSEN_LOSS_MASK].bool()).sum())
+        nll_tokens += int(batch[CHOSEN_LOSS_MASK].sum())
+    margin = torch.cat(margins)  # (N,)
+    return {
+        "eval/preference_accuracy": float((margin > 0).float().mean()),
+        "eval/margin": float(margin.mean()),
+        "eval/rewards_chosen": float(torch.cat(chosen_rewards).mean()),
+        "eval/rewards_rejected": float(torch.cat(rejected_rewards).mean()),
+        "eval/chosen_nll": nll_sum / max(1, nll_tokens),
+        "eval/num_steers": float(len(examples)),
+    }
+
+
+def task_metrics(model, tokenizer, task: str, *, n: int, seed: int, batch_size: int) -> dict[str, float]:
+    """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.taskeval.evaluate_task` (greedy answers)."""
+    from localdpo.taskeval import evaluate_task
+
+    result = evaluate_task(model, tokenizer, task, n=n, seed=seed, batch_size=batch_size)
+    return {
+        f"eval/task_{key}": float(value)
+        for key, value in result.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
