@@ -362,3 +362,28 @@ def test_peft_reference_is_the_base_model(model_dirs, smol_tokenizer, tmp_path):
     assert before == pytest.approx(math.log(2), abs=1e-6)
     trainer.train()
     assert _trl_loss(trainer) < before - 0.01
+
+
+def test_steer_file_and_steer_dataset_inputs(model_dirs, smol_tokenizer, tmp_path):
+    """A steer JSONL path and a datasets.Dataset of steer rows give the same rows as a list of Steers."""
+    from localdpo import save_steers
+
+    steers = [s for s in STEERS if isinstance(s.prompt, str)]  # an arrow column holds one prompt type
+    save_steers(steers, tmp_path / "steers.jsonl")
+    rows = [s.to_dict() for s in steers]
+    for row in rows:
+        row.pop("meta")  # an empty dict is not a datasets column type
+    expected = None
+    for data in (steers, str(tmp_path / "steers.jsonl"), datasets.Dataset.from_list(rows)):
+        trainer = LocalizedDPOTrainer(
+            _load(model_dirs["policy"]),
+            args=_args(tmp_path),
+            train_dataset=data,
+            processing_class=smol_tokenizer,
+        )
+        got = [
+            {k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids", *SPAN_COLUMNS)}
+            for r in trainer.train_dataset
+        ]
+        expected = expected or got
+        assert got == expected
