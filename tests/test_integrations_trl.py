@@ -387,3 +387,45 @@ def test_steer_file_and_steer_dataset_inputs(model_dirs, smol_tokenizer, tmp_pat
         ]
         expected = expected or got
         assert got == expected
+
+
+def test_span_rule_is_part_of_the_fingerprint():
+    """The key TRL's reference cache is built on: same rule -> same fingerprint, another rule -> another."""
+    from localdpo.integrations.trl import add_span_columns
+
+    data = datasets.Dataset.from_dict(
+        {"prompt_ids": [[1, 2]], "chosen_ids": [[3, 4, 9]], "rejected_ids": [[5, 4, 9]]}
+    )
+    prints = {
+        mode: add_span_columns(data, mode)._fingerprint for mode in ("divergent", "to_end", "completion")
+    }
+    assert len(set(prints.values())) == 3
+    assert add_span_columns(data, "divergent")._fingerprint == prints["divergent"]
+    spans = {mode: [add_span_columns(data, mode)[0][c] for c in SPAN_COLUMNS] for mode in prints}
+    # [1 2 | 3 4 9] vs [1 2 | 5 4 9]: the edit is token 2 only; to_end runs to the end; completion from 2.
+    assert spans == {"divergent": [2, 3, 2, 3], "to_end": [2, 5, 2, 5], "completion": [2, 5, 2, 5]}
+    # [1 | 2 3 9] vs [1 | 2 5 9]: the completion starts at 1, the sides differ from 2.
+    data = datasets.Dataset.from_dict(
+        {"prompt_ids": [[1]], "chosen_ids": [[2, 3, 9]], "rejected_ids": [[2, 5, 9]]}
+    )
+    spans = {mode: [add_span_columns(data, mode)[0][c] for c in SPAN_COLUMNS] for mode in prints}
+    assert spans == {"divergent": [2, 3, 2, 3], "to_end": [2, 4, 2, 4], "completion": [1, 4, 1, 4]}
+
+
+def test_iterable_dataset_gets_the_same_spans():
+    from localdpo.integrations.trl import add_span_columns
+
+    rows = {"prompt_ids": [[1, 2], [7]], "chosen_ids": [[3, 4, 9], [8]], "rejected_ids": [[5, 4, 9], [6, 6]]}
+    mapped = add_span_columns(datasets.Dataset.from_dict(rows), "divergent")
+    streamed = add_span_columns(datasets.Dataset.from_dict(rows).to_iterable_dataset(), "divergent")
+    assert list(streamed) == list(mapped)
+
+
+def test_identical_sides_name_the_row():
+    from localdpo.integrations.trl import add_span_columns
+
+    data = datasets.Dataset.from_dict(
+        {"prompt_ids": [[1], [1]], "chosen_ids": [[2], [3]], "rejected_ids": [[4], [3]]}
+    )
+    with pytest.raises(ValueError, match="preference row 1"):
+        add_span_columns(data, "divergent")

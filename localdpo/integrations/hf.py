@@ -176,10 +176,11 @@ def localized_loss_from_batch(
     if REF_CHOSEN_LOGPS in batch and REF_REJECTED_LOGPS in batch:
         ref_chosen, ref_rejected = batch[REF_CHOSEN_LOGPS], batch[REF_REJECTED_LOGPS]
     else:
+        inner = getattr(model, "module", model)  # DDP wraps the PEFT model
         if ref_model is not None:
             reference, context = ref_model, contextlib.nullcontext()
-        elif _is_peft(model):
-            reference, context = model, model.disable_adapter()
+        elif _is_peft(inner):
+            reference, context = model, inner.disable_adapter()
         else:
             raise ValueError(
                 "no reference: pass ref_model, a PEFT policy (its adapter is disabled for the reference), or a "
