@@ -6,7 +6,10 @@
 Every contender trains the same policy on the same synthetic steers (random token ids: a shared
 prompt+prefix of 256 / 1024 / 2048 tokens, chosen and rejected tails of 8 to 64 tokens each, the tails
 scored: standard DPO on the completion), in the same precision (fp32 on CPU, bf16 weights on CUDA), batch
-size and optimizer (AdamW, lr 1e-6). One step = forward(s) + sigmoid DPO loss + backward + optimizer step.
+size and optimizer (AdamW at lr 0: the step costs the same and every contender sees the same weights, so
+their first-step losses must agree, which the `loss` column checks; the reference is the policy with 1%
+noise on its weights, so the loss is not log 2). One step = forward(s) + sigmoid DPO loss + backward +
+optimizer step.
 
 Contenders: TRL's DPOTrainer (gradient checkpointing on, its default, or off; reference model live or
 `precompute_ref_log_probs`), timed in-process through the trainer's own collator and `compute_loss`; and
@@ -17,9 +20,10 @@ step time, peak memory, ratio to the fastest TRL contender of the same model and
 run), model FLOPs utilisation on CUDA (6·N·tokens / step time / peak FLOP/s; the reference forward is not
 counted) and, on CUDA, the largest batch that fits (doubling then bisection, OOM caught).
 
-Peak memory: CUDA `torch.cuda.max_memory_allocated` over the timed steps (weights included). CPU: each
+Peak memory, above the loaded policy and reference weights (optimizer state, gradients, activations,
+logits): CUDA `torch.cuda.max_memory_allocated` minus what was allocated before the contender; CPU: each
 contender runs in its own subprocess and reports the growth of its peak resident set (`ru_maxrss`) from
-after model loading to the end of the steps (optimizer state and activations, weights excluded).
+after model loading to the end of its steps.
 """
 
 from __future__ import annotations
@@ -156,6 +160,10 @@ def load_models(model_name: str, device: str):
     import copy
 
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in reference.parameters():  # a reference that differs from the policy
+            parameter.add_(torch.randn_like(parameter) * parameter.float().std().to(parameter.dtype) * 0.01)
     return policy, reference, tokenizer
 
 
@@ -176,7 +184,7 @@ def _trl_step_fn(contender: Contender, policy, reference, tokenizer, steers, dev
     )  # fmt: skip
     dummy = Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}])
     trainer = DPOTrainer(
-        policy, ref_model=reference if contender.reference == "live" else None, args=args,
+        policy, ref_model=reference, args=args,
         train_dataset=dummy, processing_class=tokenizer,
     )  # fmt: skip
     rows = [
@@ -188,7 +196,7 @@ def _trl_step_fn(contender: Contender, policy, reference, tokenizer, steers, dev
     if contender.reference == "cache":
         start = time.perf_counter()
         ref_chosen, ref_rejected = trainer.compute_ref_log_probs(
-            policy, trainer._prepare_inputs(trainer.data_collator(rows))
+            trainer.ref_model, trainer._prepare_inputs(trainer.data_collator(rows))
         )
         _sync(device)
         precompute_s = time.perf_counter() - start
@@ -258,35 +266,37 @@ def run_contender(
     else:
         policy.gradient_checkpointing_disable()
     policy.train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    cuda_before = torch.cuda.memory_allocated() if device == "cuda" else 0
     try:
         if contender.trainer == "trl":
             step, precompute_s = _trl_step_fn(contender, policy, reference, tokenizer, steers, device, tmp)
         else:
             step, precompute_s = _localdpo_step_fn(contender, policy, reference, tokenizer, steers, device)
-        times = []
+        times, losses = [], []
         for i in range(warmup + steps):
             _sync(device)
             start = time.perf_counter()
-            step()
+            losses.append(step().detach())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
         if device == "cuda":
-            peak_mib = torch.cuda.max_memory_allocated() / 2**20
+            peak_mib = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
         else:
             peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         return {
             "step_s": statistics.median(times),
             "precompute_s": precompute_s,
             "peak_mib": peak_mib,
+            "loss": float(losses[0]),
             "status": "ok",
         }
     except torch.OutOfMemoryError:
@@ -419,9 +429,8 @@ def main(argv=None) -> int:
     if args.only:
         contenders = [c for c in contenders if any(part in c.name for part in args.only)]
     flops = peak_flops(args.device, args.peak_tflops)
-    machine = (
-        torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-    )
+    machine = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
+    machine += f", torch {torch.__version__}, load average at start {os.getloadavg()[0]:.1f}"
     print(f"# bench_throughput on {machine}: models {models}, prefixes {prefixes}, batch {batch}, "
           f"{warmup} warmup + {steps} timed steps", flush=True)  # fmt: skip
 
@@ -482,7 +491,7 @@ def main(argv=None) -> int:
 
 
 def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
-    memory = "peak MiB (max_memory_allocated)" if cuda else "peak MiB (RSS growth)"
+    memory = "peak MiB above weights" + ("" if cuda else " (RSS)")
     header = [
         "model",
         "prefix",
@@ -491,6 +500,7 @@ def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
         "tokens/s",
         "step s (median)",
         "ref precompute s",
+        "loss (step 1)",
         memory,
         "vs fastest TRL",
     ]
@@ -520,7 +530,7 @@ def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
         pairs_s = batch / row["step_s"]
         cells = [
             row["model"], str(row["prefix"]), row["contender"], f"{pairs_s:.2f}", f"{row['tokens'] / row['step_s']:.0f}",
-            f"{row['step_s']:.3f}", f"{row['precompute_s']:.2f}" if row["precompute_s"] else "-", f"{row['peak_mib']:.0f}",
+            f"{row['step_s']:.3f}", f"{row['precompute_s']:.2f}" if row["precompute_s"] else "-", f"{row['loss']:.5f}", f"{row['peak_mib']:.0f}",
             f"{pairs_s / trl_best:.2f}x" if trl_best else "n/a",
         ]  # fmt: skip
         if cuda:

@@ -290,6 +290,26 @@ def test_unsupported_architecture_is_refused_and_entry_point_falls_back():
     torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
 
 
+def test_lora_model_packs_exactly(smol_tokenizer):
+    """A PEFT LoRA wrapper (adapters non-zero) runs the packed path, no fallback warning, same log-probs."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_model(tokenizer=smol_tokenizer)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
+    peft_model = get_peft_model(model, config).eval()
+    assert supports_packing(peft_model)
+    batch = collate_pairs(_random_pairs(peft_model.config.vocab_size, seed=2), pad_token_id=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        chosen, rejected, c_mask, r_mask = pair_token_logps(peft_model, batch)
+    expected_chosen, expected_rejected = _unpacked(peft_model, batch)
+    c_mask, r_mask = _scored(c_mask), _scored(r_mask)
+    torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
+
+
 def test_attention_without_4d_masks_is_refused(tiny):
     model = copy.copy(tiny)
     model.config = copy.deepcopy(tiny.config)
