@@ -129,12 +129,14 @@ class DriftSet:
         return cls(sequences, starts, ref_logits)
 
     @torch.no_grad()
-    def kl(self, policy_model, *, device=None, autocast_dtype: torch.dtype | None = None) -> float:
-        """Mean per-token KL(reference || policy) over every continuation token."""
+    def kl_per_prompt(
+        self, policy_model, *, device=None, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per prompt: (KL summed over its continuation tokens, number of tokens), each (P,) float64."""
         device = device if device is not None else next(policy_model.parameters()).device
         was_training = policy_model.training
         policy_model.eval()
-        total, count = 0.0, 0
+        sums, counts = [], []
         try:
             for sequence, start, ref in zip(self.sequences, self.starts, self.ref_logits):
                 with torch.autocast(
@@ -144,11 +146,16 @@ class DriftSet:
                 ):
                     logits = _continuation_logits(policy_model, sequence, start, device)  # (n, V)
                 kl = token_kl(ref.to(logits.device), logits)  # (n,)
-                total += float(kl.double().sum())
-                count += int(kl.numel())
+                sums.append(float(kl.double().sum()))
+                counts.append(int(kl.numel()))
         finally:
             policy_model.train(was_training)
-        return total / count
+        return torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
+
+    def kl(self, policy_model, *, device=None, autocast_dtype: torch.dtype | None = None) -> float:
+        """Mean per-token KL(reference || policy) over every continuation token."""
+        sums, counts = self.kl_per_prompt(policy_model, device=device, autocast_dtype=autocast_dtype)
+        return float(sums.sum() / counts.sum())
 
 
 def _continuation_logits(model, sequence: torch.Tensor, start: int, device) -> torch.Tensor:

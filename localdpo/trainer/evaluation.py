@@ -19,7 +19,7 @@ from localdpo.trainer.modeling import pair_logps
 
 
 @torch.no_grad()
-def preference_metrics(
+def preference_items(
     model,
     examples: Sequence[TokenizedSteer],
     reference,
@@ -30,15 +30,16 @@ def preference_metrics(
     device=None,
     autocast: AbstractContextManager | None = None,
     to_device=None,
-) -> dict[str, float]:
-    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards and
-    `eval/chosen_nll` (mean NLL per chosen-span token) of `model` on `examples`.
+) -> dict[str, torch.Tensor]:
+    """Per held-out steer: `margin`, `chosen_reward`, `rejected_reward`, `chosen_nll_sum` (NLL summed over
+    the chosen span) and `chosen_tokens`, each (N,) in the order of `examples`.
 
     `reference` has `batch_logps(examples, batch, device)`; `model` is put in eval mode by the caller.
     """
     device = device if device is not None else next(model.parameters()).device
-    margins, chosen_rewards, rejected_rewards = [], [], []
-    nll_sum, nll_tokens = 0.0, 0
+    parts: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("margin", "chosen_reward", "rejected_reward", "chosen_nll_sum", "chosen_tokens")
+    }
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
         batch = collate_pairs([trim_to_scored(e) for e in chunk], pad_token_id=pad_token_id)
@@ -55,18 +56,27 @@ def preference_metrics(
             batch[REJECTED_LOSS_MASK],
             beta=beta,
         )
-        margins.append(out.margins.cpu())
-        chosen_rewards.append(out.chosen_rewards.cpu())
-        rejected_rewards.append(out.rejected_rewards.cpu())
-        nll_sum -= float(masked_sum(chosen, batch[CHOSEN_LOSS_MASK].bool()).sum())
-        nll_tokens += int(batch[CHOSEN_LOSS_MASK].sum())
-    margin = torch.cat(margins)  # (N,)
+        parts["margin"].append(out.margins.cpu())
+        parts["chosen_reward"].append(out.chosen_rewards.cpu())
+        parts["rejected_reward"].append(out.rejected_rewards.cpu())
+        parts["chosen_nll_sum"].append(
+            -masked_sum(chosen, batch[CHOSEN_LOSS_MASK].bool()).float().cpu()
+        )  # (B,)
+        parts["chosen_tokens"].append(batch[CHOSEN_LOSS_MASK].sum(-1).cpu())  # (B,)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **kwargs) -> dict[str, float]:
+    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards and
+    `eval/chosen_nll` (mean NLL per chosen-span token) of `model` on `examples` (see `preference_items`).
+    """
+    items = preference_items(model, examples, reference, **kwargs)
     return {
-        "eval/preference_accuracy": float((margin > 0).float().mean()),
-        "eval/margin": float(margin.mean()),
-        "eval/rewards_chosen": float(torch.cat(chosen_rewards).mean()),
-        "eval/rewards_rejected": float(torch.cat(rejected_rewards).mean()),
-        "eval/chosen_nll": nll_sum / max(1, nll_tokens),
+        "eval/preference_accuracy": float((items["margin"] > 0).float().mean()),
+        "eval/margin": float(items["margin"].mean()),
+        "eval/rewards_chosen": float(items["chosen_reward"].mean()),
+        "eval/rewards_rejected": float(items["rejected_reward"].mean()),
+        "eval/chosen_nll": float(items["chosen_nll_sum"].sum()) / max(1, int(items["chosen_tokens"].sum())),
         "eval/num_steers": float(len(examples)),
     }
 
