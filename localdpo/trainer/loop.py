@@ -454,7 +454,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['train/loss']:.4f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
             done = self.step == cfg.train.max_steps
-            if not done and cfg.eval.every and self.step % cfg.eval.every == 0:
+            eval_due = bool(cfg.eval.every and self.step % cfg.eval.every == 0)
+            task_due = bool(cfg.eval.task and cfg.eval.task_every and self.step % cfg.eval.task_every == 0)
+            if not done and (eval_due or task_due):
                 self._evaluate_and_log(final=False)
             if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or done):
                 self.save_checkpoint()

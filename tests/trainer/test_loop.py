@@ -134,3 +134,37 @@ def test_lr_schedule_and_split():
     train, held = split_steers(STEERS, 0.25, seed=3)
     assert len(train) == 9 and len(held) == 3 and not {s.id for s in train} & {s.id for s in held}
     assert split_steers(STEERS, 0.25, seed=3) == (train, held)
+
+
+def test_task_accuracy_is_logged_at_start_every_and_end(tmp_path, tiny):
+    result = _run(
+        tmp_path,
+        tiny,
+        "eval.task=addition",
+        "eval.task_n=2",
+        "eval.task_every=2",
+        "eval.every=0",
+        "eval.at_start=true",
+        "train.max_steps=3",
+    )
+    assert [h["step"] for h in result.history] == [0, 2, 3]
+    assert all("eval/task_accuracy" in h for h in result.history)
+    assert 0.0 <= result.final["eval/task_accuracy"] <= 1.0 and result.final["eval/task_n"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["ldpo", "sft"])
+def test_cuda_bf16_autocast_run(tmp_path, tiny, method):
+    """On CUDA: bf16 autocast with fp32 master weights; step-0 DPO loss is log 2 (cache computed under the same autocast)."""
+    result = _run(
+        tmp_path,
+        tiny,
+        f"method={method}",
+        "train.device=cuda",
+        "loss.reference=cache",
+        f"cache_dir={tmp_path / 'c'}",
+    )
+    assert result.train_log[-1]["train/loss"] < result.train_log[0]["train/loss"]
+    assert result.train_log[0]["perf/peak_memory_gb"] > 0
+    if method == "ldpo":
+        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-3)
