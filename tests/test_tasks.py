@@ -323,3 +323,10 @@ def test_partial_restatement_of_the_input_is_not_judged_yet():
         RUN.check(prompt, "The running totals of 3, 2, 5, 2, 8 are 3, 5, 9,", complete=False).mistake.found
         == "9"
     )
+
+
+def test_tasks_cli_lists_names(capsys):
+    from localdpo.cli import main
+
+    assert main(["tasks"]) == 0
+    assert capsys.readouterr().out.split() == list(TASKS)

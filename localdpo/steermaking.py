@@ -1,0 +1,327 @@
+"""Steers made from a model's own mistakes on checkable tasks.
+
+The workflow mirrored: a person watches the model answer, stops it shortly after the first wrong item,
+rewrites that item and lets it resume. So a steer's `prefix` is the output up to the mistake, `rejected` is
+the wrong item plus the few tokens the model wrote before it was stopped, and `chosen` is the corrected
+item only (a partial correction: the rest of the answer is left to the model).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from localdpo.steers import Steer
+from localdpo.tasks import Mistake, MistakeKind, Task, TaskPrompt, Verdict, get_task
+from localdpo.tokenization import tokenize_steer
+
+STOP_AFTER_TOKENS = 3
+"""Tokens of the original output kept in `rejected` after the wrong item: where a watcher would stop it."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer."""
+
+    text: str
+    """Decoded assistant text, without special tokens."""
+    complete: bool
+    """The model ended its turn (EOS) within `max_new_tokens`."""
+    num_tokens: int
+    """Generated tokens, EOS included."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings for `generate_answers`."""
+
+    max_new_tokens: int = 96
+    """Generated tokens per answer at most."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (ignored when greedy)."""
+    batch_size: int = 32
+    """Prompts per `generate` call (left-padded)."""
+
+
+def render_chat(tokenizer, user_text: str) -> str:
+    """The user turn rendered with the tokenizer's chat template, ready for the assistant's answer."""
+    messages = [{"role": "user", "content": user_text}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return user_text
+
+
+class _StopRows:
+    """Per-row stopping criterion for `generate`: a row stops `delay` tokens after `should_stop(index, text)`.
+
+    Rows stopped this way are recorded in `stopped_at` (new tokens kept), because `generate` pads them
+    with the pad token, which is EOS for SmolLM2 and would otherwise read as a finished answer.
+    """
+
+    def __init__(self, tokenizer, rows: list[int], width: int, should_stop, delay: int):
+        self.tokenizer, self.rows, self.width = tokenizer, rows, width
+        self.should_stop, self.delay = should_stop, delay
+        self.triggered: dict[int, int] = {}
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        steps = input_ids.shape[1] - self.width
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
+        for row, index in enumerate(self.rows):
+            if row in self.stopped_at:
+                done[row] = True
+                continue
+            if row not in self.triggered:
+                text = self.tokenizer.decode(input_ids[row, self.width :], skip_special_tokens=True)
+                if self.should_stop(index, text):
+                    self.triggered[row] = steps
+            if row in self.triggered and steps - self.triggered[row] >= self.delay:
+                self.stopped_at[row] = steps
+                done[row] = True
+        return done
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer,
+    user_texts: Sequence[str],
+    config: GenerationConfig = GenerationConfig(),
+    *,
+    seed: int = 0,
+    should_stop=None,
+    stop_delay: int = 0,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[Generation]:
+    """Answers to `user_texts` (chat template, left padding, KV cache), in input order.
+
+    Prompts are batched by rendered length so padding stays small. `should_stop(i, partial_text)`, when
+    given, ends answer i `stop_delay` tokens after it first returns True (that answer has
+    `complete=False`); a batch ends when all its rows have. Sampling (temperature > 0) draws from
+    `torch.manual_seed(seed + batch index)`; the global RNG state is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+    from transformers import StoppingCriteriaList
+
+    rendered = [render_chat(tokenizer, text) for text in user_texts]
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    eos_ids = model.generation_config.eos_token_id
+    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) | {tokenizer.eos_token_id}
+    eos_ids.discard(None)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    sampling = config.temperature > 0
+    kwargs = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens, "use_cache": True}
+    if sampling:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    results: list[Generation | None] = [None] * len(encoded)
+    rng_state = torch.random.get_rng_state()
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(encoded), desc=desc, disable=not progress, unit="answer")
+    try:
+        for batch_index, start in enumerate(range(0, len(order), config.batch_size)):
+            batch = order[start : start + config.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T) left-padded
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+            for row, i in enumerate(batch):
+                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                attention_mask[row, width - len(encoded[i]) :] = 1
+            stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
+            if sampling:
+                torch.manual_seed(seed + batch_index)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                pad_token_id=pad_id,
+                eos_token_id=sorted(eos_ids),
+                stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+                **kwargs,
+            )  # (B, width + new)
+            for row, i in enumerate(batch):
+                new = output[row, width:].tolist()
+                if stopper is not None and row in stopper.stopped_at:
+                    ids, complete = new[: stopper.stopped_at[row]], False
+                else:
+                    cut = next((j for j, token in enumerate(new) if token in eos_ids), None)
+                    ids, complete = (new, False) if cut is None else (new[:cut], True)
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                results[i] = Generation(text, complete, len(ids) + complete)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        torch.random.set_rng_state(rng_state)
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def stop_at_first_mistake(task: Task, prompts: Sequence[TaskPrompt]):
+    """`should_stop` for `generate_answers`: True once the partial answer to prompts[i] has a judged mistake."""
+
+    def should_stop(index: int, text: str) -> bool:
+        return task.check(prompts[index], text, complete=False).verdict is Verdict.WRONG
+
+    return should_stop
+
+
+def _first_tokens(tokenizer, text: str, k: int) -> str:
+    """The first `k` tokens of `text` decoded back (a prefix of `text` for byte-level BPE)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:k]
+    head = tokenizer.decode(ids)
+    return head if text.startswith(head) else ""
+
+
+def steer_from_mistake(
+    task: Task,
+    prompt: TaskPrompt,
+    generation: Generation,
+    mistake: Mistake,
+    tokenizer,
+    *,
+    stop_after_tokens: int = STOP_AFTER_TOKENS,
+    meta: dict | None = None,
+) -> Steer:
+    """The steer a watcher makes at `mistake`: prefix up to it, the wrong item (+ a few tokens) against the fix."""
+    output = generation.text
+    correction = task.correct(prompt, output, mistake)
+    after = output[mistake.end :]
+    tail = _first_tokens(tokenizer, after, stop_after_tokens)
+    rejected = output[mistake.start : mistake.end] + tail
+    # The answer really ended right after the wrong part: its end-of-turn token is part of what is rejected.
+    rejected_complete = generation.complete and tail == after
+    if mistake.kind is MistakeKind.MISSING and not rejected and not generation.complete:
+        raise ValueError("cut-off output: no missing item to correct")
+    return Steer(
+        prompt=[{"role": "user", "content": prompt.text}],
+        prefix=output[: mistake.start],
+        rejected=rejected,
+        chosen=correction.text,
+        chosen_complete=correction.ends_answer,
+        rejected_complete=rejected_complete,
+        id=f"{prompt.id}#{(meta or {}).get('seed', 0)}",
+        meta={
+            "task": task.name,
+            "prompt_id": prompt.id,
+            "mistake": {**asdict(mistake), "kind": mistake.kind.value},
+            "output": output,
+            "output_complete": generation.complete,
+            **(meta or {}),
+        },
+    )
+
+
+@dataclass
+class SteerSummary:
+    """Counts of one `make_steers` run."""
+
+    task: str
+    tried: int = 0
+    """Prompts answered."""
+    correct: int = 0
+    """Answers already right (nothing to steer)."""
+    uncheckable: int = 0
+    """Answers with no checkable answer (format not kept or cut off)."""
+    steers: int = 0
+    """Steers made."""
+    rejected_steers: list[str] = field(default_factory=list)
+    """`prompt id: reason` for wrong answers that gave no valid steer (e.g. an empty token span)."""
+
+    @property
+    def wrong(self) -> int:
+        return self.tried - self.correct - self.uncheckable
+
+    def row(self) -> str:
+        return (
+            f"{self.task:<12} tried {self.tried:>5}  correct {self.correct:>5}  no checkable answer "
+            f"{self.uncheckable:>5}  wrong {self.wrong:>5}  steers {self.steers:>5}  unusable {len(self.rejected_steers):>3}"
+        )
+
+
+def make_steers(
+    model,
+    tokenizer,
+    task: Task | str,
+    *,
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    generation: GenerationConfig | None = None,
+    stop_after_tokens: int = STOP_AFTER_TOKENS,
+    full_output: bool = False,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> tuple[list[Steer], SteerSummary]:
+    """Steers from the model's answers to `n` prompts of `task` (`split` prompts, sampled with `seed`).
+
+    As a watcher would, generation of an answer stops `stop_after_tokens` tokens after its first mistake
+    (`meta["output"]` then holds the answer up to there); `full_output=True` lets every answer run to
+    its end first (slower; the steers are the same up to sampling). `meta` is added to every steer's. Every steer is checked to tokenize with a non-empty divergent span; wrong answers that fail that are
+    listed in `summary.rejected_steers`, never dropped silently.
+    """
+    task = get_task(task)
+    config = generation or GenerationConfig(max_new_tokens=task.max_new_tokens)
+    prompts = task.prompts(n, seed, split)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        config,
+        seed=seed,
+        should_stop=None if full_output else stop_at_first_mistake(task, prompts),
+        stop_delay=stop_after_tokens,
+        progress=progress,
+        desc=task.name,
+    )
+    summary = SteerSummary(task=task.name, tried=len(prompts))
+    steers: list[Steer] = []
+    meta = {
+        "split": split,
+        "seed": seed,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        **(meta or {}),
+    }
+    for prompt, answer in zip(prompts, answers):
+        judgement = task.check(prompt, answer.text, complete=answer.complete)
+        if judgement.verdict is Verdict.CORRECT:
+            summary.correct += 1
+            continue
+        if judgement.verdict is Verdict.UNCHECKABLE:
+            summary.uncheckable += 1
+            continue
+        try:
+            steer = steer_from_mistake(
+                task,
+                prompt,
+                answer,
+                judgement.mistake,
+                tokenizer,
+                stop_after_tokens=stop_after_tokens,
+                meta=meta,
+            )
+            tokenized = tokenize_steer(steer, tokenizer)
+            if not bool(tokenized.chosen_mask.any()):
+                raise ValueError("the correction has no scored token (empty divergent span)")
+        except ValueError as error:
+            summary.rejected_steers.append(f"{prompt.id}: {error}")
+            continue
+        steers.append(steer)
+        summary.steers += 1
+    return steers, summary
+
+
+def shuffle_steers(steers: list[Steer], seed: int) -> list[Steer]:
+    """A seeded shuffle (tasks interleaved when several are written to one file)."""
+    steers = list(steers)
+    random.Random(seed).shuffle(steers)
+    return steers

@@ -1,0 +1,180 @@
+import pytest
+import torch
+
+from localdpo import load_steers, save_steers, tokenize_steer
+from localdpo.models import tiny_model
+from localdpo.steermaking import (
+    Generation,
+    GenerationConfig,
+    generate_answers,
+    make_steers,
+    render_chat,
+    steer_from_mistake,
+)
+from localdpo.tasks import MistakeKind, get_task
+
+PROMPTS = [
+    "What is 2 + 2?",
+    "Sort these words in alphabetical order: river, apple, cloud, dog, zebra, mountain.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(smol_tokenizer):
+    return tiny_model(seed=0, tokenizer=smol_tokenizer)
+
+
+def test_greedy_answers_are_in_input_order_and_independent_of_batching(tiny):
+    """Left padding must not change a greedy answer: one prompt alone = the same prompt batched with a longer one."""
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=12, batch_size=2)
+    batched = generate_answers(model, tokenizer, PROMPTS, config, progress=False)
+    alone = [
+        generate_answers(
+            model, tokenizer, [p], GenerationConfig(max_new_tokens=12, batch_size=1), progress=False
+        )[0]
+        for p in PROMPTS
+    ]
+    assert batched == alone
+    assert all(not a.complete and a.num_tokens == 12 for a in batched)  # a random model never says EOS
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0)
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    a = generate_answers(model, tokenizer, PROMPTS, config, seed=3, progress=False)
+    assert torch.equal(torch.rand(2), expected)
+    assert a == generate_answers(model, tokenizer, PROMPTS, config, seed=3, progress=False)
+    assert a != generate_answers(model, tokenizer, PROMPTS, config, seed=4, progress=False)
+    assert not model.training
+
+
+def test_stopped_answers_are_prefixes_of_full_answers(tiny):
+    """Stopping a row early keeps exactly its first tokens, and marks it incomplete (not an EOS ending)."""
+    model, tokenizer = tiny
+    full = generate_answers(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=16), progress=False)
+    calls = []
+
+    def should_stop(index, text):
+        calls.append(index)
+        return index == 1 and len(text) >= 3  # this model writes one "\n" per token
+
+    stopped = generate_answers(
+        model,
+        tokenizer,
+        PROMPTS,
+        GenerationConfig(max_new_tokens=16),
+        should_stop=should_stop,
+        stop_delay=2,
+        progress=False,
+    )
+    assert stopped[0] == full[0]
+    assert full[1].text.startswith(stopped[1].text) and stopped[1].text != full[1].text
+    assert not stopped[1].complete and stopped[1].num_tokens == 5  # triggered after 3 tokens, 2 more kept
+    assert set(calls) == {0, 1}
+
+
+def test_render_chat_uses_the_template(smol_tokenizer):
+    text = render_chat(smol_tokenizer, "hi")
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_steer_from_a_wrong_middle_item(smol_tokenizer):
+    task = get_task("multiples")
+    prompt = task.build(7, 6)
+    output = "The first 6 multiples of 7 are 7, 14, 21, 28, 45, 63, 81, and 98."
+    mistake = task.check(prompt, output).mistake
+    steer = steer_from_mistake(
+        task, prompt, Generation(output, True, 40), mistake, smol_tokenizer, meta={"seed": 5}
+    )
+    assert steer.prefix == "The first 6 multiples of 7 are 7, 14, 21, 28, "
+    # the wrong item + 3 tokens: SmolLM2 splits ", 63" into ",", " ", "6", "3"
+    assert len(smol_tokenizer(", 63", add_special_tokens=False)["input_ids"]) == 4
+    assert steer.rejected == "45, 6"
+    assert steer.chosen == "35" and not steer.chosen_complete and not steer.rejected_complete
+    assert steer.prompt == [{"role": "user", "content": prompt.text}]
+    assert steer.id == "multiples/k=7,n=6#5"
+    assert steer.meta["output"] == output and steer.meta["task"] == "multiples"
+    assert steer.meta["mistake"]["kind"] == "wrong" and steer.meta["mistake"]["item"] == 4
+    tokenized = tokenize_steer(steer, smol_tokenizer)
+    chosen_span = tokenized.chosen_ids[tokenized.chosen_mask].tolist()
+    assert (
+        smol_tokenizer.decode(chosen_span) == "3"
+    )  # "35" vs "45": the digits differ only in the first token
+
+
+def test_steer_for_a_missing_item_at_the_end_rejects_the_end_of_turn(smol_tokenizer):
+    task = get_task("sort_words")
+    prompt = task.build(["dog", "apple", "cloud"])
+    output = "apple, cloud"
+    mistake = task.check(prompt, output).mistake
+    assert mistake.kind is MistakeKind.MISSING
+    steer = steer_from_mistake(task, prompt, Generation(output, True, 4), mistake, smol_tokenizer)
+    assert (steer.prefix, steer.rejected, steer.chosen) == ("apple, cloud", "", ", dog")
+    assert steer.rejected_complete  # the model ended its turn there: EOS is the rejected token
+    tokenized = tokenize_steer(steer, smol_tokenizer)
+    assert tokenized.rejected_ids[tokenized.rejected_mask].tolist() == [smol_tokenizer.eos_token_id]
+
+
+def test_steer_for_extra_items_ends_the_answer(smol_tokenizer):
+    task = get_task("multiples")
+    prompt = task.build(3, 2)
+    output = "They are 3, 6, 9, 12."
+    mistake = task.check(prompt, output).mistake
+    steer = steer_from_mistake(task, prompt, Generation(output, True, 12), mistake, smol_tokenizer)
+    assert steer.prefix == "They are 3, 6" and steer.chosen == "." and steer.chosen_complete
+    assert steer.rejected.startswith(", 9")
+
+
+def _scripted(outputs):
+    """A stand-in for generate_answers returning fixed answers (checks the counting, not the model)."""
+
+    def fake(model, tokenizer, texts, config, **kwargs):
+        assert len(texts) == len(outputs)
+        return [Generation(text, complete, 20) for text, complete in outputs]
+
+    return fake
+
+
+def test_make_steers_counts_every_outcome(monkeypatch, smol_tokenizer):
+    task = get_task("running_sum")
+    prompts = task.prompts(5, seed=0, split="train")
+    right = ", ".join(prompts[0].answer)
+    wrong = "The list of running totals is " + ", ".join(str(v) for v in prompts[1].data["values"]) + "."
+    outputs = [(right, True), (wrong, True), ("I cannot.", True), (wrong, True), ("The totals are", False)]
+    monkeypatch.setattr("localdpo.steermaking.generate_answers", _scripted(outputs))
+    steers, summary = make_steers(None, smol_tokenizer, task, n=5, seed=0)
+    assert (summary.tried, summary.correct, summary.uncheckable, summary.steers) == (5, 1, 2, 2)
+    assert summary.wrong == 2 and summary.rejected_steers == []
+    assert [s.meta["prompt_id"] for s in steers] == [prompts[1].id, prompts[3].id]
+    assert all(s.meta["split"] == "train" and s.meta["seed"] == 0 for s in steers)
+    for steer in steers:
+        assert tokenize_steer(steer, smol_tokenizer).chosen_mask.any()
+
+
+def test_make_steers_with_tiny_model_runs_end_to_end(tiny, tmp_path):
+    model, tokenizer = tiny
+    steers, summary = make_steers(model, tokenizer, "addition", n=3, seed=0, progress=False)
+    assert summary.tried == 3 and summary.uncheckable == 3 and steers == []  # random weights: no equations
+    assert save_steers(steers, tmp_path / "s.jsonl").read_text() == ""
+
+
+@pytest.mark.embedded
+def test_embedded_model_makes_real_steers_that_load_back(tmp_path):
+    """SmolLM2-135M restates the input as its running totals: wrong from item 1, a steer per answer."""
+    from localdpo.models import load_model
+    from localdpo.tasks import split_of
+
+    model, tokenizer = load_model()
+    steers, summary = make_steers(model, tokenizer, "running_sum", n=8, seed=0, progress=False)
+    assert summary.tried == 8 and summary.steers >= 5, summary.row()
+    path = save_steers(steers, tmp_path / "steers.jsonl")
+    loaded = load_steers(path)
+    assert loaded == steers
+    for steer in loaded:
+        assert split_of(steer.meta["prompt_id"]) == "train"
+        assert steer.meta["output"].startswith(steer.prefix + steer.rejected)
+        assert tokenize_steer(steer, tokenizer).chosen_mask.any()
