@@ -61,6 +61,37 @@ def test_reference_cache_gives_the_same_training_as_a_live_reference(tmp_path, t
     assert cached.final["eval/margin"] == pytest.approx(live.final["eval/margin"], abs=1e-5)
 
 
+def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny):
+    """What a comparison script passes in: tokenized steers and one reference cache of the starting model."""
+    import copy
+
+    from localdpo.refcache import ReferenceCache
+    from localdpo.tokenization import tokenize_steers
+
+    model, tokenizer = tiny
+    reference = copy.deepcopy(model)
+    cache = ReferenceCache(reference, tokenizer, cache_dir=tmp_path / "cache", progress=False)
+    train, _ = tokenize_steers(TRAIN, tokenizer, span_mode="divergent")
+    held, _ = tokenize_steers(HELD, tokenizer, span_mode="divergent")
+    config = tiny_config(tmp_path / "run", "loss.reference=cache", "train.max_steps=2")
+    trainer = Trainer(
+        config, model=model, tokenizer=tokenizer, train_steers=train, eval_steers=held, reference_cache=cache
+    )
+    result = trainer.run()
+    assert trainer.train_examples == train and trainer.reference_cache is cache
+    assert cache.stats.misses == len(train) + len(held)  # computed once, before the first step
+    assert cache.stats.hits >= 2 * len(train)  # then every batch is looked up
+    assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    with pytest.raises(ValueError, match="another span mode"):
+        Trainer(
+            tiny_config(tmp_path / "x", "method=dpo"),
+            model=model,
+            tokenizer=tokenizer,
+            train_steers=train,
+            eval_steers=held,
+        ).setup()
+
+
 def test_evaluation_at_start_and_drift(tmp_path, tiny):
     result = _run(
         tmp_path,
