@@ -148,6 +148,9 @@ def load_model(
 ):
     """`(model, tokenizer)` for a Hugging Face model id, a local model directory, or `"smollm2-135m-instruct"`.
 
+    A directory holding a peft adapter (`adapter_config.json`, e.g. a LoRA run's `final/`) loads its base
+    model (`base_model_name_or_path`, itself any of these) and returns it with the adapter merged in.
+
     The embedded name loads the safetensors copy of the shipped GGUF (converted once, verified on every
     read). Anything else goes to `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` (hub ids are
     downloaded by transformers into its own cache; `cache_dir` is passed on as its download cache). The
@@ -156,12 +159,16 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    local = Path(name).expanduser()
+    if (local / "adapter_config.json").is_file():
+        return _load_adapter_dir(
+            local, dtype=dtype, device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+        )
     if name == DEFAULT_MODEL:
         model_dir = embedded_model_dir(cache_dir)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
         tokenizer = embedded_tokenizer(cache_dir)
     else:
-        local = Path(name).expanduser()
         source = str(local) if local.exists() else name
         kwargs = {"trust_remote_code": trust_remote_code}
         if cache_dir is not None and not local.exists():
@@ -171,6 +178,27 @@ def load_model(
     _ensure_pad_token(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_adapter_dir(directory: Path, **kwargs):
+    """Base model + the peft adapter in `directory`, merged; the directory's tokenizer when it has one."""
+    from peft import PeftModel
+
+    config = json.loads((directory / "adapter_config.json").read_text())
+    base_name = config.get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{directory / 'adapter_config.json'}: field 'base_model_name_or_path' is missing")
+    device = kwargs.pop("device")
+    base, tokenizer = load_model(base_name, device="cpu", **kwargs)
+    model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+    if (directory / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        _ensure_pad_token(tokenizer)
     model.to(device)
     model.eval()
     return model, tokenizer

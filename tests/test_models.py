@@ -103,3 +103,30 @@ def test_embedded_conversion_equals_gguf_weights(tmp_path):
     ids = torch.tensor([tokenizer.encode("The capital of France is")])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
+    """A LoRA run's final dir (adapter + tokenizer) loads as its base with the adapter merged: same logits."""
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    base, _ = models.load_model(tmp_path / "base")
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "final")
+    tokenizer.save_pretrained(tmp_path / "final")
+    ids = torch.tensor([tokenizer.encode("3, 6, 9")])
+    with torch.no_grad():
+        expected = peft_model(ids).logits
+    merged, loaded_tokenizer = models.load_model(tmp_path / "final")
+    assert type(merged).__name__ == "LlamaForCausalLM" and not merged.training
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        fresh_base, _ = models.load_model(tmp_path / "base")
+        assert not torch.allclose(
+            fresh_base(ids).logits, expected, atol=1e-4
+        )  # the adapter does change outputs
+    assert loaded_tokenizer.pad_token is not None
