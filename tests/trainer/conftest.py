@@ -1,5 +1,3 @@
-import pytest
-
 from localdpo.steers import Steer
 
 COLORS = [
@@ -33,11 +31,6 @@ def make_steers(n: int = 12) -> list[Steer]:
             )
         )
     return steers
-
-
-@pytest.fixture
-def steers():
-    return make_steers()
 
 
 def tiny_config(run_dir, *overrides):
