@@ -46,6 +46,17 @@ class GenerationConfig:
     """Nucleus sampling threshold (ignored when greedy)."""
     batch_size: int = 32
     """Prompts per `generate` call (left-padded)."""
+    share_prefix: bool = True
+    """Run the tokens all prompts of a batch start with (chat template, task wording) once, not per row."""
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the token prefix shared by all rows, leaving every row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    p = 0
+    while p < limit and all(r[p] == rows[0][p] for r in rows):
+        p += 1
+    return p
 
 
 def render_chat(tokenizer, user_text: str) -> str:
@@ -131,12 +142,29 @@ def generate_answers(
     try:
         for batch_index, start in enumerate(range(0, len(order), config.batch_size)):
             batch = order[start : start + config.batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T) left-padded
+            # Rows are [shared prefix][left padding][own tokens]: positions come from the attention mask's
+            # cumulative sum, so the padding in the middle changes no position and no attended token.
+            shared = (
+                _common_prefix([encoded[i] for i in batch]) if config.share_prefix and len(batch) > 1 else 0
+            )
+            rest = max(len(encoded[i]) for i in batch) - shared
+            width = shared + rest
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
             for row, i in enumerate(batch):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                attention_mask[row, width - len(encoded[i]) :] = 1
+                own = encoded[i][shared:]
+                input_ids[row, :shared] = torch.tensor(encoded[i][:shared], dtype=torch.long)
+                input_ids[row, width - len(own) :] = torch.tensor(own)
+                attention_mask[row, :shared] = 1
+                attention_mask[row, width - len(own) :] = 1
+            cache_kwargs = {}
+            if shared:
+                from transformers import DynamicCache
+
+                cache = DynamicCache()
+                model(input_ids=input_ids[:1, :shared].to(device), past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(batch))
+                cache_kwargs["past_key_values"] = cache
             stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
             if sampling:
                 torch.manual_seed(seed + batch_index)
@@ -146,6 +174,7 @@ def generate_answers(
                 pad_token_id=pad_id,
                 eos_token_id=sorted(eos_ids),
                 stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+                **cache_kwargs,
                 **kwargs,
             )  # (B, width + new)
             for row, i in enumerate(batch):

@@ -21,7 +21,14 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(smol_tokenizer):
-    return tiny_model(seed=0, tokenizer=smol_tokenizer)
+    """A tiny model with weights scaled up so its greedy answers depend on the prompt (at the default init
+    every answer is the same run of newlines, which would make order and batching tests vacuous)."""
+    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(40)
+    return model, tokenizer
 
 
 def test_greedy_answers_are_in_input_order_and_independent_of_batching(tiny):
@@ -36,7 +43,20 @@ def test_greedy_answers_are_in_input_order_and_independent_of_batching(tiny):
         for p in PROMPTS
     ]
     assert batched == alone
-    assert all(not a.complete and a.num_tokens == 12 for a in batched)  # a random model never says EOS
+    assert batched[0].text != batched[1].text
+    assert all(not a.complete and a.num_tokens == 12 for a in batched)  # this model never says EOS
+
+
+def test_shared_prefix_prefill_changes_no_answer(tiny):
+    """Prompts of one task share ~30 tokens (chat template + wording): run once, the answers are the same."""
+    model, tokenizer = tiny
+    texts = [p.text for p in get_task("multiples").prompts(5, seed=0)] + ["hi"]
+    shared = generate_answers(model, tokenizer, texts, GenerationConfig(max_new_tokens=8), progress=False)
+    unshared = generate_answers(
+        model, tokenizer, texts, GenerationConfig(max_new_tokens=8, share_prefix=False), progress=False
+    )
+    assert shared == unshared
+    assert len({a.text for a in shared}) > 1
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
@@ -60,7 +80,7 @@ def test_stopped_answers_are_prefixes_of_full_answers(tiny):
 
     def should_stop(index, text):
         calls.append(index)
-        return index == 1 and len(text) >= 3  # this model writes one "\n" per token
+        return index == 1 and len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= 3
 
     stopped = generate_answers(
         model,
