@@ -83,12 +83,13 @@ class _StopRows:
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         steps = input_ids.shape[1] - self.width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
+        new_tokens = input_ids[:, self.width :].tolist()  # one device-to-host copy per step
         for row, index in enumerate(self.rows):
             if row in self.stopped_at:
                 done[row] = True
                 continue
             if row not in self.triggered:
-                text = self.tokenizer.decode(input_ids[row, self.width :], skip_special_tokens=True)
+                text = self.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
                 if self.should_stop(index, text):
                     self.triggered[row] = steps
             if row in self.triggered and steps - self.triggered[row] >= self.delay:
