@@ -163,6 +163,8 @@ class EvalConfig:
     """Held-out task prompts generated per task evaluation."""
     task_seed: int = 1234
     """Seed of the held-out task prompts."""
+    task_max_new_tokens: int | None = None
+    """Generated tokens per task answer at most; None = the task's own budget."""
     task_every: int = 0
     """Also run the task evaluation every this many steps (0 = only at the start and the end)."""
 

@@ -66,28 +66,49 @@ def preference_items(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **kwargs) -> dict[str, float]:
+def aggregate_preference_items(items: dict[str, torch.Tensor]) -> dict[str, float]:
     """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards and
-    `eval/chosen_nll` (mean NLL per chosen-span token) of `model` on `examples` (see `preference_items`).
-    """
-    items = preference_items(model, examples, reference, **kwargs)
+    `eval/chosen_nll` (mean NLL per chosen-span token) from `preference_items`."""
     return {
         "eval/preference_accuracy": float((items["margin"] > 0).float().mean()),
         "eval/margin": float(items["margin"].mean()),
         "eval/rewards_chosen": float(items["chosen_reward"].mean()),
         "eval/rewards_rejected": float(items["rejected_reward"].mean()),
         "eval/chosen_nll": float(items["chosen_nll_sum"].sum()) / max(1, int(items["chosen_tokens"].sum())),
-        "eval/num_steers": float(len(examples)),
+        "eval/num_steers": float(items["margin"].numel()),
     }
 
 
-def task_metrics(model, tokenizer, task: str, *, n: int, seed: int, batch_size: int) -> dict[str, float]:
-    """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.taskeval.evaluate_task` (greedy answers)."""
+def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **kwargs) -> dict[str, float]:
+    """Aggregated held-out preference metrics of `model` on `examples` (see `preference_items`)."""
+    return aggregate_preference_items(preference_items(model, examples, reference, **kwargs))
+
+
+def task_metrics(
+    model, tokenizer, task: str, *, n: int, seed: int, batch_size: int, max_new_tokens: int | None = None
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.taskeval.evaluate_task` (greedy
+    answers), and per prompt `task_accuracy` and `format_kept` (0/1, (n,))."""
     from localdpo.taskeval import evaluate_task
 
-    result = evaluate_task(model, tokenizer, task, n=n, seed=seed, batch_size=batch_size)
-    return {
+    result = evaluate_task(
+        model,
+        tokenizer,
+        task,
+        n=n,
+        seed=seed,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        records=True,
+    )
+    verdicts = [record["verdict"] for record in result.pop("records")]
+    metrics = {
         f"eval/task_{key}": float(value)
         for key, value in result.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+    items = {
+        "task_accuracy": torch.tensor([v == "correct" for v in verdicts], dtype=torch.float64),
+        "format_kept": torch.tensor([v != "uncheckable" for v in verdicts], dtype=torch.float64),
+    }
+    return metrics, items

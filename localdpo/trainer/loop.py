@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ from localdpo.trainer.distributed import (
     stream_indices,
 )
 from localdpo.trainer.drift import DriftSet, load_drift_prompts
-from localdpo.trainer.evaluation import preference_metrics, task_metrics
+from localdpo.trainer.evaluation import aggregate_preference_items, preference_items, task_metrics
 from localdpo.trainer.methods import method_loss
 from localdpo.trainer.modeling import (
     apply_lora,
@@ -99,12 +100,21 @@ class Trainer:
         self.train_log: list[dict[str, float]] = []
         self.logger = None
         self._is_setup = False
+        # Per-item values (held-out steers, drift prompts, task prompts) of the latest, the step-0 and the
+        # final evaluation: what comparisons pair across methods (`localdpo.compare`).
+        self.last_eval_items: dict[str, Any] = {}
+        self.initial_items: dict[str, Any] = {}
+        self.final_items: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> Trainer:
         """Load everything, build the reference and drift set from the starting model, restore a checkpoint."""
         cfg = self.config
+        if cfg.checkpoint.resume == "never" and ckpt.list_checkpoints(self.checkpoint_root):
+            raise ConfigError(
+                f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
+            )
         self.device = self._resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -253,10 +263,6 @@ class Trainer:
         cfg = self.config
         mode = cfg.checkpoint.resume
         if mode == "never":
-            if ckpt.list_checkpoints(self.checkpoint_root):
-                raise ConfigError(
-                    f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
-                )
             return
         path = ckpt.latest_checkpoint(self.checkpoint_root) if mode == "auto" else Path(mode)
         if path is None:
@@ -468,6 +474,8 @@ class Trainer:
             else self.history[-1]
         )
         final = dict(final)
+        if not self.final_items:
+            self.final_items = dict(self.last_eval_items)
         if last:
             final["train/loss"] = last["train/loss"]
         if self.logger is not None:
@@ -506,35 +514,41 @@ class Trainer:
         model.eval()
         metrics: dict[str, float] = {"step": self.step}
         try:
+            items: dict[str, torch.Tensor] = {}
             if self.eval_examples:
-                metrics.update(
-                    preference_metrics(
-                        model,
-                        self.eval_examples,
-                        self.reference,
-                        beta=cfg.loss.beta,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        batch_size=cfg.eval.batch_size,
-                        device=self.device,
-                        autocast=self._autocast(),
-                        to_device=self._to_device,
-                    )
+                pref = preference_items(
+                    model,
+                    self.eval_examples,
+                    self.reference,
+                    beta=cfg.loss.beta,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    batch_size=cfg.eval.batch_size,
+                    device=self.device,
+                    autocast=self._autocast(),
+                    to_device=self._to_device,
                 )
+                metrics.update(aggregate_preference_items(pref))
+                items["preference_accuracy"] = (pref["margin"] > 0).double()
+                items["chosen_nll"] = pref["chosen_nll_sum"].double() / pref["chosen_tokens"].clamp(min=1)
             if self.drift_set is not None:
-                metrics["eval/drift_kl"] = self.drift_set.kl(
+                kl_sums, kl_counts = self.drift_set.kl_per_prompt(
                     model, device=self.device, autocast_dtype=self.autocast_dtype
                 )
+                metrics["eval/drift_kl"] = float(kl_sums.sum() / kl_counts.sum())
+                items["drift_kl"] = kl_sums / kl_counts
             if task and cfg.eval.task:
-                metrics.update(
-                    task_metrics(
-                        model,
-                        self.tokenizer,
-                        cfg.eval.task,
-                        n=cfg.eval.task_n,
-                        seed=cfg.eval.task_seed,
-                        batch_size=cfg.eval.batch_size,
-                    )
+                task_result, task_items = task_metrics(
+                    model,
+                    self.tokenizer,
+                    cfg.eval.task,
+                    n=cfg.eval.task_n,
+                    seed=cfg.eval.task_seed,
+                    batch_size=cfg.eval.batch_size,
+                    max_new_tokens=cfg.eval.task_max_new_tokens,
                 )
+                metrics.update(task_result)
+                items.update(task_items)
+            self.last_eval_items = {k: v.numpy() for k, v in items.items()}
         finally:
             model.train(was_training)
         return metrics
@@ -548,6 +562,10 @@ class Trainer:
             metrics = self.evaluate(task=task)
         random.setstate(python_state)
         self.history.append(metrics)
+        if self.step == 0:
+            self.initial_items = dict(self.last_eval_items)
+        if final:
+            self.final_items = dict(self.last_eval_items)
         if self.logger is not None:
             self.logger.log({k: v for k, v in metrics.items() if k != "step"}, self.step)
         return metrics

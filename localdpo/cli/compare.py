@@ -1,0 +1,50 @@
+"""`localdpo compare`: SFT, localized DPO (with and without an SFT term) and DPO on the same steers."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "compare localized DPO, SFT and DPO on the same steers (several seeds, results table and plots)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--preset", default=None, help="cpu (default), gpu or tiny: localdpo/compare/presets/NAME.yaml"
+    )
+    source.add_argument("--config", default=None, help="a comparison YAML file")
+    parser.add_argument("--out", default=None, help="output directory (default outputs/compare-<name>)")
+    parser.add_argument("--steers", default=None, help="train steers JSONL instead of making them")
+    parser.add_argument("--heldout-steers", default=None, help="held-out steers JSONL instead of making them")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the config's variants")
+    parser.add_argument(
+        "--with-sft-full", action="store_true", help="also run sft_full (SFT on the whole sequence)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1] run.train.max_steps=20"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from localdpo.compare.config import load_compare_config, preset_path
+    from localdpo.compare.pipeline import run_comparison
+
+    path = args.config or preset_path(args.preset or "cpu")
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    if args.steers:
+        overrides.append(f"steers.train_file={args.steers}")
+    if args.heldout_steers:
+        overrides.append(f"steers.heldout_file={args.heldout_steers}")
+    config = load_compare_config(path, overrides)
+    if args.with_sft_full:
+        config.variants.setdefault("sft_full", ["method=sft_full"])
+    variants = args.variants.split(",") if args.variants else None
+    result = run_comparison(config, variants=variants)
+    print(f"\nresults: {result.results_md}\n         {result.results_csv}")
+    print("plots:   " + "\n         ".join(str(p) for p in result.plots))
+    print(
+        f"runs:    {result.out_dir / 'runs'} (W&B: {result.out_dir / 'runs'}/*/wandb, group compare-{config.name})"
+    )
+    return 0

@@ -1,0 +1,99 @@
+"""The comparison end to end on the tiny preset: every file written, tables well formed, splits disjoint."""
+
+import csv
+import json
+
+import pytest
+
+from localdpo.compare.config import load_compare_config, preset_path
+from localdpo.compare.pipeline import prepare_steers, run_comparison
+from localdpo.steers import load_steers, save_steers
+from localdpo.trainer.config import ConfigError
+from localdpo.trainer.logging import read_offline_run
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    config = load_compare_config(preset_path("tiny"), [f"out_dir={out}", f"run.cache_dir={out / 'cache'}"])
+    return config, run_comparison(config)
+
+
+def test_every_file_is_written(tiny_result):
+    config, result = tiny_result
+    for name in (
+        "results.md",
+        "results.csv",
+        "records.jsonl",
+        "compare_config.yaml",
+        "steers_train.jsonl",
+        "steers_heldout.jsonl",
+        "accuracy_over_steps.png",
+        "accuracy_vs_drift.png",
+    ):
+        assert (result.out_dir / name).is_file(), name
+    for plot in result.plots:
+        assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_table_is_well_formed(tiny_result):
+    config, result = tiny_result
+    lines = result.results_md.read_text().splitlines()
+    header = lines[2]
+    assert header.startswith(
+        "| method | seeds | task accuracy (%) | format kept (%) | held-out pref. acc. (%)"
+    )
+    rows = [line for line in lines[4:] if line.startswith("| ")]
+    methods = [row.split("|")[1].strip() for row in rows[: len(config.variants) + 1]]
+    assert methods == ["base", *config.variants]
+    for row in rows[: len(config.variants) + 1]:
+        assert row.count("|") == header.count("|")
+    with open(result.results_csv) as handle:
+        table = list(csv.DictReader(handle))
+    metrics = {row["metric"] for row in table}
+    assert metrics == {"task_accuracy", "format_kept", "preference_accuracy", "chosen_nll", "drift_kl"}
+    sft = [row for row in table if row["method"] == "ldpo" and row["metric"] == "preference_accuracy"][0]
+    assert int(sft["n_seeds"]) == len(config.seeds)
+    assert float(sft["ci_low"]) <= float(sft["mean"]) <= float(sft["ci_high"])
+
+
+def test_runs_share_items_and_start_from_the_same_model(tiny_result):
+    config, result = tiny_result
+    records = [json.loads(line) for line in (result.out_dir / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 1 + len(config.variants) * len(config.seeds)
+    sizes = {(k, len(v)) for r in records for k, v in r["items"].items()}
+    assert len({k for k, _ in sizes}) == len(sizes)  # one item count per metric, shared by every run
+    base = records[0]
+    assert base["method"] == "base" and all(v == 0.0 for v in base["items"]["drift_kl"])
+    # every run's step-0 evaluation is the starting model's
+    first_points = {json.dumps(r["history"][0], sort_keys=True) for r in records[1:]}
+    assert len(first_points) == 1
+
+
+def test_runs_are_logged_to_wandb_in_one_group(tiny_result):
+    config, result = tiny_result
+    runs = sorted(result.out_dir.glob("runs/*/wandb/offline-run-*"))
+    assert len(runs) == len(config.variants) * len(config.seeds)
+    logged = read_offline_run(runs[0])
+    assert logged["config"]["wandb"]["group"] == "compare-tiny"
+
+
+def test_heldout_prompts_never_reach_training(tmp_path):
+    config = load_compare_config(preset_path("tiny"))
+    train = load_steers(config.steers.train_file)
+    heldout = load_steers(config.steers.heldout_file)
+    assert {s.meta["prompt_id"] for s in train}.isdisjoint({s.meta["prompt_id"] for s in heldout})
+    assert {s.meta["split"] for s in train} == {"train"} and {s.meta["split"] for s in heldout} == {"heldout"}
+    save_steers([*train, heldout[0]], tmp_path / "leaky.jsonl")
+    leaky = load_compare_config(preset_path("tiny"), [f"steers.train_file={tmp_path / 'leaky.jsonl'}"])
+    with pytest.raises(ValueError, match="held-out prompts also appear in the training steers"):
+        prepare_steers(leaky, model=None, tokenizer=None)
+
+
+def test_bad_comparison_configs_are_clear():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        preset_path("nope")
+    with pytest.raises(ConfigError, match="baseline 'x' is not one of the variants"):
+        load_compare_config(preset_path("tiny"), ["baseline=x"])
+    with pytest.raises(ConfigError, match="unknown config key 'loss.betta'"):
+        load_compare_config(preset_path("tiny"), ["variants={sft: [method=sft], b: [loss.betta=1]}"])
