@@ -43,14 +43,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    print(f"{'method':<10}{'step s (median)':>17}{'vs ldpo':>9}{'tokens/s':>10}{'peak GB':>9}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        results = {m: run_method(m, args.steps, args.overrides, Path(tmp)) for m in METHODS}
-    base = results["ldpo"]["step_s"]
-    print(f"{'method':<10}{'step s (median)':>17}{'vs ldpo':>9}{'tokens/s':>10}{'peak GB':>9}")
-    for method, r in results.items():
-        print(
-            f"{method:<10}{r['step_s']:>17.3f}{r['step_s'] / base:>9.2f}{r['tokens_s']:>10.0f}{r['peak_gb']:>9.2f}"
-        )
+        base = None
+        for method in METHODS:
+            r = run_method(method, args.steps, args.overrides, Path(tmp))
+            base = base or r["step_s"]
+            print(
+                f"{method:<10}{r['step_s']:>17.3f}{r['step_s'] / base:>9.2f}{r['tokens_s']:>10.0f}{r['peak_gb']:>9.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def _records(path: Path):
 def read_offline_run(run_path: str | os.PathLike) -> dict[str, Any]:
     """`{"config", "history", "summary", "group", "name"}` read back from an offline run directory (or .wandb file).
 
-    `history` is the list of logged rows (dicts with `_step`); `summary` the last value of each key.
+    `history` is the list of logged rows (dicts with `_step`); `summary` the last value of each key;
+    `complete` whether the run's exit record is there (W&B's service may still be flushing just after `finish()`).
     Parsed with W&B's own protobuf `Record`.
     """
     from wandb.proto import wandb_internal_pb2 as pb
@@ -130,7 +131,14 @@ def read_offline_run(run_path: str | os.PathLike) -> dict[str, Any]:
         if not files:
             raise FileNotFoundError(f"no .wandb file in {path}")
         path = files[0]
-    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "group": None, "name": None}
+    out: dict[str, Any] = {
+        "config": {},
+        "history": [],
+        "summary": {},
+        "group": None,
+        "name": None,
+        "complete": False,
+    }
     for raw in _records(path):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -149,6 +157,8 @@ def read_offline_run(run_path: str | os.PathLike) -> dict[str, Any]:
                     for item in record.history.item
                 }
             )
+        elif kind == "exit":
+            out["complete"] = True
         elif kind == "summary":
             for item in record.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -31,6 +32,13 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path, smol_tokenizer, 
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     run = read_offline_run(runs[0])
+    deadline = (
+        time.monotonic() + 120
+    )  # W&B's service process may still be flushing the file on a loaded machine
+    while not run["complete"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = read_offline_run(runs[0])
+    assert run["complete"]
     assert run["group"] == "cmp-1" and run["name"] == "run"
     assert run["config"]["method"] == "dpo"
     assert run["config"]["optim"]["lr"] == 1e-3
