@@ -405,7 +405,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--only", nargs="+", default=None, help="run contenders whose name contains one of these"
     )
-    parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument(
+        "--out", default=None, help="write the markdown table here (and the raw rows to OUT.json)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -487,6 +489,13 @@ def main(argv=None) -> int:
         with open(args.out + ".tmp", "w") as handle:
             handle.write(table)
         os.replace(args.out + ".tmp", args.out)
+        with open(args.out + ".json.tmp", "w") as handle:
+            json.dump(
+                {"machine": machine, "batch": batch, "warmup": warmup, "steps": steps, "rows": rows},
+                handle,
+                indent=1,
+            )
+        os.replace(args.out + ".json.tmp", args.out + ".json")
     return 0
 
 
@@ -529,7 +538,7 @@ def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
             continue
         pairs_s = batch / row["step_s"]
         cells = [
-            row["model"], str(row["prefix"]), row["contender"], f"{pairs_s:.2f}", f"{row['tokens'] / row['step_s']:.0f}",
+            row["model"], str(row["prefix"]), row["contender"], f"{pairs_s:.3g}", f"{row['tokens'] / row['step_s']:.3g}",
             f"{row['step_s']:.3f}", f"{row['precompute_s']:.2f}" if row["precompute_s"] else "-", f"{row['loss']:.5f}", f"{row['peak_mib']:.0f}",
             f"{pairs_s / trl_best:.2f}x" if trl_best else "n/a",
         ]  # fmt: skip
