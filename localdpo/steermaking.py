@@ -340,8 +340,9 @@ def make_steers(
                 meta=meta,
             )
             tokenized = tokenize_steer(steer, tokenizer)
-            if not bool(tokenized.chosen_mask.any()):
-                raise ValueError("the correction has no scored token (empty divergent span)")
+            # One side may be empty (the edit reads as a pure insertion or deletion), as the losses allow.
+            if not bool(tokenized.chosen_mask.any() or tokenized.rejected_mask.any()):
+                raise ValueError("empty divergent span: nothing to score")
         except ValueError as error:
             summary.rejected_steers.append(f"{prompt.id}: {error}")
             continue

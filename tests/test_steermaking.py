@@ -126,6 +126,24 @@ def test_steer_from_a_wrong_middle_item(smol_tokenizer):
     )  # "35" vs "45": the digits differ only in the first token
 
 
+def test_correction_that_reads_as_a_deletion_is_kept(monkeypatch, smol_tokenizer):
+    """Regression: "3, 2, 5" corrected to "3, 5" (rejected "2, 5", chosen "5") has an empty chosen span
+    (the edit is the deletion of "2, "); such steers were reported unusable, though the loss scores them."""
+    task = get_task("running_sum")
+    prompt = task.build([3, 2, 5, 2, 8])
+    output = "The list of running totals is 3, 2, 5, 2, 8."
+    mistake = task.check(prompt, output).mistake
+    steer = steer_from_mistake(task, prompt, Generation(output, True, 20), mistake, smol_tokenizer)
+    assert (steer.rejected, steer.chosen) == ("2, 5", "5")
+    tokenized = tokenize_steer(steer, smol_tokenizer)
+    assert not tokenized.chosen_mask.any()
+    assert smol_tokenizer.decode(tokenized.rejected_ids[tokenized.rejected_mask]) == "2, "
+    monkeypatch.setattr("localdpo.steermaking.generate_answers", _scripted([(output, True)]))
+    monkeypatch.setattr(task, "prompts", lambda n, seed, split: [prompt])
+    steers, summary = make_steers(None, smol_tokenizer, task, n=1, seed=0)
+    assert summary.steers == 1 and summary.rejected_steers == []
+
+
 def test_steer_for_a_missing_item_at_the_end_rejects_the_end_of_turn(smol_tokenizer):
     task = get_task("sort_words")
     prompt = task.build(["dog", "apple", "cloud"])
@@ -172,7 +190,8 @@ def test_make_steers_counts_every_outcome(monkeypatch, smol_tokenizer):
     assert [s.meta["prompt_id"] for s in steers] == [prompts[1].id, prompts[3].id]
     assert all(s.meta["split"] == "train" and s.meta["seed"] == 0 for s in steers)
     for steer in steers:
-        assert tokenize_steer(steer, smol_tokenizer).chosen_mask.any()
+        tokenized = tokenize_steer(steer, smol_tokenizer)
+        assert tokenized.chosen_mask.any() or tokenized.rejected_mask.any()
 
 
 def test_make_steers_with_tiny_model_runs_end_to_end(tiny, tmp_path):
@@ -197,4 +216,5 @@ def test_embedded_model_makes_real_steers_that_load_back(tmp_path):
     for steer in loaded:
         assert split_of(steer.meta["prompt_id"]) == "train"
         assert steer.meta["output"].startswith(steer.prefix + steer.rejected)
-        assert tokenize_steer(steer, tokenizer).chosen_mask.any()
+        tokenized = tokenize_steer(steer, tokenizer)
+        assert tokenized.chosen_mask.any() or tokenized.rejected_mask.any()
