@@ -86,6 +86,13 @@ def _param_dtype(model) -> torch.dtype:
     raise ValueError("the model has no floating-point parameters")
 
 
+def _adapters_enabled(model) -> bool:
+    """Whether any peft tuner layer of `model` (adapters added through transformers) is active."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(not m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
+
+
 def _model_device(model) -> torch.device:
     for parameter in model.parameters():
         return parameter.device
@@ -269,19 +276,28 @@ class ReferenceCache:
     # --- computation ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _reference_mode(self):
-        """Eval mode, no grad, adapter disabled (peft), autocast when `dtype` is below the parameter dtype."""
-        was_training = self.model.training
+        """Eval mode, no grad, adapters disabled, autocast when `dtype` is below the parameter dtype.
+
+        Adapters: a peft `PeftModel` through `disable_adapter()`; a transformers model with adapters added by
+        `add_adapter` / `load_adapter` through `disable_adapters()` (re-enabled after, if they were on).
+        Every module's train/eval flag is restored afterwards.
+        """
+        modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(torch.no_grad())
                 if is_peft_model(self.model):
                     stack.enter_context(self.model.disable_adapter())
+                elif getattr(self.model, "_hf_peft_config_loaded", False) and _adapters_enabled(self.model):
+                    self.model.disable_adapters()
+                    stack.callback(self.model.enable_adapters)
                 if self._autocast:
                     stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
                 yield
         finally:
-            self.model.train(was_training)
+            for module, training in modes:
+                module.training = training
 
     def _compute(self, examples: list, keys: list[list[str]], *, keep: bool) -> dict[str, torch.Tensor]:
         """Run the reference model over `examples` (longest first, `batch_size` per forward) and store them.

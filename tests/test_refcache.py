@@ -260,13 +260,13 @@ def test_ablation_of_3_betas_and_2_span_modes_computes_reference_once(tiny, tmp_
     cache = new_cache(model, tokenizer, tmp_path)
     for mode in (SpanMode.DIVERGENT, SpanMode.COMPLETION):
         examples = [tokenize_steer(s, tokenizer, span_mode=mode) for s in steers]
+        policy = [(direct_logps(model, e.chosen_ids), direct_logps(model, e.rejected_ids)) for e in examples]
         for beta in (0.05, 0.1, 0.5):
             for start in range(0, len(examples), BATCH):
                 batch = examples[start : start + BATCH]
                 reference = cache.get(batch)
-                for example, (ref_chosen, ref_rejected) in zip(batch, reference):
-                    policy_chosen = direct_logps(model, example.chosen_ids)  # policy == reference here
-                    policy_rejected = direct_logps(model, example.rejected_ids)
+                for j, (example, (ref_chosen, ref_rejected)) in enumerate(zip(batch, reference)):
+                    policy_chosen, policy_rejected = policy[start + j]  # policy == reference here
                     out = localized_dpo_loss(
                         policy_chosen[None],
                         policy_rejected[None],
@@ -456,3 +456,25 @@ def test_two_processes_write_concurrently_and_a_reader_sees_both(tiny, tmp_path)
     assert (cache.stats.hits, cache.stats.forward_passes) == (8, 0)
     intact, damaged = verify_store(tmp_path / "cache")
     assert damaged == [] and len(intact) >= 8
+
+
+def test_adapters_added_through_transformers_are_disabled_for_the_reference(tiny, examples, tmp_path):
+    from peft import LoraConfig
+
+    model, tokenizer = tiny
+    adapted = copy.deepcopy(model)
+    adapted.add_adapter(LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = examples[0].chosen_ids
+    assert (direct_logps(adapted, ids) - direct_logps(model, ids)).abs().max() > 1e-3
+    cache = new_cache(adapted, tokenizer, tmp_path)
+    assert cache.model_fingerprint == model_fingerprint(model)
+    assert_matches_direct(model, examples, cache.get(examples))
+    assert (direct_logps(adapted, ids) - direct_logps(model, ids)).abs().max() > 1e-3  # re-enabled after
+
+
+def test_per_module_train_flags_are_restored(tiny, examples, tmp_path):
+    model, tokenizer = tiny
+    policy = copy.deepcopy(model).train()
+    policy.model.layers[0].eval()
+    new_cache(policy, tokenizer, tmp_path).get(examples[:1])
+    assert policy.training and policy.model.layers[1].training and not policy.model.layers[0].training
