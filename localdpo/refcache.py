@@ -86,11 +86,29 @@ def _param_dtype(model) -> torch.dtype:
     raise ValueError("the model has no floating-point parameters")
 
 
-def _adapters_enabled(model) -> bool:
-    """Whether any peft tuner layer of `model` (adapters added through transformers) is active."""
+def _active_adapter_layers(model) -> list:
+    """peft tuner layers (LoRA, ...) and modules-to-save wrappers of `model` whose adapters are on."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
-    return any(not m.disable_adapters for m in model.modules() if isinstance(m, BaseTunerLayer))
+    layers = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    return [m for m in model.modules() if isinstance(m, layers) and not getattr(m, "disable_adapters", True)]
+
+
+@contextlib.contextmanager
+def _adapters_off(model):
+    """Every active adapter layer of `model` off, whatever wrapped it; adapters and requires_grad restored."""
+    layers = _active_adapter_layers(model)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
 
 
 def _model_device(model) -> torch.device:
@@ -278,9 +296,10 @@ class ReferenceCache:
     def _reference_mode(self):
         """Eval mode, no grad, adapters disabled, autocast when `dtype` is below the parameter dtype.
 
-        Adapters: a peft `PeftModel` through `disable_adapter()`; a transformers model with adapters added by
-        `add_adapter` / `load_adapter` through `disable_adapters()` (re-enabled after, if they were on).
-        Every module's train/eval flag is restored afterwards.
+        Adapters: a peft `PeftModel` through `disable_adapter()`; adapters found in any other model (added with
+        transformers' `add_adapter` / `load_adapter`, or injected in place by `get_peft_model` into the model
+        this cache holds) are switched off layer by layer and back on afterwards. Every module's train/eval
+        flag is restored afterwards.
         """
         modes = [(module, module.training) for module in self.model.modules()]
         self.model.eval()
@@ -289,9 +308,8 @@ class ReferenceCache:
                 stack.enter_context(torch.no_grad())
                 if is_peft_model(self.model):
                     stack.enter_context(self.model.disable_adapter())
-                elif getattr(self.model, "_hf_peft_config_loaded", False) and _adapters_enabled(self.model):
-                    self.model.disable_adapters()
-                    stack.callback(self.model.enable_adapters)
+                else:
+                    stack.enter_context(_adapters_off(self.model))
                 if self._autocast:
                     stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
                 yield

@@ -478,3 +478,24 @@ def test_per_module_train_flags_are_restored(tiny, examples, tmp_path):
     policy.model.layers[0].eval()
     new_cache(policy, tokenizer, tmp_path).get(examples[:1])
     assert policy.training and policy.model.layers[1].training and not policy.model.layers[0].training
+
+
+def test_lora_injected_into_the_cached_model_after_construction_is_switched_off(tiny, examples, tmp_path):
+    """The trainer builds the cache on `base`, then `get_peft_model(base)` injects LoRA layers into it in place."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    base = copy.deepcopy(model)
+    cache = new_cache(base, tokenizer, tmp_path)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["norm"], init_lora_weights=False
+    )
+    policy = get_peft_model(base, config)
+    with torch.no_grad():
+        policy.get_base_model().model.norm.modules_to_save["default"].weight.mul_(3.0)
+    ids = examples[0].chosen_ids
+    assert (direct_logps(policy, ids) - direct_logps(model, ids)).abs().max() > 1e-3
+    assert_matches_direct(model, examples, cache.get(examples))
+    assert (direct_logps(policy, ids) - direct_logps(model, ids)).abs().max() > 1e-3  # adapters back on
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
