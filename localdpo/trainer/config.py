@@ -127,10 +127,11 @@ class TrainConfig:
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
     precision: str = "auto"
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `bf16` (autocast) or `fp32`; master weights stay fp32."""
-    packing: bool = False
-    """Pack each pair's shared prefix once (`localdpo.packing`, preference methods only)."""
-    span_head: bool = False
-    """Apply the LM head on scored positions only (`localdpo.span_head`, preference methods only)."""
+    packing: bool = True
+    """Pack each pair's shared prefix once (`localdpo.packing`, preference methods; falls back to the
+    unpacked forward, with a warning, where the architecture is not supported). False for ablation."""
+    span_head: bool = True
+    """Apply the LM head on scored positions only (`localdpo.span_head`, preference methods). False for ablation."""
     log_every: int = 1
     """Log training metrics every this many optimizer steps."""
     progress: bool = True

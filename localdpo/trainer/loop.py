@@ -343,7 +343,9 @@ class Trainer:
 
     def _forward(self, model, batch, need_rejected: bool):
         cfg = self.config.train
-        if need_rejected and (cfg.packing or cfg.span_head):
+        # The fast path calls the decoder and the LM head separately, around DDP's forward (which sets up
+        # the gradient all-reduce): under DDP the plain forward through the wrapper is used.
+        if need_rejected and (cfg.packing or cfg.span_head) and not self.dist.enabled:
             from localdpo.packing import pair_token_logps
 
             chosen, rejected, _, _ = pair_token_logps(
