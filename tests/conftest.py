@@ -1,7 +1,14 @@
 import os
 
-import pytest
-import torch
+# One intra-op thread per process: tests use toy-sized ops, and on a 2-core machine with any other busy
+# process, OpenMP's barrier waits make a 64x128 matmul 400x slower with 2 threads than with 1 (measured).
+# Set before torch starts its pool; inherited by the subprocesses some tests start (torchrun, kills).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

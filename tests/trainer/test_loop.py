@@ -174,6 +174,7 @@ def test_task_accuracy_is_logged_at_start_every_and_end(tmp_path, tiny):
         "eval.task=addition",
         "eval.task_n=2",
         "eval.task_every=2",
+        "eval.task_max_new_tokens=8",
         "eval.every=0",
         "eval.at_start=true",
         "train.max_steps=3",
