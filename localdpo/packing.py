@@ -272,9 +272,9 @@ def pack_batch(
         )
         base = row * width + offset
         # token t is predicted by the hidden state of side position t-1
-        t = torch.arange(1, n_c)
+        t = torch.arange(1, max(n_c, 1))  # a side with an empty span keeps nothing (n = 0)
         chosen_source[i, 1:n_c] = base + t - 1  # shared then chosen tail: contiguous
-        t = torch.arange(1, n_r)
+        t = torch.arange(1, max(n_r, 1))
         rejected_source[i, 1:n_r] = torch.where(
             t - 1 < shared, base + t - 1, base + shared + ct + (t - 1 - shared)
         )

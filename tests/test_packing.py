@@ -420,3 +420,19 @@ def test_standard_dpo_first_step_equals_trl_dpo_trainer(smol_tokenizer, tmp_path
     trl_grads = dict(trainer.model.named_parameters())
     for name, parameter in policy.named_parameters():
         torch.testing.assert_close(parameter.grad, trl_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_side_with_an_empty_span_packs_without_error(tiny, smol_tokenizer):
+    """Regression: a deletion steer (chosen span empty) made `pack_batch` call arange(1, 0) and crash."""
+    steers = [
+        Steer(prompt="List", prefix="a, b", rejected=", c, d", chosen=", c", id="deletion"),
+        Steer(prompt="Sum", prefix="1 + 1 = ", rejected="3.", chosen="2.", id="edit"),
+    ]
+    examples = [tokenize_steer(s, smol_tokenizer) for s in steers]
+    assert not examples[0].chosen_mask.any()
+    batch = collate_pairs(examples, pad_token_id=smol_tokenizer.pad_token_id)
+    expected_chosen, expected_rejected = _unpacked(tiny, batch)
+    chosen, rejected = packed_pair_logps(tiny, pack_batch(batch, pad_token_id=smol_tokenizer.pad_token_id))
+    c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
+    torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
