@@ -137,10 +137,12 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
         )
 
     records: list[RunRecord] = []
-    base_items = None
+    base_items, base_point = None, None
     for seed in config.seeds:
         for label in labels:
-            run_config = config.run_config(label, seed)
+            # the starting model is evaluated once (first run's step 0) and shared by every curve
+            extra = ["eval.at_start=false"] if base_items is not None else []
+            run_config = config.run_config(label, seed, extra=extra)
             _log(
                 f"training {label} seed {seed}: {run_config.train.max_steps} steps of {run_config.train.batch_size} steers"
             )
@@ -154,17 +156,14 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
                 drift_set=drift,
             )
             result = trainer.run()
-            records.append(
-                RunRecord(
-                    label,
-                    seed,
-                    trainer.final_items,
-                    history=_history(result.history),
-                    run_dir=str(result.run_dir),
-                )
-            )
+            history = _history(result.history)
             if base_items is None and trainer.initial_items:
-                base_items = trainer.initial_items
+                base_items, base_point = trainer.initial_items, history[0]
+            elif base_point is not None and (not history or history[0]["step"] != 0):
+                history = [base_point, *history]
+            records.append(
+                RunRecord(label, seed, trainer.final_items, history=history, run_dir=str(result.run_dir))
+            )
             del trainer
     if base_items is not None:
         records.insert(0, RunRecord("base", 0, base_items))
