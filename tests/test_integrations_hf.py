@@ -28,7 +28,7 @@ from localdpo.integrations.hf import (  # noqa: E402
     LocalizedLossConfig,
     SteerPairCollator,
     SteerPairDataset,
-    pair_token_logps,
+    stacked_pair_logps,
 )
 
 STEERS = [
@@ -109,7 +109,7 @@ def test_pair_forward_equals_separate_forwards(smol_tokenizer):
     examples = [tokenize_steer(s, smol_tokenizer) for s in STEERS]
     batch = collate_pairs(examples, pad_token_id=smol_tokenizer.pad_token_id)
     with torch.no_grad():
-        chosen, rejected = pair_token_logps(model, batch)
+        chosen, rejected = stacked_pair_logps(model, batch)
         expected_chosen = sequence_token_logps(model, batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK])
         expected_rejected = sequence_token_logps(
             model, batch[REJECTED_INPUT_IDS], batch[REJECTED_ATTENTION_MASK]
@@ -259,8 +259,8 @@ def test_peft_policy_uses_the_base_model_as_reference(smol_tokenizer, tmp_path):
     # The reference is still the untouched base model: recompute the loss against it explicitly.
     with torch.no_grad(), policy.disable_adapter():
         base_batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
-        reference = pair_token_logps(policy, base_batch)
-        base = pair_token_logps(_tiny(0, smol_tokenizer), base_batch)
+        reference = stacked_pair_logps(policy, base_batch)
+        base = stacked_pair_logps(_tiny(0, smol_tokenizer), base_batch)
     for got, expected in zip(reference, base):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
 

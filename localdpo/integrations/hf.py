@@ -138,7 +138,7 @@ class SteerPairCollator:
         return batch
 
 
-def pair_token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def stacked_pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of both sides in one forward (chosen and rejected rows stacked).
 
     Shape: batch chosen (B, Tc), rejected (B, Tr) -> ((B, Tc), (B, Tr)) float32.
@@ -172,7 +172,7 @@ def localized_loss_from_batch(
     The reference comes from the batch's `REF_*_LOGPS` tensors when present, else from `ref_model`, else
     from `model` with its PEFT adapter disabled; a plain model without any of them raises.
     """
-    policy_chosen, policy_rejected = pair_token_logps(model, batch)  # (B, Tc), (B, Tr)
+    policy_chosen, policy_rejected = stacked_pair_logps(model, batch)  # (B, Tc), (B, Tr)
     if REF_CHOSEN_LOGPS in batch and REF_REJECTED_LOGPS in batch:
         ref_chosen, ref_rejected = batch[REF_CHOSEN_LOGPS], batch[REF_REJECTED_LOGPS]
     else:
@@ -187,7 +187,7 @@ def localized_loss_from_batch(
                 "reference cache to the collator"
             )
         with torch.no_grad(), context:
-            ref_chosen, ref_rejected = pair_token_logps(reference, batch)
+            ref_chosen, ref_rejected = stacked_pair_logps(reference, batch)
     return localized_dpo_loss(
         policy_chosen,
         policy_rejected,
