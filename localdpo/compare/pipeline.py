@@ -205,7 +205,8 @@ def _notes(config, records, steer_summaries, n_train, n_heldout, seconds, device
         "unrelated chat prompts (per-prompt means).",
         "Intervals: 95% two-level bootstrap (seeds, then items); 'not separated' means the paired interval of the "
         f"difference against `{config.baseline}` contains 0: the data cannot tell those two apart.",
-        "`base` is the starting model: one row, no training noise.",
+        "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
+        "every margin is exactly 0 there (policy = reference): ties count as not preferred.",
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]

@@ -132,7 +132,7 @@ def write_csv(rows: Sequence[SummaryRow], path: Path, *, baseline: str) -> None:
 
 
 def _cell(interval_: Interval, metric: Metric) -> str:
-    return interval_.format(digits=1, scale=100) if metric.percent else interval_.format(digits=3)
+    return interval_.format(digits=1, scale=100) if metric.percent else interval_.format(digits=4)
 
 
 def _verdict(difference: Interval, metric: Metric) -> str:
