@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from localdpo.compare.config import load_compare_config, preset_path
     from localdpo.compare.pipeline import run_comparison
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     path = args.config or preset_path(args.preset or "cpu")
     overrides = list(args.overrides)
     if args.out:
