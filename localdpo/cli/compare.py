@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-sft-full", action="store_true", help="also run sft_full (SFT on the whole sequence)"
     )
     parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a machine shared with other jobs)"
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. seeds=[0,1] run.train.max_steps=20"
     )
 
