@@ -17,7 +17,7 @@ import torch
 
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
-from localdpo.compare.report import RunRecord, summarize, write_csv, write_markdown
+from localdpo.compare.report import RunRecord, _atomic_write_text, summarize, write_csv, write_markdown
 from localdpo.steers import Steer, load_steers, save_steers
 
 HISTORY_KEYS = {"eval/task_accuracy": "task_accuracy", "eval/task_format_kept": "format_kept"}
@@ -224,13 +224,15 @@ def _notes(config, records, steer_summaries, n_train, n_heldout, seconds, device
 
 
 def _write_records(records: list[RunRecord], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for r in records:
-            row = {
-                "method": r.method,
-                "seed": r.seed,
-                "run_dir": r.run_dir,
-                "history": r.history,
-                "items": {k: [float(x) for x in v] for k, v in r.items.items()},
-            }
-            handle.write(json.dumps(row) + "\n")
+    """Per-run items and histories as JSONL, written atomically (temporary file, then rename)."""
+    rows = (
+        {
+            "method": r.method,
+            "seed": r.seed,
+            "run_dir": r.run_dir,
+            "history": r.history,
+            "items": {k: [float(x) for x in v] for k, v in r.items.items()},
+        }
+        for r in records
+    )
+    _atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
