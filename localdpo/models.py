@@ -9,7 +9,6 @@ manifest is missing or does not match is rebuilt, never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from localdpo.embedded import (
     embedded_gguf_path,
     embedded_tokenizer,
 )
+from localdpo.fileintegrity import file_entry, verify_files
 
 DEFAULT_MODEL = EMBEDDED_MODEL_NAME
 MANIFEST = "manifest.json"
@@ -35,22 +35,10 @@ class ModelCacheError(RuntimeError):
     """A converted model in the cache is incomplete or does not match its manifest."""
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: str | os.PathLike, source: dict) -> Path:
     """Write `manifest.json` (sha256 and size of every other file in `directory`, plus `source`); returns its path."""
     directory = Path(directory)
-    files = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
+    files = {p.name: file_entry(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"version": MANIFEST_VERSION, "source": source, "files": files}
     path = directory / MANIFEST
     tmp = path.with_suffix(".json.tmp")
@@ -74,14 +62,7 @@ def verify_manifest(directory: str | os.PathLike) -> dict:
         raise ModelCacheError(f"{path}: manifest version {manifest.get('version')} != {MANIFEST_VERSION}")
     if not files:
         raise ModelCacheError(f"{path}: lists no files")
-    for name, expected in files.items():
-        file = directory / name
-        if not file.is_file():
-            raise ModelCacheError(f"{file}: listed in the manifest but missing")
-        if file.stat().st_size != expected["bytes"]:
-            raise ModelCacheError(f"{file}: {file.stat().st_size} bytes, manifest says {expected['bytes']}")
-        if _sha256(file) != expected["sha256"]:
-            raise ModelCacheError(f"{file}: sha256 does not match the manifest (corrupted)")
+    verify_files(directory, files, ModelCacheError)
     return manifest
 
 

@@ -13,7 +13,6 @@ match its files is never loaded (`latest_checkpoint` skips it with a warning).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from localdpo.fileintegrity import file_entry, verify_files
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -52,14 +53,6 @@ class Checkpoint:
 
 def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:06d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -120,7 +113,7 @@ def save_checkpoint(
         files = {}
         for path in sorted(tmp.iterdir()):
             _fsync_file(path)
-            files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[path.name] = file_entry(path)
         manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_file(tmp / MANIFEST)
@@ -155,14 +148,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
         if name not in files:
             raise CheckpointError(f"{manifest_path}: does not list {name}")
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: listed in the manifest but missing")
-        if file.stat().st_size != expected["bytes"]:
-            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, manifest says {expected['bytes']}")
-        if _sha256(file) != expected["sha256"]:
-            raise CheckpointError(f"{file}: sha256 does not match the manifest (corrupted)")
+    verify_files(path, files, CheckpointError)
     return manifest
 
 
