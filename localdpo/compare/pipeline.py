@@ -17,7 +17,7 @@ import torch
 
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
-from localdpo.compare.report import RunRecord, _atomic_write_text, summarize, write_csv, write_markdown
+from localdpo.compare.report import RunRecord, atomic_write_text, summarize, write_csv, write_markdown
 from localdpo.steers import Steer, load_steers, save_steers
 
 HISTORY_KEYS = {"eval/task_accuracy": "task_accuracy", "eval/task_format_kept": "format_kept"}
@@ -235,4 +235,4 @@ def _write_records(records: list[RunRecord], path: Path) -> None:
         }
         for r in records
     )
-    _atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

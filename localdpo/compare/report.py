@@ -94,7 +94,7 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -186,4 +186,4 @@ def write_markdown(
         + "\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, text)
+    atomic_write_text(path, text)
