@@ -169,13 +169,18 @@ def localized_dpo_loss(
     )
 
 
-def masked_sft_loss(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
     """Mean negative log-likelihood over the masked tokens of the whole batch.
 
     `-sum(logps[mask]) / mask.sum()`; a batch with no masked token gives 0 (still in the graph), not NaN.
+    `num_tokens` replaces the divisor `mask.sum()`: with gradient accumulation, pass the step's scored tokens
+    divided by its number of micro-batches, so that the averaged micro-batch losses are one token mean over the
+    step (micro-batches with few scored tokens otherwise weigh more than in one big batch).
 
     Shape: logps (B, T), mask (B, T) bool -> ().
     """
     mask = mask.bool()
     total = masked_sum(logps, mask).sum()
-    return -total / mask.sum().clamp(min=1)
+    if num_tokens is None:
+        return -total / mask.sum().clamp(min=1)
+    return -total / max(float(num_tokens), 1e-12)  # 0 tokens in the whole step: total is 0, so is the loss

@@ -402,7 +402,7 @@ def pair_token_logps(
 
     from localdpo.data import collate_pairs
     from localdpo.forward import sequence_token_logps
-    from localdpo.span_head import SpanHeadUnsupportedError, logit_transform, span_token_logps
+    from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support, span_token_logps
 
     if isinstance(examples_or_batch, dict):
         batch = examples_or_batch
@@ -415,7 +415,7 @@ def pair_token_logps(
     rejected_mask = batch[REJECTED_LOSS_MASK].to(device).bool()
     if span_head:
         try:
-            logit_transform(model)
+            check_span_head_support(model)
         except SpanHeadUnsupportedError as error:
             warnings.warn(f"span head off: {error}", stacklevel=2)
             span_head = False

@@ -77,6 +77,12 @@ def _decoder(model):
     return decoder
 
 
+def check_span_head_support(model) -> None:
+    """Raise `SpanHeadUnsupportedError` naming the reason when the span head cannot reproduce `model`'s logits."""
+    logit_transform(model)
+    _decoder(model)
+
+
 def _rows_logps(
     lm_head: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, scale: float, softcap: float | None
 ) -> torch.Tensor:

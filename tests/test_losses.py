@@ -174,3 +174,18 @@ def test_masked_sft_empty_mask_returns_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(logps.grad == 0)
+
+
+def test_masked_sft_num_tokens_makes_micro_batches_one_token_mean():
+    """Micro-batch A scores one token of NLL 1, micro-batch B three tokens of NLL 2, 3, 4.
+
+    One big batch: (1 + 2 + 3 + 4) / 4 = 2.5. Averaging the two micro-batch means gives (1 + 3) / 2 = 2;
+    with num_tokens = 4 tokens / 2 micro-batches = 2 they give 1/2 and 9/2, whose mean is 2.5.
+    """
+    a, mask_a = torch.tensor([[0.0, -1.0, 0.0, 0.0]]), torch.tensor([[False, True, False, False]])
+    b, mask_b = torch.tensor([[0.0, -2.0, -3.0, -4.0]]), torch.tensor([[False, True, True, True]])
+    per_micro_mean = (masked_sft_loss(a, mask_a) + masked_sft_loss(b, mask_b)) / 2
+    assert per_micro_mean.item() == pytest.approx(2.0)
+    step_mean = (masked_sft_loss(a, mask_a, num_tokens=2.0) + masked_sft_loss(b, mask_b, num_tokens=2.0)) / 2
+    assert step_mean.item() == pytest.approx(2.5)
+    assert masked_sft_loss(a, mask_a, num_tokens=0.5).item() == pytest.approx(2.0)  # fractional divisors too

@@ -131,7 +131,8 @@ class TrainConfig:
     """Pack each pair's shared prefix once (`localdpo.packing`, preference methods; falls back to the
     unpacked forward, with a warning, where the architecture is not supported). False for ablation."""
     span_head: bool = True
-    """Apply the LM head on scored positions only (`localdpo.span_head`, preference methods). False for ablation."""
+    """Apply the LM head on scored positions only (`localdpo.span_head`, every method; falls back to full
+    logits, with a warning, where the head is not reproducible). False for ablation."""
     log_every: int = 1
     """Log training metrics every this many optimizer steps."""
     progress: bool = True

@@ -54,6 +54,15 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device) -> dict[st
     return {k: float(v) / info.world_size for k, v in zip(keys, tensor.tolist())}
 
 
+def all_reduce_sum(value: float, info: DistInfo, device) -> float:
+    """Sum of `value` over processes (identity for a single process)."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item())
+
+
 def epoch_permutation(n: int, data_seed: int, epoch: int) -> torch.Tensor:
     """The data order of one epoch. Shape: () -> (n,) int64."""
     generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)

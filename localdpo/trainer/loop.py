@@ -33,18 +33,19 @@ from localdpo.trainer.config import ConfigError, RunConfig, save_config, validat
 from localdpo.trainer.distributed import (
     DistInfo,
     all_reduce_mean,
+    all_reduce_sum,
     init_distributed,
     rank_slice,
     stream_indices,
 )
 from localdpo.trainer.drift import DriftSet, load_drift_prompts
 from localdpo.trainer.evaluation import aggregate_preference_items, preference_items, task_metrics
-from localdpo.trainer.methods import method_loss
+from localdpo.trainer.methods import method_loss, sft_mask
 from localdpo.trainer.modeling import (
+    PolicyForward,
     apply_lora,
     disable_dropout,
     load_base_model,
-    pair_logps,
     trainable_tensors,
 )
 from localdpo.trainer.reference import CachedReference, LiveReference
@@ -152,14 +153,16 @@ class Trainer:
             disable_dropout(base)
         torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on what setup computed before
         self.model = apply_lora(base, cfg) if cfg.model.lora.enabled else base
-        if cfg.model.lora.enabled and self._live_reference_pending:
-            self.reference = LiveReference(
-                None, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
-            )
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.to(self.device)
         self.model.train()
+        # The whole training forward (fast path included) is one module, so DDP's forward wraps all of it.
+        self.policy_forward = self._policy_forward(self.model)
+        if cfg.model.lora.enabled and self._live_reference_pending:
+            self.reference = LiveReference(
+                self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
+            )
         self.params = trainable_tensors(self.model)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -176,12 +179,12 @@ class Trainer:
                 s, warmup_steps=o.warmup_steps, max_steps=cfg.train.max_steps, min_lr_ratio=o.min_lr_ratio
             ),
         )
-        self.ddp_model = self.model
+        self.ddp_forward = self.policy_forward
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            self.ddp_forward = DistributedDataParallel(
+                self.policy_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self._resume()
         if self.dist.is_main:
@@ -192,6 +195,12 @@ class Trainer:
             self.logger = RunLogger(cfg, self.run_dir, resume_step=self.step)
         self._is_setup = True
         return self
+
+    def _policy_forward(self, model) -> PolicyForward:
+        train = self.config.train
+        return PolicyForward(
+            model, packing=train.packing, span_head=train.span_head, pad_token_id=self.tokenizer.pad_token_id
+        )
 
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
@@ -225,7 +234,9 @@ class Trainer:
                 self.reference = None
             else:
                 frozen = copy.deepcopy(base).eval().requires_grad_(False)
-                self.reference = LiveReference(frozen, autocast_dtype=self.autocast_dtype)
+                self.reference = LiveReference(
+                    self._policy_forward(frozen), autocast_dtype=self.autocast_dtype
+                )
             return
         if self.reference_cache is None:
             try:
@@ -341,23 +352,6 @@ class Trainer:
             device_type=self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         )
 
-    def _forward(self, model, batch, need_rejected: bool):
-        cfg = self.config.train
-        # The fast path calls the decoder and the LM head separately, around DDP's forward (which sets up
-        # the gradient all-reduce): under DDP the plain forward through the wrapper is used.
-        if need_rejected and (cfg.packing or cfg.span_head) and not self.dist.enabled:
-            from localdpo.packing import pair_token_logps
-
-            chosen, rejected, _, _ = pair_token_logps(
-                model,
-                batch,
-                packing=cfg.packing,
-                span_head=cfg.span_head,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            return chosen, rejected
-        return pair_logps(model, batch, need_rejected=need_rejected)
-
     def _micro_batch(self) -> tuple[list[TokenizedSteer], dict[str, torch.Tensor]]:
         per_step = self.config.train.batch_size * self.dist.world_size
         indices = stream_indices(len(self.train_examples), self.config.data_seed, self.consumed, per_step)
@@ -369,14 +363,14 @@ class Trainer:
         )
         return examples, self._to_device(batch)
 
-    def _loss(self, model, examples, batch):
+    def _loss(self, examples, batch, sft_num_tokens: float | None = None):
         cfg = self.config
-        need_rejected = cfg.method.is_preference
+        score_mask = None if cfg.method.is_preference else sft_mask(cfg.method, batch)  # (B, Tc) | None
         with self._autocast():
-            chosen, rejected = self._forward(model, batch, need_rejected)
+            chosen, rejected = self.ddp_forward(batch, score_mask)
         ref_chosen = ref_rejected = None
         if cfg.method.needs_reference:
-            ref_chosen, ref_rejected = self.reference.batch_logps(examples, batch, self.device)
+            ref_chosen, ref_rejected = self.reference.training_logps(examples, batch, self.device)
         return method_loss(
             cfg.method,
             policy_chosen_logps=chosen,
@@ -391,6 +385,7 @@ class Trainer:
             label_smoothing=cfg.loss.label_smoothing,
             length_normalize=cfg.loss.length_normalize,
             sft_weight=cfg.loss.sft_weight,
+            sft_num_tokens=sft_num_tokens,
         )
 
     def train_step(self) -> dict[str, float]:
@@ -400,12 +395,20 @@ class Trainer:
         sums: dict[str, float] = {}
         tokens = 0
         accum = cfg.train.grad_accum
-        for micro in range(accum):
-            examples, batch = self._micro_batch()
+        micro_batches = [self._micro_batch() for _ in range(accum)]
+        # The SFT term is one token mean over the whole step (every micro-batch, every process), as in one
+        # big batch: each micro-batch divides its NLL sum by the step's scored tokens / (accum × world size).
+        step_sft_tokens = all_reduce_sum(
+            float(sum(int(sft_mask(cfg.method, batch).sum()) for _, batch in micro_batches)),
+            self.dist,
+            self.device,
+        )
+        sft_num_tokens = step_sft_tokens / (accum * self.dist.world_size)
+        for micro, (examples, batch) in enumerate(micro_batches):
             sync = micro == accum - 1 or not self.dist.enabled
-            context = self.ddp_model.no_sync() if not sync else nullcontext()
+            context = self.ddp_forward.no_sync() if not sync else nullcontext()
             with context:
-                out = self._loss(self.ddp_model, examples, batch)
+                out = self._loss(examples, batch, sft_num_tokens)
                 (out.loss / accum).backward()
             sums["train/loss"] = sums.get("train/loss", 0.0) + float(out.loss.detach()) / accum
             for key, value in out.metrics.items():
@@ -432,6 +435,8 @@ class Trainer:
                 "perf/tokens_per_s": tokens * self.dist.world_size / elapsed,
                 "perf/step_time_s": elapsed,
                 "perf/peak_memory_gb": _peak_memory_gb(self.device),
+                "perf/packing": float(self.policy_forward.packing and cfg.method.is_preference),
+                "perf/span_head": float(self.policy_forward.span_head),
             }
         )
         return metrics

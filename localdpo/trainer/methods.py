@@ -14,6 +14,7 @@ from enum import Enum
 
 import torch
 
+from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_LOSS_MASK
 from localdpo.losses import LossType, localized_dpo_loss, masked_sft_loss
 from localdpo.tokenization import SpanMode
 
@@ -72,6 +73,16 @@ def full_sequence_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def sft_mask(method: Method | str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The chosen-side tokens `method`'s NLL term reads: every token after the first (`sft_full`), else the span.
+
+    Shape: batch chosen (B, Tc) -> (B, Tc) bool.
+    """
+    if Method(method) is Method.SFT_FULL:
+        return full_sequence_mask(batch[CHOSEN_ATTENTION_MASK])
+    return batch[CHOSEN_LOSS_MASK].bool()
+
+
 @dataclass(frozen=True)
 class MethodOutput:
     """A method's loss on one micro-batch and its detached metrics."""
@@ -97,12 +108,15 @@ def method_loss(
     label_smoothing: float = 0.0,
     length_normalize: bool = False,
     sft_weight: float = 0.0,
+    sft_num_tokens: float | None = None,
 ) -> MethodOutput:
     """The loss of `method` on one batch and its metrics.
 
     Preference methods: `localized_dpo_loss` on the loss masks (which the tokenizer set from the span mode),
     plus `sft_weight` times the masked NLL of the chosen span (RPO-style). `sft`: masked NLL of the chosen
-    span. `sft_full`: NLL of every chosen token after the first, prompt included.
+    span. `sft_full`: NLL of every chosen token after the first, prompt included. The NLL is a token mean:
+    over this batch's scored tokens, or over `sft_num_tokens` (a trainer with gradient accumulation passes the
+    step's scored tokens / micro-batches, so the step's gradient is one token mean over the whole step).
 
     Shape: policy_chosen_logps, ref_chosen_logps, chosen_loss_mask, chosen_attention_mask (B, Tc);
     policy_rejected_logps, ref_rejected_logps, rejected_loss_mask (B, Tr).
@@ -111,9 +125,9 @@ def method_loss(
     chosen_loss_mask = chosen_loss_mask.bool()
     if method is Method.SFT_FULL:
         mask = full_sequence_mask(chosen_attention_mask)  # (B, Tc)
-        loss = masked_sft_loss(policy_chosen_logps, mask)
+        loss = masked_sft_loss(policy_chosen_logps, mask, num_tokens=sft_num_tokens)
         return MethodOutput(loss, {"train/sft_loss": loss.detach(), "tokens/scored": mask.sum().float()})
-    sft = masked_sft_loss(policy_chosen_logps, chosen_loss_mask)
+    sft = masked_sft_loss(policy_chosen_logps, chosen_loss_mask, num_tokens=sft_num_tokens)
     if method is Method.SFT:
         return MethodOutput(
             sft, {"train/sft_loss": sft.detach(), "tokens/scored": chosen_loss_mask.sum().float()}

@@ -87,3 +87,65 @@ def pair_logps(
     logps = sequence_token_logps(model, ids, attn)  # (2B, T)
     batch_size = chosen_ids.shape[0]
     return logps[:batch_size, :tc], logps[batch_size:, :tr]  # (B, Tc), (B, Tr)
+
+
+class PolicyForward(nn.Module):
+    """The training forward as one module, so DistributedDataParallel can wrap it whole.
+
+    DDP sets up its gradient all-reduce in its own `forward`; the fast path calls the decoder and the LM head
+    separately, so it must run inside the wrapped module's forward, not around it. `forward(batch, score_mask)`
+    gives per-token log-probs in `collate_pairs`' layout: both sides through `localdpo.packing.pair_token_logps`
+    (packing and/or span head, each with its fallback) or one forward of the 2B rows; the chosen side alone when
+    `score_mask` (the positions the loss reads) is given, through the span head when it is on.
+    """
+
+    def __init__(self, model: nn.Module, *, packing: bool, span_head: bool, pad_token_id: int):
+        """`packing`/`span_head` as asked; one the model cannot run is turned off here, with a warning naming why."""
+        import warnings
+
+        from localdpo.packing import PackingUnsupportedError, check_packing_support
+        from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support
+
+        super().__init__()
+        self.model = model
+        self.pad_token_id = pad_token_id
+        for name, asked, check, error_type in (
+            ("packing", packing, check_packing_support, PackingUnsupportedError),
+            ("span_head", span_head, check_span_head_support, SpanHeadUnsupportedError),
+        ):
+            if asked:
+                try:
+                    check(model)
+                except error_type as error:
+                    warnings.warn(f"train.{name} off: {error}", stacklevel=2)
+                    asked = False
+            setattr(self, name, asked)
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], score_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(chosen, rejected)` log-probs; `rejected` is None when only the chosen side is asked for.
+
+        Shape: batch chosen (B, Tc), rejected (B, Tr); score_mask (B, Tc) bool -> (B, Tc), (B, Tr) float32.
+        """
+        if score_mask is not None:
+            if self.span_head:
+                from localdpo.span_head import span_token_logps
+
+                chosen = span_token_logps(
+                    self.model, batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK], score_mask
+                )  # (B, Tc)
+                return chosen, None
+            return pair_logps(self.model, batch, need_rejected=False)
+        if self.packing or self.span_head:
+            from localdpo.packing import pair_token_logps
+
+            chosen, rejected, _, _ = pair_token_logps(
+                self.model,
+                batch,
+                packing=self.packing,
+                span_head=self.span_head,
+                pad_token_id=self.pad_token_id,
+            )
+            return chosen, rejected  # (B, Tc), (B, Tr)
+        return pair_logps(self.model, batch, need_rejected=True)

@@ -44,23 +44,46 @@ class CachedReference:
             sides.append(pad_right(rows, 0.0, batch[key].shape[1]).to(device, non_blocking=True))  # (B, T)
         return sides[0], sides[1]
 
+    training_logps = batch_logps
+
 
 class LiveReference:
-    """Reference log-probs from a frozen model forward (a copy of the starting model, or the LoRA base)."""
+    """Reference log-probs from a frozen model forward (a copy of the starting model, or the LoRA base).
 
-    def __init__(self, model, *, disable_adapter_of=None, autocast_dtype: torch.dtype | None = None):
-        """`model` is the frozen reference; with `disable_adapter_of` (a peft model) it is that model with its
-        adapter switched off, so no copy is kept."""
-        self.model = model
+    `batch_logps` runs the unpacked full forward (`pair_logps`), the path evaluation runs the policy through,
+    so a policy equal to its reference scores margins of exactly 0. `training_logps` runs the training forward
+    (a `PolicyForward`: packed / span head when on), the policy's own training path, exact on every scored
+    position (the only positions a loss reads; others may be 0).
+    """
+
+    def __init__(self, forward, *, disable_adapter_of=None, autocast_dtype: torch.dtype | None = None):
+        """`forward`: a `PolicyForward` over the frozen reference; with `disable_adapter_of` (a peft model) it is
+        the forward of that model, run with its adapter switched off, so no copy is kept."""
+        self.forward = forward
         self.peft_model = disable_adapter_of
         self.autocast_dtype = autocast_dtype
 
-    @torch.no_grad()
     def batch_logps(
         self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids."""
-        model = self.peft_model if self.peft_model is not None else self.model
+        """Reference log-probs on every real token, by the unpacked full forward.
+
+        Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids.
+        """
+        return self._logps(batch, device, lambda model: pair_logps(model, batch))
+
+    def training_logps(
+        self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs on the scored tokens, by the training forward.
+
+        Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids.
+        """
+        return self._logps(batch, device, lambda model: self.forward(batch))
+
+    @torch.no_grad()
+    def _logps(self, batch, device, run) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.peft_model if self.peft_model is not None else self.forward.model
         was_training = model.training
         model.eval()
         adapter_off = self.peft_model.disable_adapter() if self.peft_model is not None else nullcontext()
@@ -73,7 +96,7 @@ class LiveReference:
                     enabled=self.autocast_dtype is not None,
                 ),
             ):
-                chosen, rejected = pair_logps(model, batch)
+                chosen, rejected = run(model)
         finally:
             model.train(was_training)
         return chosen.float(), rejected.float()

@@ -1,4 +1,9 @@
-"""Two CPU processes under torchrun (gloo) train exactly like one process with the doubled batch."""
+"""Two CPU processes under torchrun (gloo) train exactly like one process with the doubled batch.
+
+Both run the fast path (shared-prefix packing + span head inside DDP's forward). SFT's loss is one token mean
+over every micro-batch of every process: this checks its world-size factor; unequal span lengths are checked
+under gradient accumulation in tests/trainer/test_loop.py.
+"""
 
 import json
 import os
@@ -6,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 3
 
 
-def _args(run_dir: Path, cache: Path, batch_size: int) -> list[str]:
+def _args(run_dir: Path, cache: Path, batch_size: int, method: str) -> list[str]:
     return [
         "-m",
         "localdpo",
@@ -23,6 +29,7 @@ def _args(run_dir: Path, cache: Path, batch_size: int) -> list[str]:
         f"run_dir={run_dir}",
         f"cache_dir={cache}",
         f"train.batch_size={batch_size}",
+        f"method={method}",
         f"train.max_steps={MAX_STEPS}",
         "train.grad_accum=2",
         # Adam's first steps are ~lr·sign(g): a large eps makes the update a smooth function of the gradient,
@@ -36,16 +43,17 @@ def _args(run_dir: Path, cache: Path, batch_size: int) -> list[str]:
     ]
 
 
-def _losses(run_dir: Path) -> list[float]:
+def _train_rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
+    return [r for r in rows if "train/loss" in r]
 
 
-def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
+@pytest.mark.parametrize("method", ["ldpo", "sft"])
+def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, method):
     env = dict(os.environ, WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     single = tmp_path / "single"
     subprocess.run(
-        [sys.executable, *_args(single, tmp_path / "cache", batch_size=2)],
+        [sys.executable, *_args(single, tmp_path / "cache", batch_size=2, method=method)],
         cwd=REPO,
         env=env,
         check=True,
@@ -54,7 +62,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
     ddp = tmp_path / "ddp"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*launch, *_args(ddp, tmp_path / "cache", batch_size=1)],
+        [*launch, *_args(ddp, tmp_path / "cache", batch_size=1, method=method)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -70,7 +78,10 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
     assert any(not torch.equal(one[name], start[name].detach()) for name in one)  # training moved the weights
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6, msg=name)
-    single_losses, ddp_losses = _losses(single), _losses(ddp)
+    single_rows, ddp_rows = _train_rows(single), _train_rows(ddp)
+    assert all(r["perf/span_head"] == 1.0 for r in ddp_rows)  # the fast path ran under DDP
+    assert all(r["perf/packing"] == float(method == "ldpo") for r in ddp_rows)
+    single_losses, ddp_losses = [r["train/loss"] for r in single_rows], [r["train/loss"] for r in ddp_rows]
     assert len(single_losses) == len(ddp_losses) == MAX_STEPS
     torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(single_losses), rtol=0, atol=1e-6)
     assert single_losses[-1] < single_losses[0]

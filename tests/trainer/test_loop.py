@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -41,6 +42,40 @@ def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra)
         # policy == reference at step 0: every margin is 0 and the DPO loss is log 2
         assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert losses[-1] < losses[0] - 0.01, losses
+
+
+@pytest.mark.parametrize("method", ["sft", "sft_full", "ldpo+sft"])
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny, method):
+    """2 micro-batches of 2 steers = 1 batch of 4: the SFT term is one token mean over the step.
+
+    The steers' chosen spans differ in length, so averaging per-micro-batch token means would not match.
+    """
+    model, tokenizer = tiny
+    # corrections of 1 to 4 words: chosen spans of different lengths
+    uneven = [replace(s, chosen=" ".join([s.chosen] * (i + 1))) for i, s in enumerate(TRAIN)]
+    extra = ["method=ldpo", "loss.sft_weight=1.0"] if method == "ldpo+sft" else [f"method={method}"]
+    runs = {}
+    for batch_size, accum in ((4, 1), (2, 2)):
+        config = tiny_config(
+            tmp_path / f"b{batch_size}",
+            *extra,
+            f"train.batch_size={batch_size}",
+            f"train.grad_accum={accum}",
+            "train.max_steps=2",
+            "optim.adam_eps=1e-2",  # keeps near-zero gradients' updates smooth (see tests/trainer/test_ddp.py)
+        )
+        trainer = Trainer(config, model=model, tokenizer=tokenizer, train_steers=uneven, eval_steers=HELD)
+        result = trainer.run()
+        runs[accum] = (result.train_log, {k: v.detach().clone() for k, v in trainer.params.items()})
+        if accum == 2:
+            spans = [int(e.chosen_mask.sum()) for e in trainer.train_examples]
+    assert len(set(spans)) > 1, spans  # unequal span lengths: the test can tell the two normalizations apart
+    (big_log, big_params), (accum_log, accum_params) = runs[1], runs[2]
+    for big, acc in zip(big_log, accum_log, strict=True):
+        assert acc["train/loss"] == pytest.approx(big["train/loss"], rel=1e-6)
+        assert acc["train/grad_norm"] == pytest.approx(big["train/grad_norm"], rel=1e-5)
+    for name, value in big_params.items():
+        torch.testing.assert_close(accum_params[name], value, rtol=0, atol=2e-6, msg=name)
 
 
 def test_given_model_is_not_modified(tmp_path, tiny):
