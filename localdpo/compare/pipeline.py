@@ -95,6 +95,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     """Make (or load) the steers, train every variant for every seed, evaluate, write results and plots."""
     from localdpo.refcache import ReferenceCache
     from localdpo.trainer import Trainer
+    from localdpo.trainer.device import resolve_device
     from localdpo.trainer.drift import DriftSet, load_drift_prompts
     from localdpo.trainer.modeling import load_base_model
 
@@ -117,7 +118,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     save_steers(heldout_steers, out / "steers_heldout.jsonl")
     _log(f"{len(train_steers)} train steers, {len(heldout_steers)} held-out steers")
 
-    device = Trainer._resolve_device(probe.train.device)
+    device = resolve_device(probe.train.device)
     model.to(device)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" and probe.train.precision != "fp32" else None
     cache = ReferenceCache(

@@ -4,7 +4,8 @@ A checkpoint is a directory `checkpoints/step-000040/` holding
   model.safetensors  the trainable parameters (all weights, or the LoRA adapter),
   optimizer.pt       optimizer and scheduler state (`torch.load(weights_only=True)`),
   rng.pt             python and torch (CPU and CUDA) RNG states,
-  state.json         step, examples consumed, data seed, world size,
+  state.json         step, examples consumed, data seed, world size, evaluation history,
+  eval_items.safetensors  per-item values of the step-0 evaluation (optional), which comparisons pair against,
   manifest.json      sha256 and size of every file above, written last.
 It is written into a hidden temporary directory (every file fsynced), then renamed into place, so a kill at
 any moment leaves either no checkpoint or a complete one; a directory whose manifest is missing or does not
@@ -19,7 +20,7 @@ import random
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from localdpo.fileintegrity import file_entry, verify_files
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PREFIX = "step-"
+ITEMS_FILE = "eval_items.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -49,6 +51,8 @@ class Checkpoint:
     rng: dict[str, Any]
     state: dict[str, Any]
     """step, consumed (examples consumed from the data stream), data_seed, world_size, ..."""
+    items: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-item evaluation values saved with the checkpoint (empty when none were)."""
 
 
 def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
@@ -97,6 +101,7 @@ def save_checkpoint(
     scheduler: dict[str, Any],
     rng: dict[str, Any],
     state: dict[str, Any],
+    items: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; returns its directory."""
     root = Path(root)
@@ -109,6 +114,10 @@ def save_checkpoint(
         )
         torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
+        if items:
+            save_file(
+                {k: torch.as_tensor(v).contiguous().cpu() for k, v in items.items()}, str(tmp / ITEMS_FILE)
+            )
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
         files = {}
         for path in sorted(tmp.iterdir()):
@@ -164,7 +173,41 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         scheduler=opt["scheduler"],
         rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
         state=json.loads((path / "state.json").read_text()),
+        items=load_file(str(path / ITEMS_FILE)) if (path / ITEMS_FILE).is_file() else {},
     )
+
+
+def restore_training_state(
+    checkpoint: Checkpoint, params: dict[str, torch.Tensor], optimizer, scheduler
+) -> None:
+    """Copy a checkpoint's parameters into `params` (in place) and restore optimizer, scheduler and RNG states."""
+    mismatched = set(params) ^ set(checkpoint.tensors)
+    if mismatched:
+        raise CheckpointError(
+            f"{checkpoint.path}: parameters do not match the model: {sorted(mismatched)[:5]}"
+        )
+    with torch.no_grad():
+        for name, tensor in checkpoint.tensors.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    restore_rng_state(checkpoint.rng)
+
+
+def save_final_model(model, tokenizer, run_dir: str | os.PathLike) -> Path:
+    """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/final`, atomically."""
+    run_dir = Path(run_dir)
+    final = run_dir / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -112,3 +112,60 @@ def task_metrics(
         "format_kept": torch.tensor([v != "uncheckable" for v in verdicts], dtype=torch.float64),
     }
     return metrics, items
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model,
+    tokenizer,
+    config,
+    *,
+    eval_examples: Sequence[TokenizedSteer],
+    reference,
+    drift_set,
+    device,
+    autocast: AbstractContextManager,
+    autocast_dtype: torch.dtype | None,
+    to_device,
+    task: bool,
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """`(metrics, items)` of `model` (in eval mode) on the held-out steers, the drift prompts and, when `task`,
+    the task prompts: the aggregates under W&B keys, and the per-item values comparisons pair across methods.
+
+    Items, each (N,) float64 in a fixed order: `preference_accuracy` (0/1) and `chosen_nll` (per token) per
+    held-out steer, `drift_kl` per drift prompt, `task_accuracy` and `format_kept` (0/1) per task prompt.
+    """
+    metrics: dict[str, float] = {}
+    items: dict[str, torch.Tensor] = {}
+    if eval_examples:
+        pref = preference_items(
+            model,
+            eval_examples,
+            reference,
+            beta=config.loss.beta,
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=config.eval.batch_size,
+            device=device,
+            autocast=autocast,
+            to_device=to_device,
+        )
+        metrics.update(aggregate_preference_items(pref))
+        items["preference_accuracy"] = (pref["margin"] > 0).double()
+        items["chosen_nll"] = pref["chosen_nll_sum"].double() / pref["chosen_tokens"].clamp(min=1)
+    if drift_set is not None:
+        kl_sums, kl_counts = drift_set.kl_per_prompt(model, device=device, autocast_dtype=autocast_dtype)
+        metrics["eval/drift_kl"] = float(kl_sums.sum() / kl_counts.sum())
+        items["drift_kl"] = (kl_sums / kl_counts).double()
+    if task and config.eval.task:
+        task_result, task_items = task_metrics(
+            model,
+            tokenizer,
+            config.eval.task,
+            n=config.eval.task_n,
+            seed=config.eval.task_seed,
+            batch_size=config.eval.batch_size,
+            max_new_tokens=config.eval.task_max_new_tokens,
+        )
+        metrics.update(task_result)
+        items.update(task_items)
+    return metrics, items

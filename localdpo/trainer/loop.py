@@ -7,7 +7,6 @@ result = trainer.run()          # setup() + train() + save(); or run_training(co
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
 from localdpo.trainer.config import ConfigError, RunConfig, save_config, validate
+from localdpo.trainer.device import autocast_dtype, peak_memory_gb, resolve_device
 from localdpo.trainer.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -39,7 +39,7 @@ from localdpo.trainer.distributed import (
     stream_indices,
 )
 from localdpo.trainer.drift import DriftSet, load_drift_prompts
-from localdpo.trainer.evaluation import aggregate_preference_items, preference_items, task_metrics
+from localdpo.trainer.evaluation import evaluate_policy
 from localdpo.trainer.methods import method_loss, sft_mask
 from localdpo.trainer.modeling import (
     PolicyForward,
@@ -48,8 +48,12 @@ from localdpo.trainer.modeling import (
     load_base_model,
     trainable_tensors,
 )
-from localdpo.trainer.reference import CachedReference, LiveReference
+from localdpo.trainer.optim import build_optimizer
+from localdpo.trainer.reference import LiveReference, build_reference
 from localdpo.trainer.steerdata import prepare_steers
+
+INITIAL_ITEMS = "initial/"
+"""Checkpoint key prefix of the step-0 per-item evaluation values."""
 
 
 @dataclass
@@ -63,14 +67,6 @@ class TrainResult:
     train_log: list[dict[str, float]] = field(default_factory=list)
     """Every logged training step's metrics (`step` included)."""
     run_dir: Path | None = None
-
-
-def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Learning-rate multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `max_steps`."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Trainer:
@@ -116,15 +112,12 @@ class Trainer:
             raise ConfigError(
                 f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
             )
-        self.device = self._resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        use_bf16 = cfg.train.precision == "bf16" or (
-            cfg.train.precision == "auto" and self.device.type == "cuda"
-        )
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -134,7 +127,18 @@ class Trainer:
         base = self._load_model()
         self._load_data()
         base.to(self.device)
-        self._build_reference(base)
+        self.reference, self.reference_cache = build_reference(
+            cfg,
+            base,
+            self.tokenizer,
+            make_forward=self._policy_forward,
+            train_examples=self.train_examples,
+            eval_examples=self.eval_examples,
+            device=self.device,
+            dist=self.dist,
+            autocast_dtype=self.autocast_dtype,
+            cache=self.reference_cache,
+        )
         if cfg.eval.drift and self.drift_set is None:
             prompts = load_drift_prompts(cfg.eval.drift_prompts)[: cfg.eval.drift_num_prompts]
             self.drift_set = DriftSet.build(
@@ -159,25 +163,13 @@ class Trainer:
         self.model.train()
         # The whole training forward (fast path included) is one module, so DDP's forward wraps all of it.
         self.policy_forward = self._policy_forward(self.model)
-        if cfg.model.lora.enabled and self._live_reference_pending:
+        if self.reference is None:  # live reference of a LoRA model: the model with its adapter off
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
             )
         self.params = trainable_tensors(self.model)
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            list(self.params.values()),
-            lr=o.lr,
-            betas=(o.adam_beta1, o.adam_beta2),
-            eps=o.adam_eps,
-            weight_decay=o.weight_decay,
-            foreach=self.device.type == "cuda",
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(
-                s, warmup_steps=o.warmup_steps, max_steps=cfg.train.max_steps, min_lr_ratio=o.min_lr_ratio
-            ),
+        self.optimizer, self.scheduler = build_optimizer(
+            list(self.params.values()), cfg.optim, max_steps=cfg.train.max_steps, device=self.device
         )
         self.ddp_forward = self.policy_forward
         if self.dist.enabled:
@@ -202,15 +194,6 @@ class Trainer:
             model, packing=train.packing, span_head=train.span_head, pad_token_id=self.tokenizer.pad_token_id
         )
 
-    @staticmethod
-    def _resolve_device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name}: CUDA is not available on this machine")
-        return device
-
     def _load_model(self):
         if self._given_model is not None:
             if self.tokenizer is None:
@@ -223,46 +206,6 @@ class Trainer:
         self.train_examples, self.eval_examples, self.tokenize_reports = prepare_steers(
             self.config, self.tokenizer, self._given_train, self._given_eval
         )
-
-    def _build_reference(self, base) -> None:
-        """The reference is the starting model: cached log-probs before any step, or a frozen live model."""
-        cfg = self.config
-        self._live_reference_pending = False
-        if cfg.loss.reference == "live":
-            if cfg.model.lora.enabled:
-                self._live_reference_pending = True  # the LoRA model with its adapter off, set after wrapping
-                self.reference = None
-            else:
-                frozen = copy.deepcopy(base).eval().requires_grad_(False)
-                self.reference = LiveReference(
-                    self._policy_forward(frozen), autocast_dtype=self.autocast_dtype
-                )
-            return
-        if self.reference_cache is None:
-            try:
-                from localdpo.refcache import ReferenceCache
-            except ModuleNotFoundError as error:
-                raise ConfigError(
-                    f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
-                ) from None
-            self.reference_cache = ReferenceCache(
-                base,
-                self.tokenizer,
-                dtype=self.autocast_dtype or torch.float32,
-                max_length=cfg.data.max_length,
-                cache_dir=cfg.cache_dir,
-                batch_size=cfg.eval.batch_size,
-                device=self.device,
-                progress=cfg.train.progress and self.dist.is_main,
-            )
-        needed = (self.train_examples if cfg.method.needs_reference else []) + self.eval_examples
-        # Under DDP rank 0 computes the shared on-disk cache first; the others then read it (all hits).
-        if self.dist.enabled and not self.dist.is_main:
-            torch.distributed.barrier()
-        self.reference_cache.precompute(needed)
-        if self.dist.enabled and self.dist.is_main:
-            torch.distributed.barrier()
-        self.reference = CachedReference(self.reference_cache)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -279,17 +222,14 @@ class Trainer:
         if path is None:
             return
         state = ckpt.load_checkpoint(path)
-        missing = set(self.params) ^ set(state.tensors)
-        if missing:
-            raise ckpt.CheckpointError(f"{path}: parameters do not match the model: {sorted(missing)[:5]}")
-        with torch.no_grad():
-            for name, tensor in state.tensors.items():
-                self.params[name].copy_(tensor)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        ckpt.restore_rng_state(state.rng)
+        ckpt.restore_training_state(state, self.params, self.optimizer, self.scheduler)
         self.step, self.consumed = int(state.state["step"]), int(state.state["consumed"])
         self.history = list(state.state.get("history", []))
+        self.initial_items = {
+            name.removeprefix(INITIAL_ITEMS): value.numpy()
+            for name, value in state.items.items()
+            if name.startswith(INITIAL_ITEMS)
+        }
         if state.state.get("data_seed") != self.config.data_seed or state.state.get("n_train") != len(
             self.train_examples
         ):
@@ -315,6 +255,7 @@ class Trainer:
                     "world_size": self.dist.world_size,
                     "history": self.history,
                 },
+                items={INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in self.initial_items.items()},
             )
             ckpt.prune_checkpoints(self.checkpoint_root, self.config.checkpoint.keep_last)
         if self.dist.enabled:
@@ -325,20 +266,7 @@ class Trainer:
         """Save the final model (or LoRA adapter) and tokenizer in Hugging Face format under run_dir/final."""
         if not self.dist.is_main:
             return None
-        import shutil
-        import tempfile
-
-        final = self.run_dir / "final"
-        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=self.run_dir))
-        try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        return ckpt.save_final_model(self.model, self.tokenizer, self.run_dir)
 
     # ------------------------------------------------------------------ training
 
@@ -434,7 +362,7 @@ class Trainer:
                 "train/epoch": self.consumed / len(self.train_examples),
                 "perf/tokens_per_s": tokens * self.dist.world_size / elapsed,
                 "perf/step_time_s": elapsed,
-                "perf/peak_memory_gb": _peak_memory_gb(self.device),
+                "perf/peak_memory_gb": peak_memory_gb(self.device),
                 "perf/packing": float(self.policy_forward.packing and cfg.method.is_preference),
                 "perf/span_head": float(self.policy_forward.span_head),
             }
@@ -515,50 +443,27 @@ class Trainer:
 
         See `localdpo.trainer.evaluation`: one implicit reward for every method, so the numbers compare.
         """
-        cfg = self.config
         model = self.model
         was_training = model.training
         model.eval()
-        metrics: dict[str, float] = {"step": self.step}
         try:
-            items: dict[str, torch.Tensor] = {}
-            if self.eval_examples:
-                pref = preference_items(
-                    model,
-                    self.eval_examples,
-                    self.reference,
-                    beta=cfg.loss.beta,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    batch_size=cfg.eval.batch_size,
-                    device=self.device,
-                    autocast=self._autocast(),
-                    to_device=self._to_device,
-                )
-                metrics.update(aggregate_preference_items(pref))
-                items["preference_accuracy"] = (pref["margin"] > 0).double()
-                items["chosen_nll"] = pref["chosen_nll_sum"].double() / pref["chosen_tokens"].clamp(min=1)
-            if self.drift_set is not None:
-                kl_sums, kl_counts = self.drift_set.kl_per_prompt(
-                    model, device=self.device, autocast_dtype=self.autocast_dtype
-                )
-                metrics["eval/drift_kl"] = float(kl_sums.sum() / kl_counts.sum())
-                items["drift_kl"] = kl_sums / kl_counts
-            if task and cfg.eval.task:
-                task_result, task_items = task_metrics(
-                    model,
-                    self.tokenizer,
-                    cfg.eval.task,
-                    n=cfg.eval.task_n,
-                    seed=cfg.eval.task_seed,
-                    batch_size=cfg.eval.batch_size,
-                    max_new_tokens=cfg.eval.task_max_new_tokens,
-                )
-                metrics.update(task_result)
-                items.update(task_items)
-            self.last_eval_items = {k: v.numpy() for k, v in items.items()}
+            metrics, items = evaluate_policy(
+                model,
+                self.tokenizer,
+                self.config,
+                eval_examples=self.eval_examples,
+                reference=self.reference,
+                drift_set=self.drift_set,
+                device=self.device,
+                autocast=self._autocast(),
+                autocast_dtype=self.autocast_dtype,
+                to_device=self._to_device,
+                task=task,
+            )
         finally:
             model.train(was_training)
-        return metrics
+        self.last_eval_items = {k: v.cpu().numpy() for k, v in items.items()}
+        return {"step": self.step, **metrics}
 
     def _evaluate_and_log(self, *, final: bool) -> dict[str, float]:
         cfg = self.config
@@ -576,16 +481,6 @@ class Trainer:
         if self.logger is not None:
             self.logger.log({k: v for k, v in metrics.items() if k != "step"}, self.step)
         return metrics
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def run_training(config: RunConfig, **kwargs) -> TrainResult:

@@ -5,6 +5,7 @@ Both give per-token log-probs of the starting model, laid out like the (trimmed,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -12,6 +13,8 @@ import torch
 
 from localdpo.data import pad_right
 from localdpo.tokenization import TokenizedSteer
+from localdpo.trainer.config import ConfigError, RunConfig
+from localdpo.trainer.distributed import DistInfo
 from localdpo.trainer.modeling import pair_logps
 
 
@@ -100,3 +103,55 @@ class LiveReference:
         finally:
             model.train(was_training)
         return chosen.float(), rejected.float()
+
+
+def build_reference(
+    config: RunConfig,
+    base,
+    tokenizer,
+    *,
+    make_forward,
+    train_examples: Sequence[TokenizedSteer],
+    eval_examples: Sequence[TokenizedSteer],
+    device: torch.device,
+    dist: DistInfo,
+    autocast_dtype: torch.dtype | None,
+    cache=None,
+):
+    """`(reference, cache)` of the starting model `base`, before any step.
+
+    `loss.reference=cache`: the shared `cache` (or a new `ReferenceCache`) filled with every steer that needs
+    it, under DDP by rank 0 first; `live` without LoRA: a frozen copy of `base` run through `make_forward(copy)`;
+    `live` with LoRA: `(None, None)`, since the reference is the LoRA model with its adapter off, built once it
+    exists.
+    """
+    if config.loss.reference == "live":
+        if config.model.lora.enabled:
+            return None, None
+        frozen = copy.deepcopy(base).eval().requires_grad_(False)
+        return LiveReference(make_forward(frozen), autocast_dtype=autocast_dtype), None
+    if cache is None:
+        try:
+            from localdpo.refcache import ReferenceCache
+        except ModuleNotFoundError as error:
+            raise ConfigError(
+                f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
+            ) from None
+        cache = ReferenceCache(
+            base,
+            tokenizer,
+            dtype=autocast_dtype or torch.float32,
+            max_length=config.data.max_length,
+            cache_dir=config.cache_dir,
+            batch_size=config.eval.batch_size,
+            device=device,
+            progress=config.train.progress and dist.is_main,
+        )
+    needed = (list(train_examples) if config.method.needs_reference else []) + list(eval_examples)
+    # Under DDP rank 0 computes the shared on-disk cache first; the others then read it (all hits).
+    if dist.enabled and not dist.is_main:
+        torch.distributed.barrier()
+    cache.precompute(needed)
+    if dist.enabled and dist.is_main:
+        torch.distributed.barrier()
+    return CachedReference(cache), cache

@@ -45,6 +45,23 @@ def test_round_trip(tmp_path):
     }
 
 
+def test_eval_items_round_trip_and_are_verified(tmp_path):
+    items = {"initial/chosen_nll": torch.tensor([0.5, 1.25], dtype=torch.float64)}
+    path = save_checkpoint(
+        tmp_path, 3, tensors={"w": torch.ones(2)}, optimizer={}, scheduler={}, rng={}, state={}, items=items
+    )
+    assert "eval_items.safetensors" in json.loads((path / "manifest.json").read_text())["files"]
+    loaded = load_checkpoint(path)
+    assert loaded.items.keys() == items.keys()
+    assert torch.equal(loaded.items["initial/chosen_nll"], items["initial/chosen_nll"])
+    assert load_checkpoint(_save(tmp_path / "other", 1)).items == {}
+    raw = bytearray((path / "eval_items.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (path / "eval_items.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="eval_items.safetensors"):
+        load_checkpoint(path)
+
+
 def test_rng_state_restores_python_and_torch():
     state = capture_rng_state()
     expected = (random.random(), torch.rand(2))

@@ -6,7 +6,7 @@ import torch
 
 from localdpo.models import tiny_model
 from localdpo.trainer import ConfigError, Trainer, run_training
-from localdpo.trainer.loop import lr_factor
+from localdpo.trainer.optim import lr_factor
 from localdpo.trainer.steerdata import split_steers
 
 from .conftest import make_steers, tiny_config

@@ -31,6 +31,7 @@ def test_resume_in_process_is_bitwise_equal(tmp_path, smol_tokenizer):
         "train.grad_accum=2",
         "checkpoint.every=2",
         "checkpoint.keep_last=0",
+        "eval.at_start=true",
     )
 
     def trainer(run_dir):
@@ -57,6 +58,11 @@ def test_resume_in_process_is_bitwise_equal(tmp_path, smol_tokenizer):
     for name, value in full.params.items():
         assert torch.equal(resumed.params[name], value), name
     assert resumed_result.final["eval/margin"] == full_result.final["eval/margin"]
+    # the step-0 per-item values (what comparisons pair against) come back from the checkpoint
+    assert resumed_result.history[0] == full_result.history[0] and resumed_result.history[0]["step"] == 0
+    assert full.initial_items.keys() == resumed.initial_items.keys() == {"preference_accuracy", "chosen_nll"}
+    for name, values in full.initial_items.items():
+        assert (resumed.initial_items[name] == values).all(), name
 
 
 def _command(run_dir: Path, cache: Path, max_steps: int) -> list[str]:

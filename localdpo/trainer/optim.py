@@ -1,0 +1,38 @@
+"""AdamW and its learning-rate schedule: linear warmup, then cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from localdpo.trainer.config import OptimConfig
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `max_steps`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(
+    params: list[torch.Tensor], optim: OptimConfig, *, max_steps: int, device: torch.device
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """`(optimizer, scheduler)`: AdamW over `params` (multi-tensor on CUDA) and the `lr_factor` schedule."""
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=optim.lr,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        eps=optim.adam_eps,
+        weight_decay=optim.weight_decay,
+        foreach=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step, warmup_steps=optim.warmup_steps, max_steps=max_steps, min_lr_ratio=optim.min_lr_ratio
+        ),
+    )
+    return optimizer, scheduler
