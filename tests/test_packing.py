@@ -1,4 +1,5 @@
 import copy
+import shutil
 
 import pytest
 import torch
@@ -345,6 +346,32 @@ def test_entry_point_gives_collate_layout_on_every_path(tiny, smol_tokenizer, pa
     c_mask, r_mask = _scored(c_mask), _scored(r_mask)
     torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="FlexAttention on CPU compiles C++ kernels (needs g++)"
+)
+@pytest.mark.parametrize("max_tokens", [None, 4096], ids=["pair-per-row", "pairs-share-rows"])
+def test_flex_attention_packed_forward_equals_unpacked_on_cpu(smol_tokenizer, max_tokens):
+    """The BlockMask path through transformers' FlexAttention integration, forward only (PyTorch's CPU
+    FlexAttention has no backward; the CUDA test below covers gradients)."""
+    model, _ = tiny_model(tokenizer=smol_tokenizer)
+    batch = collate_pairs(_examples(smol_tokenizer, SpanMode.DIVERGENT), pad_token_id=0)
+    c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
+    with torch.no_grad():
+        expected = _unpacked(model, batch)
+        model.set_attn_implementation("flex_attention")
+        # A fresh compile per shape: PyTorch 2.13's CPU codegen for the dynamic-shape recompile does not build.
+        torch._dynamo.reset()
+        try:
+            chosen, rejected = packed_pair_logps(
+                model, pack_batch(batch, pad_token_id=0, max_tokens=max_tokens)
+            )
+        finally:
+            torch._dynamo.reset()
+    assert c_mask.any() and r_mask.any()
+    torch.testing.assert_close(chosen[c_mask], expected[0][c_mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected[r_mask], expected[1][r_mask], atol=1e-5, rtol=0)
 
 
 @pytest.mark.gpu
