@@ -251,6 +251,38 @@ def test_sort_words_wrong_middle_and_missing():
     )
 
 
+def test_sort_words_inline_numbered_and_quoted_lists():
+    """SmolLM2 also numbers an inline list ("1. Cloud, 2. Pencil") or quotes its items ('"cloud", "pencil"')."""
+    prompt = SORT.build(["table", "river", "cloud", "pencil"])
+    right = "Here they are: 1. Cloud, 2. Pencil, 3. River, and 4. Table."
+    assert SORT.check(prompt, right).verdict is Verdict.CORRECT
+    wrong = "Here they are: 1. Cloud, 2. Pencil, 3. Table, 4. River."
+    mistake = SORT.check(prompt, wrong).mistake
+    assert (mistake.item, mistake.found, mistake.expected) == (2, "Table", "river")
+    assert apply(wrong, mistake, SORT.correct(prompt, wrong, mistake)) == (
+        "Here they are: 1. Cloud, 2. Pencil, 3. River, 4. River."
+    )
+    missing = "1. cloud, 2. pencil, 3. river"
+    mistake = SORT.check(prompt, missing).mistake
+    assert mistake.kind is MistakeKind.MISSING
+    assert (
+        apply(missing, mistake, SORT.correct(prompt, missing, mistake))
+        == "1. cloud, 2. pencil, 3. river, 4. table"
+    )
+    (found,) = find_lists("1. cloud, 2. pencil, 3. river", WORD, ends_clause=True)
+    assert found.style == "numbered_inline" and found.separator == ", 4. "
+    quoted = 'In order: "cloud", "pencil", "river".'
+    mistake = SORT.check(prompt, quoted).mistake
+    assert mistake.kind is MistakeKind.MISSING
+    assert apply(quoted, mistake, SORT.correct(prompt, quoted, mistake)) == (
+        'In order: "cloud", "pencil", "river", "table".'
+    )
+    (found,) = find_lists('1. "cloud", 2. "pencil".', WORD, ends_clause=True)
+    assert found.separator == '", 3. "'
+    # number lists keep plain inline parsing: their markers would read as items
+    assert [[i.text for i in lst.items] for lst in find_lists("1. 3, 2. 6", NUMBER)] == [["3", "2"]]
+
+
 def test_sort_words_truncated_and_garbage():
     prompt = SORT.build(["table", "river", "cloud", "pencil"])
     assert SORT.check(prompt, "1. cloud\n2. penc", complete=False).verdict is Verdict.UNCHECKABLE

@@ -81,7 +81,7 @@ class ListTask(Task):
         if mistake.kind is MistakeKind.MISSING:
             last = found.items[-1].text
             return Correction(found.separator + self.format_item(mistake.expected, last))
-        return Correction("." if found.style == "inline" else "", ends_answer=True)
+        return Correction("." if found.style in ("inline", "numbered_inline") else "", ends_answer=True)
 
 
 def _join(values) -> str:

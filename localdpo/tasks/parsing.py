@@ -1,7 +1,7 @@
 """Find the answer list in free text the way a small chat model writes it.
 
-SmolLM2-135M-Instruct answers list questions inline (`"... are 3, 6, 9, and 12."`), as numbered lines
-(`"1. 12\n2. 18"`) or as bullets (`"- river\n- pencil"`). `find_lists` returns every list of at least two
+SmolLM2-135M-Instruct answers list questions inline (`"... are 3, 6, 9, and 12."`), inline and numbered
+(`"1. apple, 2. harbor"`), as numbered lines (`"1. 12\n2. 18"`) or as bullets (`"- river\n- pencil"`). `find_lists` returns every list of at least two
 items in the order they start, each item with its character offsets, so a checker can point at one item.
 """
 
@@ -17,9 +17,13 @@ WORD = r"(?<![\w'-])(?!(?:and|or)\b)[A-Za-z]+(?![\w'-])"
 
 _LINE_ITEM = re.compile(r"^[ \t]*(?P<marker>\d+[.)]|[-*\u2022])[ \t]+(?:\*\*)?")
 # Between two items of an inline list: a comma (optionally with "and"), or "and" alone; never a newline.
-_INLINE_SEPARATOR = re.compile(r"[ \t]*,[ \t]*(?:and[ \t]+)?|[ \t]+and[ \t]+")
+# Items may be double-quoted ('"fungi", "jungle"'): the quotes belong to the separator.
+_SEPARATOR = r'"?(?:[ \t]*,[ \t]*(?:and[ \t]+)?|[ \t]+and[ \t]+)"?'
+_INLINE_SEPARATOR = re.compile(_SEPARATOR)
+# The same, followed by the next item's number: "1. apple, 2. harbor" (only where items are not numbers).
+_NUMBERED_INLINE_SEPARATOR = re.compile(_SEPARATOR + r'(?P<number>\d+)(?P<punct>[.)])[ \t]+"?')
 # A list item ends a clause: "... are: eagle, lemon." but not "Alphabetically, the words are".
-_RUNS_ON = re.compile(r"[ \t]+[A-Za-z0-9]")
+_RUNS_ON = re.compile(r'"?[ \t]+[A-Za-z0-9]')
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,10 @@ class ItemList:
 
     items: tuple[Item, ...]
     style: str
-    """`"inline"`, `"numbered"` or `"bullet"`."""
+    """`"inline"`, `"numbered_inline"`, `"numbered"` or `"bullet"`."""
     separator: str
-    """What to write before one more item: `", "` inline, `"\\n6. "` numbered, `"\\n- "` bullets."""
+    """What to write before one more item: `", "` inline, `", 4. "` numbered inline, `"\\n6. "` numbered,
+    `"\\n- "` bullets."""
 
     @property
     def start(self) -> int:
@@ -79,7 +84,11 @@ def _line_lists(text: str, item_re: re.Pattern) -> list[ItemList]:
 
 
 def _inline_lists(text: str, item_re: re.Pattern, ends_clause: bool) -> list[ItemList]:
-    """Runs of items joined by inline separators (with `ends_clause`, none followed by more words)."""
+    """Runs of items joined by inline separators (with `ends_clause`, none followed by more words).
+
+    Where an item cannot be a number, a separator may carry the next item's number ("1. apple, 2. harbor").
+    """
+    numbered_ok = item_re.fullmatch("1") is None
     lists: list[ItemList] = []
     run: list[Item] = []
     separators: list[str] = []
@@ -90,12 +99,22 @@ def _inline_lists(text: str, item_re: re.Pattern, ends_clause: bool) -> list[Ite
             run.pop()
             separators[len(run) - 1 :] = []
         if len(run) >= 2:
-            lists.append(ItemList(tuple(run), "inline", _common_separator(separators)))
+            numbered = [_NUMBERED_INLINE_SEPARATOR.fullmatch(s) for s in separators]
+            if all(numbered):
+                last = numbered[-1]
+                quote = '"' if last.group(0).startswith('"') else ""
+                separator = f"{quote}, {int(last['number']) + 1}{last['punct']} {quote}"
+                lists.append(ItemList(tuple(run), "numbered_inline", separator))
+            else:
+                lists.append(ItemList(tuple(run), "inline", _common_separator(separators)))
 
     for match in item_re.finditer(text):
         item = Item(match.start(), match.end(), match.group(0))
         between = text[run[-1].end : item.start] if run else ""
-        if run and _INLINE_SEPARATOR.fullmatch(between):
+        if run and (
+            _INLINE_SEPARATOR.fullmatch(between)
+            or (numbered_ok and _NUMBERED_INLINE_SEPARATOR.fullmatch(between))
+        ):
             run.append(item)
             separators.append(between)
             continue
@@ -106,7 +125,7 @@ def _inline_lists(text: str, item_re: re.Pattern, ends_clause: bool) -> list[Ite
 
 
 def _common_separator(separators: list[str]) -> str:
-    plain = [s for s in separators if "and" not in s]
+    plain = [s for s in separators if "and" not in s and not any(c.isdigit() for c in s)]
     return max(set(plain), key=plain.count) if plain else ", "
 
 
