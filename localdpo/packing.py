@@ -379,6 +379,27 @@ def packed_pair_logps(
     return _scatter(logps[:n_chosen], need_chosen), _scatter(logps[n_chosen:], need_rejected)
 
 
+def usable_fast_paths(model, *, packing: bool, span_head: bool) -> tuple[bool, bool]:
+    """`(packing, span_head)` as asked, each turned off, with a warning naming why, where `model` cannot run it."""
+    import warnings
+
+    from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support
+
+    if packing:
+        try:
+            check_packing_support(model)
+        except PackingUnsupportedError as error:
+            warnings.warn(f"packing off: {error}", stacklevel=3)
+            packing = False
+    if span_head:
+        try:
+            check_span_head_support(model)
+        except SpanHeadUnsupportedError as error:
+            warnings.warn(f"span head off: {error}", stacklevel=3)
+            span_head = False
+    return packing, span_head
+
+
 def pair_token_logps(
     model,
     examples_or_batch,
@@ -402,7 +423,7 @@ def pair_token_logps(
 
     from localdpo.data import collate_pairs
     from localdpo.forward import sequence_token_logps
-    from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support, span_token_logps
+    from localdpo.span_head import span_token_logps
 
     if isinstance(examples_or_batch, dict):
         batch = examples_or_batch
@@ -413,15 +434,9 @@ def pair_token_logps(
     device = next(model.parameters()).device
     chosen_mask = batch[CHOSEN_LOSS_MASK].to(device).bool()
     rejected_mask = batch[REJECTED_LOSS_MASK].to(device).bool()
-    if span_head:
-        try:
-            check_span_head_support(model)
-        except SpanHeadUnsupportedError as error:
-            warnings.warn(f"span head off: {error}", stacklevel=2)
-            span_head = False
+    packing, span_head = usable_fast_paths(model, packing=packing, span_head=span_head)
     if packing:
         try:
-            check_packing_support(model)
             packed = pack_batch(batch, pad_token_id=pad_token_id or 0, max_tokens=max_tokens)
             _check_window(model, packed)
         except PackingUnsupportedError as error:

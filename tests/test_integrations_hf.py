@@ -30,6 +30,7 @@ from localdpo.integrations.hf import (  # noqa: E402
     SteerPairDataset,
     stacked_pair_logps,
 )
+from localdpo.models import tiny_model  # noqa: E402
 
 STEERS = [
     Steer(
@@ -58,15 +59,8 @@ STEERS = [
 
 
 def _tiny(seed, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    return LlamaForCausalLM(config)
+    """The tiny SmolLM2-shaped random model (`localdpo.models.tiny_model`); weights depend only on the seed."""
+    return tiny_model(seed=seed, tokenizer=tokenizer)[0]
 
 
 def _args(tmp_path, **overrides):

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from localdpo.models import tiny_model
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "plain_loop.py"
 
 
@@ -19,15 +21,8 @@ def plain_loop():
 
 
 def _tiny(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    return LlamaForCausalLM(config)
+    """The tiny SmolLM2-shaped random model (`localdpo.models.tiny_model`); weights depend only on the seed."""
+    return tiny_model(seed=0, tokenizer=tokenizer)[0]
 
 
 def test_example_loop_lowers_the_loss(plain_loop, smol_tokenizer):

@@ -93,11 +93,11 @@ def _history(result_history: list[dict]) -> list[dict]:
 
 def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) -> ComparisonResult:
     """Make (or load) the steers, train every variant for every seed, evaluate, write results and plots."""
-    from localdpo.refcache import ReferenceCache
     from localdpo.trainer import Trainer
-    from localdpo.trainer.device import resolve_device
+    from localdpo.trainer.device import autocast_dtype, resolve_device
     from localdpo.trainer.drift import DriftSet, load_drift_prompts
     from localdpo.trainer.modeling import load_base_model
+    from localdpo.trainer.reference import reference_cache_for
 
     started = time.perf_counter()
     out = config.output_dir
@@ -120,15 +120,8 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
 
     device = resolve_device(probe.train.device)
     model.to(device)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" and probe.train.precision != "fp32" else None
-    cache = ReferenceCache(
-        model,
-        tokenizer,
-        dtype=autocast_dtype or torch.float32,
-        max_length=probe.data.max_length,
-        cache_dir=probe.cache_dir,
-        batch_size=probe.eval.batch_size,
-        device=device,
+    cache = reference_cache_for(
+        probe, model, tokenizer, device=device, autocast_dtype=autocast_dtype(probe.train.precision, device)
     )
     drift = None
     if probe.eval.drift:

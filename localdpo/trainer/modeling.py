@@ -101,25 +101,12 @@ class PolicyForward(nn.Module):
 
     def __init__(self, model: nn.Module, *, packing: bool, span_head: bool, pad_token_id: int):
         """`packing`/`span_head` as asked; one the model cannot run is turned off here, with a warning naming why."""
-        import warnings
-
-        from localdpo.packing import PackingUnsupportedError, check_packing_support
-        from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support
+        from localdpo.packing import usable_fast_paths
 
         super().__init__()
         self.model = model
         self.pad_token_id = pad_token_id
-        for name, asked, check, error_type in (
-            ("packing", packing, check_packing_support, PackingUnsupportedError),
-            ("span_head", span_head, check_span_head_support, SpanHeadUnsupportedError),
-        ):
-            if asked:
-                try:
-                    check(model)
-                except error_type as error:
-                    warnings.warn(f"train.{name} off: {error}", stacklevel=2)
-                    asked = False
-            setattr(self, name, asked)
+        self.packing, self.span_head = usable_fast_paths(model, packing=packing, span_head=span_head)
 
     def forward(
         self, batch: dict[str, torch.Tensor], score_mask: torch.Tensor | None = None

@@ -105,6 +105,29 @@ class LiveReference:
         return chosen.float(), rejected.float()
 
 
+def reference_cache_for(
+    config: RunConfig, model, tokenizer, *, device, autocast_dtype: torch.dtype | None, progress: bool = True
+):
+    """The `ReferenceCache` of starting model `model` for runs of `config`: computed in the runs' autocast dtype
+    (so a policy equal to its reference has margins of exactly 0), at their max_length, under `cache_dir`."""
+    try:
+        from localdpo.refcache import ReferenceCache
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
+        ) from None
+    return ReferenceCache(
+        model,
+        tokenizer,
+        dtype=autocast_dtype or torch.float32,
+        max_length=config.data.max_length,
+        cache_dir=config.cache_dir,
+        batch_size=config.eval.batch_size,
+        device=device,
+        progress=config.train.progress and progress,
+    )
+
+
 def build_reference(
     config: RunConfig,
     base,
@@ -131,21 +154,8 @@ def build_reference(
         frozen = copy.deepcopy(base).eval().requires_grad_(False)
         return LiveReference(make_forward(frozen), autocast_dtype=autocast_dtype), None
     if cache is None:
-        try:
-            from localdpo.refcache import ReferenceCache
-        except ModuleNotFoundError as error:
-            raise ConfigError(
-                f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
-            ) from None
-        cache = ReferenceCache(
-            base,
-            tokenizer,
-            dtype=autocast_dtype or torch.float32,
-            max_length=config.data.max_length,
-            cache_dir=config.cache_dir,
-            batch_size=config.eval.batch_size,
-            device=device,
-            progress=config.train.progress and dist.is_main,
+        cache = reference_cache_for(
+            config, base, tokenizer, device=device, autocast_dtype=autocast_dtype, progress=dist.is_main
         )
     needed = (list(train_examples) if config.method.needs_reference else []) + list(eval_examples)
     # Under DDP rank 0 computes the shared on-disk cache first; the others then read it (all hits).
