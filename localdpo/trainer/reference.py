@@ -145,14 +145,14 @@ def build_reference(
 
     `loss.reference=cache`: the shared `cache` (or a new `ReferenceCache`) filled with every steer that needs
     it, under DDP by rank 0 first; `live` without LoRA: a frozen copy of `base` run through `make_forward(copy)`;
-    `live` with LoRA: `(None, None)`, since the reference is the LoRA model with its adapter off, built once it
-    exists.
+    `live` with LoRA: `(None, cache)`, since the reference is the LoRA model with its adapter off, built once it
+    exists. A given `cache` is handed back unused under `live`.
     """
     if config.loss.reference == "live":
         if config.model.lora.enabled:
-            return None, None
+            return None, cache
         frozen = copy.deepcopy(base).eval().requires_grad_(False)
-        return LiveReference(make_forward(frozen), autocast_dtype=autocast_dtype), None
+        return LiveReference(make_forward(frozen), autocast_dtype=autocast_dtype), cache
     if cache is None:
         cache = reference_cache_for(
             config, base, tokenizer, device=device, autocast_dtype=autocast_dtype, progress=dist.is_main
