@@ -64,7 +64,8 @@ class CompareConfig:
     run: dict[str, Any] = field(default_factory=dict)
     """`RunConfig` mapping shared by all runs (steps, batch, lr, beta, eval settings, ...)."""
     eval_batch_size: int = 32
-    """Prompts per generation batch in task evaluation."""
+    """Prompts per greedy generation batch: steer making, and every run's task evaluation (unless
+    `run.eval.task_batch_size` sets its own)."""
 
     @property
     def output_dir(self) -> Path:
@@ -85,6 +86,7 @@ class CompareConfig:
         config.eval.task = self.task
         config.eval.task_n = self.steers.heldout_prompts
         config.eval.task_seed = self.steers.seed
+        config.eval.task_batch_size = config.eval.task_batch_size or self.eval_batch_size
         return validate(config)
 
 

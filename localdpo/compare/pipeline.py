@@ -132,6 +132,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
 
     records: list[RunRecord] = []
     base_items, base_point = None, None
+    eval_reference = None  # the held-out steers' reference log-probs, computed by the first run, then shared
     for seed in config.seeds:
         for label in labels:
             # the starting model is evaluated once (first run's step 0) and shared by every curve
@@ -148,8 +149,10 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
                 eval_steers=heldout_steers,
                 reference_cache=cache,
                 drift_set=drift,
+                eval_reference=eval_reference,
             )
             result = trainer.run()
+            eval_reference = trainer.eval_reference
             history = _history(result.history)
             if base_items is None and trainer.initial_items:
                 base_items, base_point = trainer.initial_items, history[0]

@@ -71,16 +71,21 @@ def token_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor) -> torch.Ten
 def greedy_continuation(
     model, ids: list[int], max_new_tokens: int, eos_token_id: int | None, device
 ) -> list[int]:
-    """The model's greedy continuation of `ids` (stops after EOS), by full forwards: no cache, no sampling."""
-    sequence = list(ids)
+    """The model's greedy continuation of `ids` (stops after EOS): one prompt, no padding, KV cache.
+
+    Only the continuation's tokens are kept from here; the reference logits the KL is measured against come
+    from one full forward over prompt + continuation (`_continuation_logits`), like the policy's.
+    """
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)  # logits (1, T, V)
     new: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(input_ids=torch.tensor([sequence], device=device), use_cache=False).logits  # (1, T, V)
-        token = int(logits[0, -1].float().argmax())
-        sequence.append(token)
+        token = int(out.logits[0, -1].float().argmax())
         new.append(token)
-        if eos_token_id is not None and token == eos_token_id:
+        if (eos_token_id is not None and token == eos_token_id) or len(new) == max_new_tokens:
             break
+        out = model(
+            input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True
+        )  # logits (1, 1, V)
     return new
 
 

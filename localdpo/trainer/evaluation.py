@@ -18,6 +18,21 @@ from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer.modeling import pair_logps
 
 
+def held_out_batches(
+    examples: Sequence[TokenizedSteer], *, batch_size: int, pad_token_id: int, device=None, to_device=None
+):
+    """Yield `(chunk, batch)`: consecutive chunks of `batch_size` examples, trimmed, collated and moved.
+
+    The one batching of held-out steers: the policy's evaluation and its `EvalReference` run the same
+    batches, so a policy equal to its reference computes bit-identical log-probs.
+    """
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        batch = collate_pairs([trim_to_scored(e) for e in chunk], pad_token_id=pad_token_id)
+        batch = to_device(batch) if to_device is not None else {k: v.to(device) for k, v in batch.items()}
+        yield chunk, batch
+
+
 @torch.no_grad()
 def preference_items(
     model,
@@ -30,22 +45,27 @@ def preference_items(
     device=None,
     autocast: AbstractContextManager | None = None,
     to_device=None,
+    forward=None,
 ) -> dict[str, torch.Tensor]:
     """Per held-out steer: `margin`, `chosen_reward`, `rejected_reward`, `chosen_nll_sum` (NLL summed over
     the chosen span) and `chosen_tokens`, each (N,) in the order of `examples`.
 
     `reference` has `batch_logps(examples, batch, device)`; `model` is put in eval mode by the caller.
+    `forward(batch) -> (chosen (B, Tc), rejected (B, Tr))` gives the policy's log-probs on every scored
+    position (the only ones these metrics read): the trainer passes its `PolicyForward` (packing, span-only
+    head); default `pair_logps(model, batch)`, the plain forward.
     """
     device = device if device is not None else next(model.parameters()).device
+    forward = forward if forward is not None else (lambda batch: pair_logps(model, batch))
     parts: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("margin", "chosen_reward", "rejected_reward", "chosen_nll_sum", "chosen_tokens")
     }
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start : start + batch_size])
-        batch = collate_pairs([trim_to_scored(e) for e in chunk], pad_token_id=pad_token_id)
-        batch = to_device(batch) if to_device is not None else {k: v.to(device) for k, v in batch.items()}
+    batches = held_out_batches(
+        examples, batch_size=batch_size, pad_token_id=pad_token_id, device=device, to_device=to_device
+    )
+    for chunk, batch in batches:
         with autocast if autocast is not None else nullcontext():
-            chosen, rejected = pair_logps(model, batch)  # (B, Tc), (B, Tr)
+            chosen, rejected = forward(batch)  # (B, Tc), (B, Tr)
         ref_chosen, ref_rejected = reference.batch_logps(chunk, batch, device)
         out = localized_dpo_loss(
             chosen,
@@ -128,12 +148,14 @@ def evaluate_policy(
     autocast_dtype: torch.dtype | None,
     to_device,
     task: bool,
+    forward=None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """`(metrics, items)` of `model` (in eval mode) on the held-out steers, the drift prompts and, when `task`,
     the task prompts: the aggregates under W&B keys, and the per-item values comparisons pair across methods.
 
     Items, each (N,) float64 in a fixed order: `preference_accuracy` (0/1) and `chosen_nll` (per token) per
     held-out steer, `drift_kl` per drift prompt, `task_accuracy` and `format_kept` (0/1) per task prompt.
+    `forward`: the policy's log-prob forward (see `preference_items`).
     """
     metrics: dict[str, float] = {}
     items: dict[str, torch.Tensor] = {}
@@ -148,6 +170,7 @@ def evaluate_policy(
             device=device,
             autocast=autocast,
             to_device=to_device,
+            forward=forward,
         )
         metrics.update(aggregate_preference_items(pref))
         items["preference_accuracy"] = (pref["margin"] > 0).double()
@@ -163,7 +186,7 @@ def evaluate_policy(
             config.eval.task,
             n=config.eval.task_n,
             seed=config.eval.task_seed,
-            batch_size=config.eval.batch_size,
+            batch_size=config.eval.task_batch_size or config.eval.batch_size,
             max_new_tokens=config.eval.task_max_new_tokens,
         )
         metrics.update(task_result)

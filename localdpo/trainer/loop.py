@@ -25,6 +25,7 @@ from localdpo.data import (
     collate_pairs,
     trim_to_scored,
 )
+from localdpo.fingerprint import is_peft_model
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
@@ -39,7 +40,7 @@ from localdpo.trainer.distributed import (
     stream_indices,
 )
 from localdpo.trainer.drift import DriftSet, load_drift_prompts
-from localdpo.trainer.evaluation import evaluate_policy
+from localdpo.trainer.evaluation import evaluate_policy, held_out_batches
 from localdpo.trainer.methods import method_loss, sft_mask
 from localdpo.trainer.modeling import (
     PolicyForward,
@@ -49,7 +50,7 @@ from localdpo.trainer.modeling import (
     trainable_tensors,
 )
 from localdpo.trainer.optim import build_optimizer
-from localdpo.trainer.reference import LiveReference, build_reference
+from localdpo.trainer.reference import EvalReference, LiveReference, build_reference
 from localdpo.trainer.steerdata import prepare_steers
 
 INITIAL_ITEMS = "initial/"
@@ -82,14 +83,18 @@ class Trainer:
         *,
         reference_cache=None,
         drift_set: DriftSet | None = None,
+        eval_reference: EvalReference | None = None,
     ):
         """`model`/`tokenizer`: an already-loaded starting model (copied, never modified); steers as `Steer`s
         or already tokenized (train in the run's span mode, eval in `eval.span_mode`); `reference_cache`: a
-        shared cache of the same starting model; `drift_set`: a shared `DriftSet` of the same model."""
+        shared cache of the same starting model; `drift_set`: a shared `DriftSet` of the same model;
+        `eval_reference`: another run's `EvalReference` of the same model and held-out steers (used only when
+        it holds exactly this run's evaluation batches and forward, else built anew)."""
         self.config = validate(config)
         self._given_model, self.tokenizer = model, tokenizer
         self._given_train, self._given_eval = train_steers, eval_steers
         self.reference_cache, self.drift_set = reference_cache, drift_set
+        self.eval_reference = eval_reference
         self.run_dir = config.resolved_run_dir
         self.step = 0
         self.consumed = 0
@@ -133,7 +138,6 @@ class Trainer:
             self.tokenizer,
             make_forward=self._policy_forward,
             train_examples=self.train_examples,
-            eval_examples=self.eval_examples,
             device=self.device,
             dist=self.dist,
             autocast_dtype=self.autocast_dtype,
@@ -167,6 +171,7 @@ class Trainer:
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
             )
+        self._set_eval_reference()  # before any step and before a checkpoint is restored: starting weights
         self.params = trainable_tensors(self.model)
         self.optimizer, self.scheduler = build_optimizer(
             list(self.params.values()), cfg.optim, max_steps=cfg.train.max_steps, device=self.device
@@ -187,6 +192,33 @@ class Trainer:
             self.logger = RunLogger(cfg, self.run_dir, resume_step=self.step)
         self._is_setup = True
         return self
+
+    def _eval_batches(self):
+        return held_out_batches(
+            self.eval_examples,
+            batch_size=self.config.eval.batch_size,
+            pad_token_id=self.tokenizer.pad_token_id,
+            to_device=self._to_device,
+        )
+
+    def _set_eval_reference(self) -> None:
+        """The held-out steers' reference log-probs: the policy's own evaluation forward on the starting weights
+        (LoRA adapter off), so the step-0 margins are exactly 0 (`EvalReference`)."""
+        forward = self.policy_forward
+        signature = (forward.packing, forward.span_head, self.autocast_dtype, self.config.eval.batch_size)
+        given = self.eval_reference
+        if given is not None and given.covers(self._eval_batches(), signature):
+            return
+        peft = is_peft_model(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter() if peft else nullcontext():
+                self.eval_reference = EvalReference.build(
+                    forward, self._eval_batches(), autocast=self._autocast(), signature=signature
+                )
+        finally:
+            self.model.train(was_training)
 
     def _policy_forward(self, model) -> PolicyForward:
         train = self.config.train
@@ -452,13 +484,14 @@ class Trainer:
                 self.tokenizer,
                 self.config,
                 eval_examples=self.eval_examples,
-                reference=self.reference,
+                reference=self.eval_reference,
                 drift_set=self.drift_set,
                 device=self.device,
                 autocast=self._autocast(),
                 autocast_dtype=self.autocast_dtype,
                 to_device=self._to_device,
                 task=task,
+                forward=self.policy_forward,
             )
         finally:
             model.train(was_training)

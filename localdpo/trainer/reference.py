@@ -1,6 +1,7 @@
-"""Reference log-probs for a batch: from the reference cache (default) or a live frozen model.
+"""Reference log-probs for a batch: from the reference cache (default) or a live frozen model for training
+batches, and for the held-out steers from the policy's own evaluation forward on the starting weights.
 
-Both give per-token log-probs of the starting model, laid out like the (trimmed, right-padded) batch.
+Each gives per-token log-probs of the starting model, laid out like the (trimmed, right-padded) batch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from localdpo.data import pad_right
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer.config import ConfigError, RunConfig
 from localdpo.trainer.distributed import DistInfo
-from localdpo.trainer.modeling import pair_logps
 
 
 class CachedReference:
@@ -28,7 +28,7 @@ class CachedReference:
     def __init__(self, cache):
         self.cache = cache
 
-    def batch_logps(
+    def training_logps(
         self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids."""
@@ -47,16 +47,12 @@ class CachedReference:
             sides.append(pad_right(rows, 0.0, batch[key].shape[1]).to(device, non_blocking=True))  # (B, T)
         return sides[0], sides[1]
 
-    training_logps = batch_logps
-
 
 class LiveReference:
     """Reference log-probs from a frozen model forward (a copy of the starting model, or the LoRA base).
 
-    `batch_logps` runs the unpacked full forward (`pair_logps`), the path evaluation runs the policy through,
-    so a policy equal to its reference scores margins of exactly 0. `training_logps` runs the training forward
-    (a `PolicyForward`: packed / span head when on), the policy's own training path, exact on every scored
-    position (the only positions a loss reads; others may be 0).
+    `training_logps` runs the training forward (a `PolicyForward`: packed / span head when on), the policy's
+    own training path, exact on every scored position (the only positions a loss reads; others may be 0).
     """
 
     def __init__(self, forward, *, disable_adapter_of=None, autocast_dtype: torch.dtype | None = None):
@@ -65,15 +61,6 @@ class LiveReference:
         self.forward = forward
         self.peft_model = disable_adapter_of
         self.autocast_dtype = autocast_dtype
-
-    def batch_logps(
-        self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs on every real token, by the unpacked full forward.
-
-        Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids.
-        """
-        return self._logps(batch, device, lambda model: pair_logps(model, batch))
 
     def training_logps(
         self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
@@ -103,6 +90,76 @@ class LiveReference:
         finally:
             model.train(was_training)
         return chosen.float(), rejected.float()
+
+
+class EvalReference:
+    """Reference log-probs of the held-out steers, computed once from the starting model by the policy's own
+    evaluation forward over the same batches (`held_out_batches`).
+
+    So a policy equal to its reference scores margins of exactly 0 on every held-out steer. Any other path
+    (the reference cache's batching, a plain forward against a packed one) agrees only to float rounding
+    (up to 1.7e-5 per token measured on SmolLM2-135M in fp32), which is enough to break ties and count noise
+    as preference. Held in memory (held-out sets are small); batches are found by their content.
+    """
+
+    def __init__(self, values: dict[bytes, tuple[torch.Tensor, torch.Tensor]], signature: tuple):
+        self.values = values
+        """Batch content key -> (chosen (B, Tc), rejected (B, Tr)) float32 log-probs (CPU)."""
+        self.signature = signature
+        """What else decides the values: the forward's fast paths, the autocast dtype, the batch size."""
+
+    @staticmethod
+    def batch_key(batch: dict[str, torch.Tensor]) -> bytes:
+        """The content of a collated batch that decides its log-probs: ids, attention and loss masks, shapes."""
+        import hashlib
+
+        from localdpo.data import (
+            CHOSEN_ATTENTION_MASK,
+            CHOSEN_INPUT_IDS,
+            CHOSEN_LOSS_MASK,
+            REJECTED_ATTENTION_MASK,
+            REJECTED_INPUT_IDS,
+            REJECTED_LOSS_MASK,
+        )
+
+        digest = hashlib.sha256()
+        for name in (
+            CHOSEN_INPUT_IDS,
+            CHOSEN_ATTENTION_MASK,
+            CHOSEN_LOSS_MASK,
+            REJECTED_INPUT_IDS,
+            REJECTED_ATTENTION_MASK,
+            REJECTED_LOSS_MASK,
+        ):
+            tensor = batch[name].detach().to("cpu", torch.long)
+            digest.update(repr(tuple(tensor.shape)).encode())
+            digest.update(tensor.numpy().tobytes())
+        return digest.digest()
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, forward, batches, *, autocast, signature: tuple) -> EvalReference:
+        """Run `forward` (a `PolicyForward` over the starting model, in eval mode) on every `(chunk, batch)`."""
+        values = {}
+        for _, batch in batches:
+            with autocast:
+                chosen, rejected = forward(batch)  # (B, Tc), (B, Tr)
+            values[cls.batch_key(batch)] = (chosen.float().cpu(), rejected.float().cpu())
+        return cls(values, signature)
+
+    def covers(self, batches, signature: tuple) -> bool:
+        """Whether these batches, run with this signature, are exactly the ones this reference holds."""
+        return signature == self.signature and {self.batch_key(b) for _, b in batches} == set(self.values)
+
+    def batch_logps(
+        self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape: -> (B, Tc), (B, Tr) float32, the stored log-probs of this exact batch."""
+        found = self.values.get(self.batch_key(batch))
+        if found is None:
+            ids = [getattr(e, "steer_id", None) for e in examples]
+            raise KeyError(f"held-out batch of steers {ids} is not one this EvalReference was built on")
+        return found[0].to(device), found[1].to(device)
 
 
 def reference_cache_for(
@@ -135,7 +192,6 @@ def build_reference(
     *,
     make_forward,
     train_examples: Sequence[TokenizedSteer],
-    eval_examples: Sequence[TokenizedSteer],
     device: torch.device,
     dist: DistInfo,
     autocast_dtype: torch.dtype | None,
@@ -143,8 +199,8 @@ def build_reference(
 ):
     """`(reference, cache)` of the starting model `base`, before any step.
 
-    `loss.reference=cache`: the shared `cache` (or a new `ReferenceCache`) filled with every steer that needs
-    it, under DDP by rank 0 first; `live` without LoRA: a frozen copy of `base` run through `make_forward(copy)`;
+    `loss.reference=cache`: the shared `cache` (or a new `ReferenceCache`) filled with the training steers of a
+    preference method (held-out steers get an `EvalReference` instead), under DDP by rank 0 first; `live` without LoRA: a frozen copy of `base` run through `make_forward(copy)`;
     `live` with LoRA: `(None, cache)`, since the reference is the LoRA model with its adapter off, built once it
     exists. A given `cache` is handed back unused under `live`.
     """
@@ -157,7 +213,7 @@ def build_reference(
         cache = reference_cache_for(
             config, base, tokenizer, device=device, autocast_dtype=autocast_dtype, progress=dist.is_main
         )
-    needed = (list(train_examples) if config.method.needs_reference else []) + list(eval_examples)
+    needed = list(train_examples) if config.method.needs_reference else []
     # Under DDP rank 0 computes the shared on-disk cache first; the others then read it (all hits).
     if dist.enabled and not dist.is_main:
         torch.distributed.barrier()

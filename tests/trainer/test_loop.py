@@ -114,7 +114,8 @@ def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny
     )
     result = trainer.run()
     assert trainer.train_examples == train and trainer.reference_cache is cache
-    assert cache.stats.misses == len(train) + len(held)  # computed once, before the first step
+    # computed once, before the first step; held-out steers get the EvalReference instead
+    assert cache.stats.misses == len(train)
     assert cache.stats.hits >= 2 * len(train)  # then every batch is looked up
     assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
     with pytest.raises(ValueError, match="another span mode"):
