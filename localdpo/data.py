@@ -15,6 +15,15 @@ REJECTED_INPUT_IDS = "rejected_input_ids"
 REJECTED_ATTENTION_MASK = "rejected_attention_mask"
 REJECTED_LOSS_MASK = "rejected_loss_mask"
 INDEX = "index"
+PAIR_KEYS = (
+    CHOSEN_INPUT_IDS,
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_LOSS_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_LOSS_MASK,
+)
+"""The tensors of a collated pair batch that decide its log-probs and losses (`INDEX` aside)."""
 """(B,) int64: position of each example in its dataset; caches and results point back through it."""
 
 

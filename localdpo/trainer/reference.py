@@ -113,24 +113,10 @@ class EvalReference:
         """The content of a collated batch that decides its log-probs: ids, attention and loss masks, shapes."""
         import hashlib
 
-        from localdpo.data import (
-            CHOSEN_ATTENTION_MASK,
-            CHOSEN_INPUT_IDS,
-            CHOSEN_LOSS_MASK,
-            REJECTED_ATTENTION_MASK,
-            REJECTED_INPUT_IDS,
-            REJECTED_LOSS_MASK,
-        )
+        from localdpo.data import PAIR_KEYS
 
         digest = hashlib.sha256()
-        for name in (
-            CHOSEN_INPUT_IDS,
-            CHOSEN_ATTENTION_MASK,
-            CHOSEN_LOSS_MASK,
-            REJECTED_INPUT_IDS,
-            REJECTED_ATTENTION_MASK,
-            REJECTED_LOSS_MASK,
-        ):
+        for name in PAIR_KEYS:
             tensor = batch[name].detach().to("cpu", torch.long)
             digest.update(repr(tuple(tensor.shape)).encode())
             digest.update(tensor.numpy().tobytes())
