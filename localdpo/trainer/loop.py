@@ -25,7 +25,7 @@ from localdpo.data import (
     collate_pairs,
     trim_to_scored,
 )
-from localdpo.fingerprint import is_peft_model
+from localdpo.fingerprint import is_peft_model, model_fingerprint
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
@@ -205,7 +205,14 @@ class Trainer:
         """The held-out steers' reference log-probs: the policy's own evaluation forward on the starting weights
         (LoRA adapter off), so the step-0 margins are exactly 0 (`EvalReference`)."""
         forward = self.policy_forward
-        signature = (forward.packing, forward.span_head, self.autocast_dtype, self.config.eval.batch_size)
+        # what decides the values besides the batches: the starting weights (adapters skipped), the forward
+        signature = (
+            model_fingerprint(self.model),
+            forward.packing,
+            forward.span_head,
+            self.autocast_dtype,
+            self.config.eval.batch_size,
+        )
         given = self.eval_reference
         if given is not None and given.covers(self._eval_batches(), signature):
             return

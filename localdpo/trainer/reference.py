@@ -106,7 +106,8 @@ class EvalReference:
         self.values = values
         """Batch content key -> (chosen (B, Tc), rejected (B, Tr)) float32 log-probs (CPU)."""
         self.signature = signature
-        """What else decides the values: the forward's fast paths, the autocast dtype, the batch size."""
+        """What else decides the values: the starting weights' fingerprint, the forward's fast paths, the autocast
+        dtype, the batch size."""
 
     @staticmethod
     def batch_key(batch: dict[str, torch.Tensor]) -> bytes:

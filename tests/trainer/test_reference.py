@@ -51,10 +51,10 @@ def test_eval_reference_is_shared_only_when_it_holds_the_same_batches(tmp_path, 
     model, tokenizer = tiny
     held, _ = tokenize_steers(HELD, tokenizer, span_mode="divergent")
 
-    def setup(run, *overrides, given=None):
+    def setup(run, *overrides, given=None, start=model):
         config = tiny_config(tmp_path / run, "eval.batch_size=3", *overrides)
         trainer = Trainer(
-            config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=held, eval_reference=given
+            config, model=start, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=held, eval_reference=given
         )
         return trainer.setup()
 
@@ -65,6 +65,13 @@ def test_eval_reference_is_shared_only_when_it_holds_the_same_batches(tmp_path, 
     assert other_batching is not first.eval_reference and len(other_batching.values) == 2
     no_packing = setup("d", "train.packing=false", given=first.eval_reference).eval_reference
     assert no_packing is not first.eval_reference
+    other_model, _ = tiny_model(seed=1, tokenizer=tokenizer)
+    other_weights = setup("e", given=first.eval_reference, start=other_model).eval_reference
+    assert other_weights is not first.eval_reference
+    lora = setup("f", "model.lora.enabled=true", "model.lora.r=4", given=first.eval_reference)
+    assert lora.eval_reference is first.eval_reference  # the reference of a LoRA run is its base: same weights
+    at_start = lora.evaluate()  # a fresh adapter adds exact zeros: still a tie on every steer
+    assert at_start["eval/margin"] == 0.0 and at_start["eval/preference_accuracy"] == 0.0
 
 
 def test_eval_reference_values_equal_the_forward_and_unknown_batches_are_refused(tiny):
