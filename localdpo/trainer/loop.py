@@ -25,7 +25,6 @@ from localdpo.data import (
     collate_pairs,
     trim_to_scored,
 )
-from localdpo.fingerprint import is_peft_model, model_fingerprint
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
@@ -50,7 +49,7 @@ from localdpo.trainer.modeling import (
     trainable_tensors,
 )
 from localdpo.trainer.optim import build_optimizer
-from localdpo.trainer.reference import EvalReference, LiveReference, build_reference
+from localdpo.trainer.reference import EvalReference, LiveReference, build_reference, eval_reference_for
 from localdpo.trainer.steerdata import prepare_steers
 
 INITIAL_ITEMS = "initial/"
@@ -171,7 +170,16 @@ class Trainer:
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
             )
-        self._set_eval_reference()  # before any step and before a checkpoint is restored: starting weights
+        # The held-out steers' reference: this forward on the starting weights (before any step or restore).
+        self.eval_reference = eval_reference_for(
+            self.model,
+            self.policy_forward,
+            self._eval_batches,
+            autocast=self._autocast(),
+            autocast_dtype=self.autocast_dtype,
+            batch_size=cfg.eval.batch_size,
+            given=self.eval_reference,
+        )
         self.params = trainable_tensors(self.model)
         self.optimizer, self.scheduler = build_optimizer(
             list(self.params.values()), cfg.optim, max_steps=cfg.train.max_steps, device=self.device
@@ -200,32 +208,6 @@ class Trainer:
             pad_token_id=self.tokenizer.pad_token_id,
             to_device=self._to_device,
         )
-
-    def _set_eval_reference(self) -> None:
-        """The held-out steers' reference log-probs: the policy's own evaluation forward on the starting weights
-        (LoRA adapter off), so the step-0 margins are exactly 0 (`EvalReference`)."""
-        forward = self.policy_forward
-        # what decides the values besides the batches: the starting weights (adapters skipped), the forward
-        signature = (
-            model_fingerprint(self.model),
-            forward.packing,
-            forward.span_head,
-            self.autocast_dtype,
-            self.config.eval.batch_size,
-        )
-        given = self.eval_reference
-        if given is not None and given.covers(self._eval_batches(), signature):
-            return
-        peft = is_peft_model(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter() if peft else nullcontext():
-                self.eval_reference = EvalReference.build(
-                    forward, self._eval_batches(), autocast=self._autocast(), signature=signature
-                )
-        finally:
-            self.model.train(was_training)
 
     def _policy_forward(self, model) -> PolicyForward:
         train = self.config.train

@@ -149,6 +149,27 @@ class EvalReference:
         return found[0].to(device), found[1].to(device)
 
 
+def eval_reference_for(
+    model, forward, batches, *, autocast, autocast_dtype, batch_size: int, given: EvalReference | None = None
+) -> EvalReference:
+    """The held-out steers' `EvalReference` of `model`'s current (starting) weights through `forward` (the
+    policy's `PolicyForward`): `given` when it holds exactly these batches under the same signature, else built
+    now, in eval mode with a peft adapter switched off. `batches()` gives the `held_out_batches` afresh."""
+    from localdpo.fingerprint import is_peft_model, model_fingerprint
+
+    # what decides the values besides the batches: the starting weights (adapters skipped), the forward
+    signature = (model_fingerprint(model), forward.packing, forward.span_head, autocast_dtype, batch_size)
+    if given is not None and given.covers(batches(), signature):
+        return given
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter() if is_peft_model(model) else nullcontext():
+            return EvalReference.build(forward, batches(), autocast=autocast, signature=signature)
+    finally:
+        model.train(was_training)
+
+
 def reference_cache_for(
     config: RunConfig, model, tokenizer, *, device, autocast_dtype: torch.dtype | None, progress: bool = True
 ):
