@@ -15,6 +15,7 @@ REJECTED_INPUT_IDS = "rejected_input_ids"
 REJECTED_ATTENTION_MASK = "rejected_attention_mask"
 REJECTED_LOSS_MASK = "rejected_loss_mask"
 INDEX = "index"
+"""(B,) int64: position of each example in its dataset; caches and results point back through it."""
 PAIR_KEYS = (
     CHOSEN_INPUT_IDS,
     CHOSEN_ATTENTION_MASK,
@@ -24,7 +25,6 @@ PAIR_KEYS = (
     REJECTED_LOSS_MASK,
 )
 """The tensors of a collated pair batch that decide its log-probs and losses (`INDEX` aside)."""
-"""(B,) int64: position of each example in its dataset; caches and results point back through it."""
 
 
 def pad_right(rows: Sequence[torch.Tensor], value: int | bool, length: int | None = None) -> torch.Tensor:
