@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -69,27 +69,29 @@ class LiveReference:
 
         Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids.
         """
-        return self._logps(batch, device, lambda model: self.forward(batch))
-
-    @torch.no_grad()
-    def _logps(self, batch, device, run) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.peft_model if self.peft_model is not None else self.forward.model
-        was_training = model.training
-        model.eval()
-        adapter_off = self.peft_model.disable_adapter() if self.peft_model is not None else nullcontext()
-        try:
-            with (
-                adapter_off,
-                torch.autocast(
-                    device_type=torch.device(device).type,
-                    dtype=self.autocast_dtype,
-                    enabled=self.autocast_dtype is not None,
-                ),
-            ):
-                chosen, rejected = run(model)
-        finally:
-            model.train(was_training)
+        with (
+            reference_mode(model, peft_model=self.peft_model),
+            torch.autocast(
+                device_type=torch.device(device).type,
+                dtype=self.autocast_dtype,
+                enabled=self.autocast_dtype is not None,
+            ),
+        ):
+            chosen, rejected = self.forward(batch)  # (B, Tc), (B, Tr)
         return chosen.float(), rejected.float()
+
+
+@contextmanager
+def reference_mode(model, *, peft_model=None):
+    """`model` as its reference: eval mode, no grad, `peft_model`'s adapter switched off; its train flag restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), peft_model.disable_adapter() if peft_model is not None else nullcontext():
+            yield
+    finally:
+        model.train(was_training)
 
 
 class EvalReference:
@@ -161,13 +163,8 @@ def eval_reference_for(
     signature = (model_fingerprint(model), forward.packing, forward.span_head, autocast_dtype, batch_size)
     if given is not None and given.covers(batches(), signature):
         return given
-    was_training = model.training
-    model.eval()
-    try:
-        with model.disable_adapter() if is_peft_model(model) else nullcontext():
-            return EvalReference.build(forward, batches(), autocast=autocast, signature=signature)
-    finally:
-        model.train(was_training)
+    with reference_mode(model, peft_model=model if is_peft_model(model) else None):
+        return EvalReference.build(forward, batches(), autocast=autocast, signature=signature)
 
 
 def reference_cache_for(
@@ -208,8 +205,8 @@ def build_reference(
     """`(reference, cache)` of the starting model `base`, before any step.
 
     `loss.reference=cache`: the shared `cache` (or a new `ReferenceCache`) filled with the training steers of a
-    preference method (held-out steers get an `EvalReference` instead), under DDP by rank 0 first; `live` without LoRA: a frozen copy of `base` run through `make_forward(copy)`;
-    `live` with LoRA: `(None, cache)`, since the reference is the LoRA model with its adapter off, built once it
+    preference method (held-out steers get an `EvalReference` instead), under DDP by rank 0 first; `live`
+    without LoRA: a frozen copy of `base` run through `make_forward(copy)`; `live` with LoRA: `(None, cache)`, since the reference is the LoRA model with its adapter off, built once it
     exists. A given `cache` is handed back unused under `live`.
     """
     if config.loss.reference == "live":
