@@ -1,6 +1,9 @@
-"""Pure loss functions on tensors: per-token log-probs, the localized DPO loss, masked SFT.
+"""Pure loss functions on tensors: per-token log-probs, the localized preference losses, masked SFT.
 
 No configs, no models: other trainers import these directly.
+
+Notation: Δc and Δr are the policy-minus-reference log-probs summed over the chosen and the rejected span
+(divided by the span length when `length_normalize`), h = Δc − Δr the DPO margin, σ the logistic function.
 
 References:
   DPO: Rafailov et al. 2023, "Direct Preference Optimization", eq. 7.
@@ -8,11 +11,20 @@ References:
   IPO: Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences", eq. 17.
   Hinge (SLiC): Zhao et al. 2023, "SLiC-HF".
   Robust DPO: Chowdhury et al. 2024, "Provably Robust DPO", eq. 8.
+  APO-zero, APO-down: D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
+    arXiv 2408.06266, Sec. 3 (TRL 1.16's `apo_zero` / `apo_down`).
+  DPO-Positive: Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
+    arXiv 2402.13228, eq. 3.
+  Cal-DPO: Xiao et al. 2024, "Cal-DPO: Calibrated Direct Preference Optimization for Language Model
+    Alignment", arXiv 2412.14516, eq. 10.
+  Chosen-side NLL added to a preference loss (RPO): Pang et al. 2024, "Iterative Reasoning Preference
+    Optimization", eq. 1.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
@@ -20,7 +32,7 @@ import torch.nn.functional as F
 
 
 class LossType(str, Enum):
-    """Preference loss on h, the policy-minus-reference log-ratio margin over the spans."""
+    """One term of the localized loss; a loss is a weighted sum of one or more terms (`loss_weights`)."""
 
     SIGMOID = "sigmoid"
     """-log σ(βh); with label smoothing ε: -(1-ε) log σ(βh) - ε log σ(-βh) (conservative DPO)."""
@@ -30,6 +42,21 @@ class LossType(str, Enum):
     """max(0, 1 - βh)."""
     ROBUST = "robust"
     """(-(1-ε) log σ(βh) + ε log σ(-βh)) / (1 - 2ε)."""
+    APO_ZERO = "apo_zero"
+    """(1 - σ(βΔc)) + σ(βΔr): push the chosen span up and the rejected span down, each against the reference."""
+    APO_DOWN = "apo_down"
+    """σ(βΔc) + (1 - σ(β(Δc - Δr))): both spans down, the rejected more (for chosen worse than the model's own)."""
+    DPOP = "dpop"
+    """-log σ(β(Δc - Δr - λ·max(0, -Δc))): DPO with a penalty when the chosen span falls below the reference."""
+    CAL_DPO = "cal_dpo"
+    """-log σ(Δc - Δr) + (Δc - 1/(2β))² + (Δr + 1/(2β))²: DPO with the log-ratios calibrated to ±1/(2β)."""
+    SFT = "sft"
+    """Masked NLL of the chosen span, one token mean over the batch (or step): the SFT term of a combination."""
+
+    @property
+    def is_preference(self) -> bool:
+        """Whether the term compares the two sides (every type but `sft`)."""
+        return self is not LossType.SFT
 
 
 @dataclass(frozen=True)
@@ -37,13 +64,15 @@ class PreferenceLossOutput:
     """What `localized_dpo_loss` returns."""
 
     loss: torch.Tensor
-    """() mean of `losses` over the batch."""
+    """() Σ_k w_k · (batch mean of term k); equal to `losses.mean()` up to rounding."""
     losses: torch.Tensor
-    """(B,) per-example loss."""
+    """(B,) per-example loss: Σ_k w_k · term k of the example (the SFT term's share: its NLL sum × B / tokens)."""
     chosen_rewards: torch.Tensor
-    """(B,) β · (policy - reference) log-prob of the chosen span, detached."""
+    """(B,) β · Δc, detached."""
     rejected_rewards: torch.Tensor
-    """(B,) β · (policy - reference) log-prob of the rejected span, detached."""
+    """(B,) β · Δr, detached."""
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    """() detached batch mean of each term, unweighted, under its `LossType` value."""
 
     @property
     def margins(self) -> torch.Tensor:
@@ -93,27 +122,87 @@ def _check_nonempty_rows(chosen_mask: torch.Tensor, rejected_mask: torch.Tensor)
 
 
 def preference_losses(
-    logits: torch.Tensor,
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
     *,
     beta: float,
     loss_type: LossType | str = LossType.SIGMOID,
     label_smoothing: float = 0.0,
+    dpop_lambda: float = 50.0,
 ) -> torch.Tensor:
-    """Per-example preference loss of the margins `logits` = h (see `LossType`).
+    """Per-example preference loss of one `LossType` from the span log-ratios Δc and Δr (see `LossType`).
 
-    Shape: logits (B,) -> (B,).
+    Shape: chosen_logratios (B,), rejected_logratios (B,) -> (B,).
     """
     loss_type = LossType(loss_type)
     eps = label_smoothing
+    margins = chosen_logratios - rejected_logratios  # (B,) h
     if loss_type is LossType.SIGMOID:
-        return -(1 - eps) * F.logsigmoid(beta * logits) - eps * F.logsigmoid(-beta * logits)
+        # DPO eq. 7; conservative DPO with ε > 0
+        return -(1 - eps) * F.logsigmoid(beta * margins) - eps * F.logsigmoid(-beta * margins)
     if loss_type is LossType.IPO:
-        return (logits - 1 / (2 * beta)) ** 2
+        return (margins - 1 / (2 * beta)) ** 2  # IPO eq. 17
     if loss_type is LossType.HINGE:
-        return torch.relu(1 - beta * logits)
-    if not 0 <= eps < 0.5:
-        raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {eps}")
-    return (-(1 - eps) * F.logsigmoid(beta * logits) + eps * F.logsigmoid(-beta * logits)) / (1 - 2 * eps)
+        return torch.relu(1 - beta * margins)
+    if loss_type is LossType.ROBUST:
+        if not 0 <= eps < 0.5:
+            raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {eps}")
+        return (-(1 - eps) * F.logsigmoid(beta * margins) + eps * F.logsigmoid(-beta * margins)) / (1 - 2 * eps)
+    if loss_type is LossType.APO_ZERO:
+        return (1 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
+    if loss_type is LossType.APO_DOWN:
+        return torch.sigmoid(beta * chosen_logratios) + (1 - torch.sigmoid(beta * margins))
+    if loss_type is LossType.DPOP:
+        if dpop_lambda < 0:
+            raise ValueError(f"DPO-Positive needs dpop_lambda >= 0, got {dpop_lambda}")
+        # max(0, log π_ref(y_w) - log π(y_w)): zero while the chosen span is at least as likely as under the reference
+        penalty = torch.relu(-chosen_logratios)  # (B,)
+        return -F.logsigmoid(beta * (margins - dpop_lambda * penalty))
+    if loss_type is LossType.CAL_DPO:
+        # The paper's objective: the contrastive term has no β; β sets the calibration targets ±1/(2β).
+        target = 1 / (2 * beta)
+        return (
+            -F.logsigmoid(margins) + (chosen_logratios - target) ** 2 + (rejected_logratios + target) ** 2
+        )
+    if loss_type is LossType.SFT:
+        raise ValueError("'sft' is the chosen-span NLL term of a combination, not a preference loss of Δc and Δr")
+    raise ValueError(f"unknown loss type {loss_type!r}")
+
+
+def loss_combination(
+    loss_type: LossType | str | Sequence[LossType | str], loss_weights: Sequence[float] | None = None
+) -> list[tuple[LossType, float]]:
+    """`[(type, weight), ...]` of a loss given as one type or a list of types with weights (default 1 each).
+
+    Raises `ValueError` for an unknown type, a repeated type, a negative or non-finite weight, weights and
+    types of different lengths, or a combination with no preference term (use SFT itself for that).
+    """
+    types_in = [loss_type] if isinstance(loss_type, (str, LossType)) else list(loss_type)
+    if not types_in:
+        raise ValueError("loss_type: no loss given")
+    valid = ", ".join(t.value for t in LossType)
+    types = []
+    for item in types_in:
+        try:
+            types.append(LossType(item))
+        except ValueError:
+            raise ValueError(f"loss_type {item!r}: expected one of {valid}") from None
+    if len(set(types)) != len(types):
+        raise ValueError(f"loss_type {[t.value for t in types]}: each type may appear once")
+    weights = [1.0] * len(types) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(types):
+        raise ValueError(
+            f"loss_weights has {len(weights)} values for {len(types)} loss types {[t.value for t in types]}"
+        )
+    for t, w in zip(types, weights):
+        if not w >= 0 or w == float("inf"):
+            raise ValueError(f"loss_weights: weight of {t.value} is {w}; weights must be finite and >= 0")
+    if not any(t.is_preference and w > 0 for t, w in zip(types, weights)):
+        raise ValueError(
+            f"loss_type {[t.value for t in types]} with weights {weights} has no preference term with a "
+            "positive weight"
+        )
+    return list(zip(types, weights))
 
 
 def localized_dpo_loss(
@@ -125,16 +214,21 @@ def localized_dpo_loss(
     rejected_mask: torch.Tensor,
     *,
     beta: float = 0.1,
-    loss_type: LossType | str = LossType.SIGMOID,
+    loss_type: LossType | str | Sequence[LossType | str] = LossType.SIGMOID,
+    loss_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
     length_normalize: bool = False,
+    dpop_lambda: float = 50.0,
+    sft_num_tokens: float | None = None,
 ) -> PreferenceLossOutput:
-    """DPO loss restricted to the scored spans of each side.
+    """Preference loss restricted to the scored spans of each side: Σ_k w_k · term_k (see `LossType`).
 
-    With log-probs summed over each side's span (divided by the span length if `length_normalize`),
-    h = (π_chosen - ref_chosen) - (π_rejected - ref_rejected), the DPO margin h_π^{y_w,y_l} of eq. 7, and
-    the loss is `preference_losses(h)`. With masks covering the whole completion this is standard DPO.
-    An empty span sums to 0; a row with both spans empty raises `ValueError` naming the row.
+    Δc = Σ_{t in chosen span} (π - ref), Δr likewise (each divided by its span length if `length_normalize`);
+    h = Δc - Δr is the DPO margin h_π^{y_w,y_l} of eq. 7. `loss_type` is one type or a list combined with
+    `loss_weights`, as TRL's `loss_type=[...]`, `loss_weights=[...]`; `sft` is the masked NLL of the chosen
+    span (`masked_sft_loss`, a token mean over the batch, or over `sft_num_tokens`). With masks covering the
+    whole completion, `sigmoid` is standard DPO. An empty span sums to 0; a row with both spans empty raises
+    `ValueError` naming the row.
 
     Shape: *_chosen_logps (B, Tc), *_rejected_logps (B, Tr), chosen_mask (B, Tc) bool,
     rejected_mask (B, Tr) bool; Tc and Tr may differ.
@@ -152,20 +246,41 @@ def localized_dpo_loss(
             f"rejected shapes disagree: policy {tuple(policy_rejected_logps.shape)}, reference "
             f"{tuple(ref_rejected_logps.shape)}, mask {tuple(rejected_mask.shape)}"
         )
+    combination = loss_combination(loss_type, loss_weights)
     chosen_mask, rejected_mask = chosen_mask.bool(), rejected_mask.bool()
     _check_nonempty_rows(chosen_mask, rejected_mask)
-    chosen_logratio = masked_sum(policy_chosen_logps - ref_chosen_logps, chosen_mask)  # (B,)
-    rejected_logratio = masked_sum(policy_rejected_logps - ref_rejected_logps, rejected_mask)  # (B,)
+    chosen_logratios = masked_sum(policy_chosen_logps - ref_chosen_logps, chosen_mask)  # (B,) Δc
+    rejected_logratios = masked_sum(policy_rejected_logps - ref_rejected_logps, rejected_mask)  # (B,) Δr
     if length_normalize:
-        chosen_logratio = chosen_logratio / chosen_mask.sum(-1).clamp(min=1)
-        rejected_logratio = rejected_logratio / rejected_mask.sum(-1).clamp(min=1)
-    margins = chosen_logratio - rejected_logratio  # (B,) h
-    losses = preference_losses(margins, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        chosen_logratios = chosen_logratios / chosen_mask.sum(-1).clamp(min=1)
+        rejected_logratios = rejected_logratios / rejected_mask.sum(-1).clamp(min=1)
+    batch = chosen_logratios.shape[0]
+    loss = losses = None
+    terms = {}
+    for term_type, weight in combination:
+        if term_type is LossType.SFT:
+            term = masked_sft_loss(policy_chosen_logps, chosen_mask, num_tokens=sft_num_tokens)  # ()
+            divisor = chosen_mask.sum().clamp(min=1) if sft_num_tokens is None else max(sft_num_tokens, 1e-12)
+            per_example = -masked_sum(policy_chosen_logps, chosen_mask) * batch / divisor  # (B,), mean = term
+        else:
+            per_example = preference_losses(
+                chosen_logratios,
+                rejected_logratios,
+                beta=beta,
+                loss_type=term_type,
+                label_smoothing=label_smoothing,
+                dpop_lambda=dpop_lambda,
+            )  # (B,)
+            term = per_example.mean()
+        terms[term_type.value] = term.detach()
+        loss = weight * term if loss is None else loss + weight * term
+        losses = weight * per_example if losses is None else losses + weight * per_example
     return PreferenceLossOutput(
-        loss=losses.mean(),
+        loss=loss,
         losses=losses,
-        chosen_rewards=(beta * chosen_logratio).detach(),
-        rejected_rewards=(beta * rejected_logratio).detach(),
+        chosen_rewards=(beta * chosen_logratios).detach(),
+        rejected_rewards=(beta * rejected_logratios).detach(),
+        terms=terms,
     )
 
 

@@ -189,3 +189,135 @@ def test_masked_sft_num_tokens_makes_micro_batches_one_token_mean():
     step_mean = (masked_sft_loss(a, mask_a, num_tokens=2.0) + masked_sft_loss(b, mask_b, num_tokens=2.0)) / 2
     assert step_mean.item() == pytest.approx(2.5)
     assert masked_sft_loss(a, mask_a, num_tokens=0.5).item() == pytest.approx(2.0)  # fractional divisors too
+
+
+# --- losses made for small edits (APO, DPO-Positive, Cal-DPO) and combinations ------------------------------
+
+
+def displacement_case():
+    """One row where both spans fell below the reference (likelihood displacement), one token each.
+
+    policy chosen [-9, -1.5]  reference chosen [-9, -1.0]  Δc = -0.5
+    policy rejected [-9, -3.0]  reference rejected [-9, -1.0]  Δr = -2.0   h = 1.5
+    """
+    pc = torch.tensor([[-9.0, -1.5]], requires_grad=True)
+    rc = torch.tensor([[-9.0, -1.0]])
+    pr = torch.tensor([[-9.0, -3.0]], requires_grad=True)
+    rr = torch.tensor([[-9.0, -1.0]])
+    mask = torch.tensor([[False, True]])
+    return pc, pr, rc, rr, mask, mask.clone()
+
+
+@pytest.mark.parametrize(
+    ("case", "loss_type", "beta", "lam", "expected"),
+    [
+        # hand_case: Δc = 1, Δr = -1. APO-zero (APO eq. 7): (1 - σ(0.5)) + σ(-0.5) = 2 σ(-0.5) = 0.7550813376
+        (hand_case, "apo_zero", 0.5, 50.0, 2 * (1 - 1 / (1 + math.exp(-0.5)))),
+        # APO-down (APO eq. 8): σ(0.5 · 1) + (1 - σ(0.5 · 2)) = 0.6224593312 + 0.2689414214 = 0.8914007526
+        (hand_case, "apo_down", 0.5, 50.0, 1 / (1 + math.exp(-0.5)) + 1 - 1 / (1 + math.exp(-1.0))),
+        # DPOP with Δc > 0: no penalty, plain DPO -log σ(0.5 · 2) = log(1 + e^-1) = 0.3132616875
+        (hand_case, "dpop", 0.5, 50.0, math.log1p(math.exp(-1.0))),
+        # DPOP with Δc = -0.5, λ = 2: -log σ(0.5 (1.5 - 2 · 0.5)) = log(1 + e^-0.25) = 0.5759394199
+        (displacement_case, "dpop", 0.5, 2.0, math.log1p(math.exp(-0.25))),
+        # Cal-DPO (eq. 10), β = 0.25, targets ±1/(2β) = ±2: -log σ(1 - (-1)) + (1 - 2)² + (-1 + 2)²
+        #   = log(1 + e^-2) + 1 + 1 = 2.1269280110
+        (hand_case, "cal_dpo", 0.25, 50.0, math.log1p(math.exp(-2.0)) + 2.0),
+        # Cal-DPO, β = 0.5, targets ±1: log(1 + e^-1.5) + (-0.5 - 1)² + (-2 + 1)² = 0.2014132780 + 2.25 + 1
+        (displacement_case, "cal_dpo", 0.5, 50.0, math.log1p(math.exp(-1.5)) + 3.25),
+    ],
+)
+def test_small_edit_losses_against_hand_computed_values(case, loss_type, beta, lam, expected):
+    out = localized_dpo_loss(*case(), beta=beta, loss_type=loss_type, dpop_lambda=lam)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert out.losses.shape == (1,) and out.losses.item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
+
+
+def test_dpop_penalty_pushes_the_chosen_span_up_where_dpo_does_not_care():
+    """On the displacement case, DPO's gradient on the chosen token is -β σ(-βh) < 0 in loss (pushes it up)
+    by 0.5 σ(-0.75) = 0.3208; DPOP adds λβ σ(-β(h - λ·0.5)) · 1: with λ = 2, 0.5 (1 + 2) σ(-0.25) = 0.8342."""
+    pc, pr, rc, rr, cm, rm = displacement_case()
+    localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.5, loss_type="dpop", dpop_lambda=2.0).loss.backward()
+    assert pc.grad[0, 1].item() == pytest.approx(-0.5 * 3 / (1 + math.exp(0.25)), rel=1e-6)
+
+
+def test_cal_dpo_matches_the_equation_on_a_random_batch():
+    """-log σ(Δc - Δr) + (Δc - 1/(2β))² + (Δr + 1/(2β))², per row, with Δ summed over each span."""
+    pc, pr, rc, rr = random_pair(batch=5, seed=3)
+    cm = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) > 0.4
+    rm = torch.rand(5, 9, generator=torch.Generator().manual_seed(2)) > 0.4
+    cm[:, 0] = rm[:, 0] = True
+    out = localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.2, loss_type="cal_dpo")
+    dc = ((pc - rc) * cm).sum(-1)
+    dr = ((pr - rr) * rm).sum(-1)
+    expected = -F.logsigmoid(dc - dr) + (dc - 2.5) ** 2 + (dr + 2.5) ** 2
+    torch.testing.assert_close(out.losses, expected)
+
+
+def test_a_combination_is_the_weighted_sum_of_its_terms():
+    """[sigmoid, sft] with weights [1, 0.5], β = 0.5 on hand_case: log(1 + e^-1) + 0.5 · NLL of the chosen span
+    (tokens -1.0 and -0.5: mean 0.75) = 0.3132616875 + 0.375 = 0.6882616875."""
+    out = localized_dpo_loss(*hand_case(), beta=0.5, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-1)) + 0.375, rel=1e-6)
+    assert out.terms["sigmoid"].item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-6)
+    assert out.terms["sft"].item() == pytest.approx(0.75, rel=1e-6)
+
+
+def test_combination_per_example_losses_average_to_the_loss():
+    """The SFT term is one token mean over the batch; its per-example share (NLL sum × B / tokens) keeps
+    `losses.mean() == loss`, also with `sft_num_tokens` set by a trainer that accumulates gradients."""
+    pc, pr, rc, rr = random_pair(batch=3, seed=5)
+    cm = torch.zeros(3, 6, dtype=torch.bool)
+    cm[0, 1:3] = cm[1, 2:6] = cm[2, 4] = True
+    rm = torch.ones(3, 9, dtype=torch.bool)
+    for num_tokens in (None, 4.5):
+        out = localized_dpo_loss(
+            pc, pr, rc, rr, cm, rm, loss_type=["apo_zero", "sft"], loss_weights=[2.0, 0.3], sft_num_tokens=num_tokens
+        )
+        torch.testing.assert_close(out.losses.mean(), out.loss)
+        sft = masked_sft_loss(pc, cm, num_tokens=num_tokens)
+        apo = localized_dpo_loss(pc, pr, rc, rr, cm, rm, loss_type="apo_zero").loss
+        torch.testing.assert_close(out.loss, 2.0 * apo + 0.3 * sft)
+
+
+EVERY_TYPE = [t.value for t in LossType if t.is_preference]
+
+
+@pytest.mark.parametrize("loss_type", [*EVERY_TYPE, ["dpop", "sft"], ["apo_down", "cal_dpo", "sft"]])
+def test_every_type_has_exactly_zero_gradient_outside_the_spans(loss_type):
+    pc, pr, rc, rr, cm, rm = hand_case()
+    localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.3, loss_type=loss_type, label_smoothing=0.1).loss.backward()
+    assert torch.all(pc.grad[~cm] == 0) and torch.all(pr.grad[~rm] == 0)
+    assert torch.all(torch.isfinite(pc.grad)) and torch.all(torch.isfinite(pr.grad))
+    assert pc.grad[cm].abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type", [*EVERY_TYPE, ["sigmoid", "sft"]])
+@pytest.mark.parametrize("empty_side", ["chosen", "rejected"])
+def test_every_type_is_finite_with_one_empty_span(loss_type, empty_side):
+    """An insertion (rejected span empty) or a deletion (chosen span empty) steer: no NaN, in value or grad."""
+    pc, pr, rc, rr, cm, rm = hand_case()
+    if empty_side == "chosen":
+        cm = torch.zeros_like(cm)
+    else:
+        rm = torch.zeros_like(rm)
+    out = localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.5, loss_type=loss_type, length_normalize=True)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.all(torch.isfinite(out.losses))
+    assert torch.all(torch.isfinite(pc.grad)) and torch.all(torch.isfinite(pr.grad))
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "weights", "message"),
+    [
+        ("kto", None, r"loss_type 'kto': expected one of sigmoid"),
+        (["sigmoid", "sft"], [1.0, -0.5], r"weight of sft is -0.5"),
+        (["sigmoid", "sft"], [1.0], r"1 values for 2 loss types"),
+        (["dpop", "dpop"], None, r"each type may appear once"),
+        ("sft", None, r"no preference term"),
+        (["sigmoid", "sft"], [0.0, 1.0], r"no preference term"),
+    ],
+)
+def test_bad_combination_is_a_clear_error(loss_type, weights, message):
+    with pytest.raises(ValueError, match=message):
+        localized_dpo_loss(*hand_case(), loss_type=loss_type, loss_weights=weights)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from localdpo.losses import LossType
+from localdpo.losses import LossType, loss_combination
 from localdpo.tokenization import SpanMode
 from localdpo.trainer.methods import Method
 
@@ -79,16 +79,33 @@ class LossConfig:
     """Scored span: `divergent`, `to_end` or `completion`; None = the method's default."""
     beta: float = 0.1
     """DPO temperature β (rewards are β · log-ratio)."""
-    loss_type: LossType = LossType.SIGMOID
-    """Preference loss on the margin: sigmoid, ipo, hinge, robust (`localdpo.LossType`)."""
+    loss_type: list[LossType] = field(default_factory=lambda: [LossType.SIGMOID])
+    """Preference loss on the spans, or a list of terms summed with `loss_weights` (TRL's `loss_type=[...]`):
+    sigmoid, ipo, hinge, robust, apo_zero, apo_down, dpop, cal_dpo, and sft (the chosen-span NLL term);
+    `loss.loss_type=dpop` or `loss.loss_type=[sigmoid,sft] loss.loss_weights=[1,0.5]` (`localdpo.LossType`)."""
+    loss_weights: list[float] | None = None
+    """Weight of each `loss_type` term, same length; None = 1 each."""
     label_smoothing: float = 0.0
     """ε of conservative / robust DPO."""
     length_normalize: bool = False
     """Divide each span's log-ratio by its token count."""
+    dpop_lambda: float = 50.0
+    """λ of DPO-Positive (`dpop`): the penalty on a chosen span that falls below the reference (paper: 50,
+    reported robust over 5 to 500)."""
     sft_weight: float = 0.0
-    """Weight of the chosen-span NLL added to DPO methods (RPO-style); 0 = off."""
+    """Shorthand for adding the `sft` term: `loss.sft_weight=λ` is `loss_type=[<types>, sft]`,
+    `loss_weights=[<weights>, λ]`; 0 = off."""
     reference: str = "cache"
     """Reference log-probs from `cache` (computed once from the starting model) or a `live` frozen model."""
+
+    @property
+    def combination(self) -> list[tuple[LossType, float]]:
+        """`[(type, weight), ...]` the trainer optimizes: `loss_type` with `loss_weights`, plus `sft_weight`."""
+        types, weights = list(self.loss_type), self.loss_weights
+        weights = [1.0] * len(types) if weights is None else list(weights)
+        if self.sft_weight:
+            types, weights = [*types, LossType.SFT], [*weights, self.sft_weight]
+        return loss_combination(types, weights)
 
 
 @dataclass
@@ -265,6 +282,25 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(
             f"loss.sft_weight applies to DPO methods only (method={method.value} is already SFT)"
         )
+    if config.loss.sft_weight and LossType.SFT in config.loss.loss_type:
+        raise ConfigError(
+            "loss.sft_weight and an 'sft' term in loss.loss_type both add the SFT term: keep one "
+            "(e.g. loss.loss_type=[sigmoid,sft] loss.loss_weights=[1,1] and loss.sft_weight=0)"
+        )
+    if config.loss.loss_weights is not None and len(config.loss.loss_weights) != len(config.loss.loss_type):
+        raise ConfigError(
+            f"loss.loss_weights={config.loss.loss_weights} has {len(config.loss.loss_weights)} values for "
+            f"{len(config.loss.loss_type)} loss.loss_type terms {[t.value for t in config.loss.loss_type]}"
+        )
+    for weight in config.loss.loss_weights or []:
+        if not 0 <= weight < float("inf"):
+            raise ConfigError(f"loss.loss_weights={config.loss.loss_weights}: every weight must be finite and >= 0")
+    try:
+        config.loss.combination
+    except ValueError as error:  # a repeated type, or no preference term with a positive weight
+        raise ConfigError(f"loss.loss_type: {error}") from None
+    if config.loss.dpop_lambda < 0:
+        raise ConfigError(f"loss.dpop_lambda={config.loss.dpop_lambda}: must be >= 0")
     positive = (
         "train.max_steps",
         "train.batch_size",
@@ -371,7 +407,7 @@ def coerce(value: Any, tp, key: str) -> Any:
                     else [v for v in value.split(",") if v]
                 )
             if not isinstance(value, list):
-                raise ValueError
+                value = [value]  # a scalar is a one-item list (`loss_type: dpop`)
             return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     except ConfigError:
         raise
@@ -410,7 +446,7 @@ def to_dict(config: Any) -> dict[str, Any]:
         elif isinstance(value, Enum):
             value = value.value
         elif isinstance(value, list):
-            value = list(value)
+            value = [v.value if isinstance(v, Enum) else v for v in value]
         out[f.name] = value
     return out
 

@@ -48,7 +48,8 @@ def preference_items(
     forward=None,
 ) -> dict[str, torch.Tensor]:
     """Per held-out steer: `margin`, `chosen_reward`, `rejected_reward`, `chosen_nll_sum` (NLL summed over
-    the chosen span) and `chosen_tokens`, each (N,) in the order of `examples`.
+    the chosen span), `rejected_nll_sum`, `chosen_tokens` and `rejected_tokens`, each (N,) in the order of
+    `examples`.
 
     `reference` has `batch_logps(examples, batch, device)`; `model` is put in eval mode by the caller.
     `forward(batch) -> (chosen (B, Tc), rejected (B, Tr))` gives the policy's log-probs on every scored
@@ -58,7 +59,16 @@ def preference_items(
     device = device if device is not None else next(model.parameters()).device
     forward = forward if forward is not None else (lambda batch: pair_logps(model, batch))
     parts: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("margin", "chosen_reward", "rejected_reward", "chosen_nll_sum", "chosen_tokens")
+        k: []
+        for k in (
+            "margin",
+            "chosen_reward",
+            "rejected_reward",
+            "chosen_nll_sum",
+            "rejected_nll_sum",
+            "chosen_tokens",
+            "rejected_tokens",
+        )
     }
     batches = held_out_batches(
         examples, batch_size=batch_size, pad_token_id=pad_token_id, device=device, to_device=to_device
@@ -82,13 +92,28 @@ def preference_items(
         parts["chosen_nll_sum"].append(
             -masked_sum(chosen, batch[CHOSEN_LOSS_MASK].bool()).float().cpu()
         )  # (B,)
+        parts["rejected_nll_sum"].append(
+            -masked_sum(rejected, batch[REJECTED_LOSS_MASK].bool()).float().cpu()
+        )  # (B,)
         parts["chosen_tokens"].append(batch[CHOSEN_LOSS_MASK].sum(-1).cpu())  # (B,)
+        parts["rejected_tokens"].append(batch[REJECTED_LOSS_MASK].sum(-1).cpu())  # (B,)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def aggregate_preference_items(items: dict[str, torch.Tensor]) -> dict[str, float]:
-    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards and
-    `eval/chosen_nll` (mean NLL per chosen-span token) from `preference_items`."""
+def aggregate_preference_items(items: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
+    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards,
+    `eval/chosen_nll` (mean NLL per chosen-span token) and, per side, the policy's span log-prob and its
+    log-ratio against the reference (summed per steer and per token: likelihood displacement) from
+    `preference_items`."""
+    spans = {}
+    for side in ("chosen", "rejected"):
+        logps = -items[f"{side}_nll_sum"].double()  # (N,)
+        ratios = items[f"{side}_reward"].double() / beta  # (N,) Δ = reward / β
+        tokens = max(1, int(items[f"{side}_tokens"].sum()))
+        spans[f"eval/logps_{side}_span"] = float(logps.mean())
+        spans[f"eval/logps_{side}_span_per_token"] = float(logps.sum()) / tokens
+        spans[f"eval/logratios_{side}_span"] = float(ratios.mean())
+        spans[f"eval/logratios_{side}_span_per_token"] = float(ratios.sum()) / tokens
     return {
         "eval/preference_accuracy": float((items["margin"] > 0).float().mean()),
         "eval/margin": float(items["margin"].mean()),
@@ -96,12 +121,13 @@ def aggregate_preference_items(items: dict[str, torch.Tensor]) -> dict[str, floa
         "eval/rewards_rejected": float(items["rejected_reward"].mean()),
         "eval/chosen_nll": float(items["chosen_nll_sum"].sum()) / max(1, int(items["chosen_tokens"].sum())),
         "eval/num_steers": float(items["margin"].numel()),
+        **spans,
     }
 
 
 def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **kwargs) -> dict[str, float]:
     """Aggregated held-out preference metrics of `model` on `examples` (see `preference_items`)."""
-    return aggregate_preference_items(preference_items(model, examples, reference, **kwargs))
+    return aggregate_preference_items(preference_items(model, examples, reference, **kwargs), kwargs["beta"])
 
 
 def task_metrics(
@@ -172,7 +198,7 @@ def evaluate_policy(
             to_device=to_device,
             forward=forward,
         )
-        metrics.update(aggregate_preference_items(pref))
+        metrics.update(aggregate_preference_items(pref, config.loss.beta))
         items["preference_accuracy"] = (pref["margin"] > 0).double()
         items["chosen_nll"] = pref["chosen_nll_sum"].double() / pref["chosen_tokens"].clamp(min=1)
     if drift_set is not None:

@@ -330,10 +330,11 @@ class Trainer:
             ref_chosen_logps=ref_chosen,
             ref_rejected_logps=ref_rejected,
             beta=cfg.loss.beta,
-            loss_type=cfg.loss.loss_type,
+            loss_type=[term for term, _ in cfg.loss.combination],
+            loss_weights=[weight for _, weight in cfg.loss.combination],
             label_smoothing=cfg.loss.label_smoothing,
             length_normalize=cfg.loss.length_normalize,
-            sft_weight=cfg.loss.sft_weight,
+            dpop_lambda=cfg.loss.dpop_lambda,
             sft_num_tokens=sft_num_tokens,
         )
 

@@ -5,17 +5,19 @@
 References:
   DPO: Rafailov et al. 2023, "Direct Preference Optimization", eq. 7 (via `localdpo.localized_dpo_loss`).
   RPO (DPO + NLL of the chosen side): Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1.
+  The other preference losses (APO, DPO-Positive, Cal-DPO) and their sources: `localdpo.losses`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
 from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_LOSS_MASK
-from localdpo.losses import LossType, localized_dpo_loss, masked_sft_loss
+from localdpo.losses import LossType, localized_dpo_loss, loss_combination, masked_sft_loss, masked_sum
 from localdpo.tokenization import SpanMode
 
 
@@ -93,6 +95,26 @@ class MethodOutput:
     """Detached (B,) or () tensors under W&B keys (`rewards/chosen`, ...), averaged by the caller."""
 
 
+def span_logp_metrics(
+    side: str, policy_logps: torch.Tensor, mask: torch.Tensor, ref_logps: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """`logps/<side>_span` (policy log-prob summed over the span, batch mean), `..._per_token` (over every
+    span token of the batch) and, with reference log-probs, the same of policy minus reference (`logratios/`):
+    whether a loss pushes the corrected tokens up or only the original ones down (likelihood displacement).
+
+    Shape: policy_logps, mask, ref_logps (B, T) -> every value ().
+    """
+    mask = mask.bool()
+    tokens = mask.sum().clamp(min=1)
+    sums = masked_sum(policy_logps.detach().float(), mask)  # (B,)
+    out = {f"logps/{side}_span": sums.mean(), f"logps/{side}_span_per_token": sums.sum() / tokens}
+    if ref_logps is not None:
+        ratios = masked_sum((policy_logps.detach() - ref_logps).float(), mask)  # (B,)
+        out[f"logratios/{side}_span"] = ratios.mean()
+        out[f"logratios/{side}_span_per_token"] = ratios.sum() / tokens
+    return out
+
+
 def method_loss(
     method: Method | str,
     *,
@@ -104,19 +126,21 @@ def method_loss(
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
     beta: float = 0.1,
-    loss_type: LossType | str = LossType.SIGMOID,
+    loss_type: LossType | str | Sequence[LossType | str] = LossType.SIGMOID,
+    loss_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
     length_normalize: bool = False,
-    sft_weight: float = 0.0,
+    dpop_lambda: float = 50.0,
     sft_num_tokens: float | None = None,
 ) -> MethodOutput:
     """The loss of `method` on one batch and its metrics.
 
-    Preference methods: `localized_dpo_loss` on the loss masks (which the tokenizer set from the span mode),
-    plus `sft_weight` times the masked NLL of the chosen span (RPO-style). `sft`: masked NLL of the chosen
-    span. `sft_full`: NLL of every chosen token after the first, prompt included. The NLL is a token mean:
-    over this batch's scored tokens, or over `sft_num_tokens` (a trainer with gradient accumulation passes the
-    step's scored tokens / micro-batches, so the step's gradient is one token mean over the whole step).
+    Preference methods: `localized_dpo_loss` on the loss masks (which the tokenizer set from the span mode)
+    with the combination `loss_type` / `loss_weights` (its `sft` term is the masked NLL of the chosen span,
+    RPO-style). `sft`: masked NLL of the chosen span. `sft_full`: NLL of every chosen token after the first,
+    prompt included. The NLL is a token mean: over this batch's scored tokens, or over `sft_num_tokens` (a
+    trainer with gradient accumulation passes the step's scored tokens / micro-batches, so the step's gradient
+    is one token mean over the whole step).
 
     Shape: policy_chosen_logps, ref_chosen_logps, chosen_loss_mask, chosen_attention_mask (B, Tc);
     policy_rejected_logps, ref_rejected_logps, rejected_loss_mask (B, Tr).
@@ -126,12 +150,12 @@ def method_loss(
     if method is Method.SFT_FULL:
         mask = full_sequence_mask(chosen_attention_mask)  # (B, Tc)
         loss = masked_sft_loss(policy_chosen_logps, mask, num_tokens=sft_num_tokens)
-        return MethodOutput(loss, {"train/sft_loss": loss.detach(), "tokens/scored": mask.sum().float()})
+        metrics = {"train/sft_loss": loss.detach(), "tokens/scored": mask.sum().float()}
+        return MethodOutput(loss, metrics | span_logp_metrics("chosen", policy_chosen_logps, chosen_loss_mask))
     sft = masked_sft_loss(policy_chosen_logps, chosen_loss_mask, num_tokens=sft_num_tokens)
     if method is Method.SFT:
-        return MethodOutput(
-            sft, {"train/sft_loss": sft.detach(), "tokens/scored": chosen_loss_mask.sum().float()}
-        )
+        metrics = {"train/sft_loss": sft.detach(), "tokens/scored": chosen_loss_mask.sum().float()}
+        return MethodOutput(sft, metrics | span_logp_metrics("chosen", policy_chosen_logps, chosen_loss_mask))
     if (
         policy_rejected_logps is None
         or rejected_loss_mask is None
@@ -151,13 +175,21 @@ def method_loss(
         rejected_loss_mask,
         beta=beta,
         loss_type=loss_type,
+        loss_weights=loss_weights,
         label_smoothing=label_smoothing,
         length_normalize=length_normalize,
+        dpop_lambda=dpop_lambda,
+        sft_num_tokens=sft_num_tokens,
     )
-    loss = out.loss + sft_weight * sft if sft_weight else out.loss
+    preference_loss = sum(
+        weight * out.terms[term.value]
+        for term, weight in loss_combination(loss_type, loss_weights)
+        if term.is_preference
+    )
     metrics = {
-        "train/dpo_loss": out.loss.detach(),
+        "train/preference_loss": preference_loss,
         "train/sft_loss": sft.detach(),
+        **{f"train/loss_{name}": value for name, value in out.terms.items()},
         "rewards/chosen": out.chosen_rewards,
         "rewards/rejected": out.rejected_rewards,
         "rewards/margins": out.margins,
@@ -165,5 +197,7 @@ def method_loss(
         "tokens/scored": (chosen_loss_mask.sum() + rejected_loss_mask.sum()).float(),
         "tokens/chosen_span": chosen_loss_mask.sum(-1).float(),
         "tokens/rejected_span": rejected_loss_mask.sum(-1).float(),
+        **span_logp_metrics("chosen", policy_chosen_logps, chosen_loss_mask, ref_chosen_logps),
+        **span_logp_metrics("rejected", policy_rejected_logps, rejected_loss_mask, ref_rejected_logps),
     }
-    return MethodOutput(loss, metrics)
+    return MethodOutput(out.loss, metrics)

@@ -34,7 +34,7 @@ def test_overrides_are_parsed_to_the_field_type():
     assert config.optim.lr == 1e-5 and isinstance(config.optim.lr, float)
     assert config.train.max_steps == 200 and isinstance(config.train.max_steps, int)
     assert config.method is Method.DPO
-    assert config.loss.loss_type is LossType.IPO
+    assert config.loss.loss_type == [LossType.IPO]
     assert config.eval.task is None
     assert config.model.lora.enabled is True
     assert config.model.lora.target_modules == ["q_proj", "v_proj"]
@@ -129,3 +129,36 @@ def test_all_shipped_configs_load():
     for path in configs:
         assert path.read_text().startswith("# python -m localdpo train --config"), path
         load_config(path)
+
+
+def test_loss_combination_from_overrides_and_the_sft_weight_shorthand():
+    config = load_config(None, ["loss.loss_type=[dpop,sft]", "loss.loss_weights=[1,0.5]", "loss.dpop_lambda=5"])
+    assert config.loss.combination == [(LossType.DPOP, 1.0), (LossType.SFT, 0.5)]
+    assert config.loss.dpop_lambda == 5.0
+    assert load_config(None, ["loss.loss_type=apo_zero"]).loss.combination == [(LossType.APO_ZERO, 1.0)]
+    # loss.sft_weight keeps working: it appends the sft term
+    shorthand = load_config(None, ["loss.sft_weight=0.7"]).loss.combination
+    assert shorthand == [(LossType.SIGMOID, 1.0), (LossType.SFT, 0.7)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.loss_type=[sigmoid,kto]"], r"loss.loss_type\[1\]='kto': expected one of sigmoid"),
+        (["loss.loss_type=[sigmoid,sft]", "loss.loss_weights=[1,-1]"], r"loss.loss_weights=.*finite and >= 0"),
+        (["loss.loss_type=[sigmoid,sft]", "loss.loss_weights=[1]"], r"loss.loss_weights=\[1.0\] has 1 values for 2"),
+        (["loss.loss_type=sft"], r"loss.loss_type: .*no preference term"),
+        (["loss.loss_type=[sigmoid,sft]", "loss.sft_weight=1"], r"loss.sft_weight and an 'sft' term"),
+        (["loss.dpop_lambda=-1"], r"loss.dpop_lambda=-1.0: must be >= 0"),
+    ],
+)
+def test_bad_loss_combination_is_a_config_error_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_loss_list_survives_save_and_load(tmp_path):
+    config = load_config(None, ["loss.loss_type=[apo_zero,sft]", "loss.loss_weights=[1,0.2]"])
+    path = save_config(config, tmp_path / "config.yaml")
+    assert "- apo_zero" in path.read_text()
+    assert load_config(path).loss.combination == [(LossType.APO_ZERO, 1.0), (LossType.SFT, 0.2)]

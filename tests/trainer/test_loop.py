@@ -30,17 +30,40 @@ def _run(tmp_path, tiny, *overrides, **kwargs):
 
 @pytest.mark.parametrize(
     "method, extra",
-    [("ldpo", []), ("dpo", []), ("sft", []), ("sft_full", []), ("ldpo", ["loss.sft_weight=1.0"])],
-    ids=["ldpo", "dpo", "sft", "sft_full", "ldpo+sft"],
+    [
+        ("ldpo", []),
+        ("dpo", []),
+        ("sft", []),
+        ("sft_full", []),
+        ("ldpo", ["loss.sft_weight=1.0"]),
+        ("ldpo", ["loss.loss_type=apo_zero"]),
+        ("ldpo", ["loss.loss_type=apo_down"]),
+        ("ldpo", ["loss.loss_type=dpop"]),
+        ("ldpo", ["loss.loss_type=cal_dpo"]),
+        ("ldpo", ["loss.loss_type=[dpop,sft]", "loss.loss_weights=[1,0.5]"]),
+    ],
+    ids=["ldpo", "dpo", "sft", "sft_full", "ldpo+sft", "apo_zero", "apo_down", "dpop", "cal_dpo", "dpop+sft"],
 )
 def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra):
     """Full batch (4 steers) so every step sees the same data: the loss must fall."""
     result = _run(tmp_path, tiny, f"method={method}", "train.max_steps=4", *extra)
     losses = [row["train/loss"] for row in result.train_log]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
-    if method.startswith("ldpo") or method == "dpo":
+    first = result.train_log[0]
+    if method == "dpo" or (method == "ldpo" and not any("loss_type" in x for x in extra)):
         # policy == reference at step 0: every margin is 0 and the DPO loss is log 2
-        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert first["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    if any("loss_type" in x for x in extra):
+        # at step 0 Δc = Δr = 0: APO 1 - σ(0) + σ(0) = 1, σ(0) + 1 - σ(0) = 1; DPOP log 2; Cal-DPO
+        # log 2 + 2 (1/(2β))² = log 2 + 50 at β = 0.1
+        step0 = {"apo_zero": 1.0, "apo_down": 1.0, "dpop": math.log(2), "cal_dpo": math.log(2) + 50.0}
+        term = extra[0].split("=")[1].strip("[]").split(",")[0]
+        assert first[f"train/loss_{term}"] == pytest.approx(step0[term], abs=1e-5)
+    if method != "sft_full":
+        assert math.isfinite(first["logps/chosen_span"]) and first["logps/chosen_span_per_token"] < 0
+    if method in ("ldpo", "dpo"):
+        assert first["logratios/chosen_span"] == pytest.approx(0.0, abs=1e-5)
+        assert result.train_log[-1]["logratios/chosen_span"] != 0
     assert losses[-1] < losses[0] - 0.01, losses
 
 
@@ -117,7 +140,7 @@ def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny
     # computed once, before the first step; held-out steers get the EvalReference instead
     assert cache.stats.misses == len(train)
     assert cache.stats.hits >= 2 * len(train)  # then every batch is looked up
-    assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert result.train_log[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-6)
     with pytest.raises(ValueError, match="another span mode"):
         Trainer(
             tiny_config(tmp_path / "x", "method=dpo"),
@@ -163,7 +186,7 @@ def test_lora_trains_only_the_adapter_against_the_base_model(tmp_path, tiny):
         )
         trainer = Trainer(config, model=model, tokenizer=tokenizer, train_steers=TRAIN, eval_steers=HELD)
         result = trainer.run()
-        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert result.train_log[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-6)
         assert result.train_log[-1]["train/loss"] < result.train_log[0]["train/loss"]
         assert trainer.params and all("lora_" in name for name in trainer.params)
 
@@ -235,4 +258,4 @@ def test_cuda_bf16_autocast_run(tmp_path, tiny, method):
     assert result.train_log[-1]["train/loss"] < result.train_log[0]["train/loss"]
     assert result.train_log[0]["perf/peak_memory_gb"] > 0
     if method == "ldpo":
-        assert result.train_log[0]["train/dpo_loss"] == pytest.approx(math.log(2), abs=1e-3)
+        assert result.train_log[0]["train/preference_loss"] == pytest.approx(math.log(2), abs=1e-3)

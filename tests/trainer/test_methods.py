@@ -43,9 +43,9 @@ def test_ldpo_loss_hand_computed():
     assert out.metrics["tokens/scored"].item() == 3
 
 
-def test_sft_weight_adds_the_chosen_span_nll():
+def test_sft_term_adds_the_chosen_span_nll():
     """RPO-style: 0.6587596 + 0.5 * NLL(chosen span) = 0.6587596 + 0.5 * 1.0 = 1.1587596."""
-    out = _loss(Method.LDPO, beta=0.1, sft_weight=0.5)
+    out = _loss(Method.LDPO, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
     assert out.loss.item() == pytest.approx(1.1587595555486971, abs=1e-6)
 
 
@@ -135,3 +135,25 @@ def test_ldpo_ignores_rejected_text_after_the_span(tiny):
     torch.testing.assert_close(longer_tail, base, rtol=0, atol=1e-6)
     assert abs(other_span.item() - base.item()) > 1e-4
     assert abs(dpo_like.item() - dpo_base.item()) > 1e-4  # whole-completion DPO does see the tail
+
+
+def test_span_log_probs_are_logged_against_the_reference():
+    """Chosen span: policy -1.0, reference -1.5 (one token); rejected span: policy -0.5 - 1.5 = -2.0 over
+    2 tokens, reference -0.8 - 1.0 = -1.8."""
+    metrics = _loss(Method.LDPO, beta=0.1).metrics
+    assert metrics["logps/chosen_span"].item() == pytest.approx(-1.0)
+    assert metrics["logps/chosen_span_per_token"].item() == pytest.approx(-1.0)
+    assert metrics["logratios/chosen_span"].item() == pytest.approx(0.5)
+    assert metrics["logps/rejected_span"].item() == pytest.approx(-2.0)
+    assert metrics["logps/rejected_span_per_token"].item() == pytest.approx(-1.0)
+    assert metrics["logratios/rejected_span"].item() == pytest.approx(-0.2)
+    assert metrics["logratios/rejected_span_per_token"].item() == pytest.approx(-0.1)
+    sft = _loss(Method.SFT).metrics
+    assert sft["logps/chosen_span"].item() == pytest.approx(-1.0) and "logratios/chosen_span" not in sft
+
+
+def test_each_term_of_a_combination_is_logged():
+    out = _loss(Method.LDPO, beta=0.1, loss_type=["dpop", "sft"], loss_weights=[1.0, 0.5])
+    assert out.metrics["train/loss_dpop"].item() == pytest.approx(0.6587595555486971, abs=1e-6)  # Δc > 0
+    assert out.metrics["train/loss_sft"].item() == pytest.approx(1.0)
+    assert out.metrics["train/preference_loss"].item() == pytest.approx(0.6587595555486971, abs=1e-6)
