@@ -296,7 +296,7 @@ def validate(config: RunConfig) -> RunConfig:
         if not 0 <= weight < float("inf"):
             raise ConfigError(f"loss.loss_weights={config.loss.loss_weights}: every weight must be finite and >= 0")
     try:
-        config.loss.combination
+        _ = config.loss.combination
     except ValueError as error:  # a repeated type, or no preference term with a positive weight
         raise ConfigError(f"loss.loss_type: {error}") from None
     if config.loss.dpop_lambda < 0:
