@@ -2,7 +2,7 @@
 
 import pytest
 
-from localdpo.tasks import TASKS, MistakeKind, Verdict, get_task, resolve_tasks, split_of
+from localdpo.tasks import SPLITS, TASKS, MistakeKind, Verdict, get_task, resolve_tasks, split_of
 from localdpo.tasks.parsing import NUMBER, WORD, find_lists
 
 ADD = get_task("addition")
@@ -362,3 +362,20 @@ def test_tasks_cli_lists_names(capsys):
 
     assert main(["tasks"]) == 0
     assert capsys.readouterr().out.split() == list(TASKS)
+
+
+def test_three_splits_are_disjoint_and_the_heldout_split_did_not_move():
+    """Validation takes 15 of the train share's 75 hash points; held-out keeps exactly its old points (< 25),
+    so held-out results from before the validation split stay comparable."""
+    import hashlib
+
+    task = get_task("addition")
+    by_split = {split: {p.id for p in task.prompts(150, seed=0, split=split)} for split in SPLITS}
+    assert all(len(ids) == 150 for ids in by_split.values())
+    for a, b in (("train", "validation"), ("train", "heldout"), ("validation", "heldout")):
+        assert not by_split[a] & by_split[b], (a, b)
+    for i in range(3000):
+        old_heldout = int.from_bytes(hashlib.sha256(f"0:x/{i}".encode()).digest()[:8], "big") % 100 < 25
+        assert (split_of(f"x/{i}") == "heldout") == old_heldout
+    shares = [split_of(f"x/{i}") for i in range(4000)]
+    assert 0.12 < shares.count("validation") / 4000 < 0.18

@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--n", type=int, default=100, help="prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling and generation seed")
-    parser.add_argument("--split", choices=("train", "heldout"), default="train")
+    parser.add_argument("--split", choices=("train", "validation", "heldout"), default="train")
     parser.add_argument("--out", required=True, help="output JSONL file")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localdpo.compare.config import CompareConfig
-from localdpo.compare.pipeline import ComparisonResult, prepare_steers, run_comparison
+from localdpo.compare.pipeline import ComparisonResult, comparison_steers, run_comparison
 from localdpo.compare.report import markdown_tables, summarize
 from localdpo.steers import load_steers, save_steers
 
@@ -31,7 +31,7 @@ def shared_steers(config: CompareConfig, directory: Path) -> tuple[Path, Path]:
         from localdpo.trainer.modeling import load_base_model
 
         model, tokenizer = load_base_model(config.run_config(config.baseline, config.seeds[0]))
-        train, heldout, _ = prepare_steers(config, model.eval(), tokenizer)
+        train, heldout, _, _ = comparison_steers(config, config.tasks[0], model.eval(), tokenizer)
         save_steers(heldout, heldout_file)
         save_steers(train, train_file)
     return train_file, heldout_file

@@ -1,8 +1,9 @@
-"""Configuration of a comparison: one set of steers, one starting model, several methods and seeds.
+"""Configuration of a comparison: one starting model, one or more tasks, several methods and seeds.
 
 A preset is a YAML file in `localdpo/compare/presets/` (`cpu`, `gpu`, `tiny`); `--config FILE` reads any
 other. `run:` is a `RunConfig` mapping shared by every run (`localdpo.trainer.config`); each variant adds
-its own `key=value` overrides, so the methods differ only in what those overrides say.
+its own `key=value` overrides, so the methods differ only in what those overrides say. `select:` gives each
+variant a grid of hyperparameters chosen on the validation prompts before the final runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 @dataclass
 class SteerSource:
     train_file: str | None = None
-    """Train steers from this JSONL file instead of making them."""
+    """Train steers from this JSONL file instead of making them (with several tasks, `{task}` in the name
+    stands for each task's name)."""
     heldout_file: str | None = None
     """Held-out steers from this JSONL file instead of making them."""
     train_prompts: int = 400
@@ -34,14 +36,44 @@ class SteerSource:
     """Seed of the prompt samples (the train/held-out split itself is a fixed hash of each prompt)."""
     max_new_tokens: int | None = None
     """Generation length for steers and task evaluation; None = the task's default."""
+    validation_file: str | None = None
+    """Validation steers (selection only) from this JSONL file instead of making them."""
+
+
+@dataclass
+class SelectConfig:
+    """Hyperparameter selection: every grid point of a variant trains once (first seed) and is scored on the
+    validation prompts; the final runs use each variant's best point. The held-out split is never read."""
+
+    grid: dict[str, list] = field(default_factory=dict)
+    """`RunConfig` key -> values tried for every variant, e.g. `{optim.lr: [1.0e-6, 5.0e-6, 3.0e-5]}`."""
+    variants: dict[str, dict[str, list]] = field(default_factory=dict)
+    """Variant label -> its own extra grid keys (`loss.beta`, `loss.dpop_lambda`, `loss.sft_weight`, ...);
+    a key given here replaces the shared grid's values for that variant."""
+    validation_prompts: int = 60
+    """Validation-split prompts whose greedy task accuracy scores a grid point (validation steers are made
+    from the starting model's mistakes on them for the tie-breaks)."""
+
+    def points(self, label: str) -> list[list[str]]:
+        """Every grid point of `label` as `key=value` overrides (the cartesian product, in key order)."""
+        grid = {**self.grid, **self.variants.get(label, {})}
+        points: list[list[str]] = [[]]
+        for key, values in grid.items():
+            points = [[*point, f"{key}={_override_value(value)}"] for point in points for value in values]
+        return points
+
+
+def _override_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 @dataclass
 class CompareConfig:
     name: str = "cpu"
     """Name of the comparison: the W&B group and the default output directory `outputs/compare-<name>`."""
-    task: str = "addition"
-    """Checkable task the steers come from (`localdpo tasks`)."""
+    task: str | list[str] = "addition"
+    """Checkable task the steers come from (`localdpo tasks`), or a list: one comparison per task (its own
+    steers, reference cache, selection and tables) and a table pooled over the tasks."""
     model: str = "smollm2-135m-instruct"
     """Starting model of every run (`tiny`, the embedded model, a directory or a hub id)."""
     out_dir: str | None = None
@@ -66,27 +98,60 @@ class CompareConfig:
     eval_batch_size: int = 32
     """Prompts per greedy generation batch: steer making, and every run's task evaluation (unless
     `run.eval.task_batch_size` sets its own)."""
+    select: SelectConfig | None = None
+    """Hyperparameters chosen per variant on the validation split (None = the variants as written)."""
 
     @property
     def output_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("outputs") / f"compare-{self.name}"
 
-    def run_config(self, label: str, seed: int, *, extra: list[str] | None = None) -> RunConfig:
-        """The `RunConfig` of one variant and seed (validated)."""
+    @property
+    def tasks(self) -> list[str]:
+        return [self.task] if isinstance(self.task, str) else list(self.task)
+
+    def task_dir(self, task: str) -> Path:
+        """Where one task's steers, runs and tables go: the output directory itself for a single task."""
+        return self.output_dir if len(self.tasks) == 1 else self.output_dir / task
+
+    def run_config(
+        self,
+        label: str,
+        seed: int,
+        *,
+        task: str | None = None,
+        extra: list[str] | None = None,
+        point: list[str] | None = None,
+        selection: bool = False,
+    ) -> RunConfig:
+        """The `RunConfig` of one variant and seed (validated), with grid `point` overrides; a `selection` run
+        is scored once, at its end, on the validation prompts."""
         if label not in self.variants:
             raise ConfigError(f"unknown variant {label!r}; variants: {', '.join(self.variants)}")
+        task = task or self.tasks[0]
         config = from_dict(self.run or {})
-        for item in [*self.variants[label], *(extra or [])]:
+        for item in [*self.variants[label], *(point or []), *(extra or [])]:
             apply_override(config, item)
         config.train.seed = seed
         config.model.name = self.model
-        config.run_dir = str(self.output_dir / "runs" / f"{label}-seed{seed}")
         config.wandb.group = config.wandb.group or f"compare-{self.name}"
-        config.wandb.name = f"{self.name}/{label}/seed{seed}"
-        config.eval.task = self.task
-        config.eval.task_n = self.steers.heldout_prompts
+        config.eval.task = task
         config.eval.task_seed = self.steers.seed
         config.eval.task_batch_size = config.eval.task_batch_size or self.eval_batch_size
+        prefix = f"{self.name}/{task}" if len(self.tasks) > 1 else self.name
+        if selection:
+            name = f"{label}-" + "-".join(p.replace("=", "") for p in point or []) if point else label
+            config.run_dir = str(self.task_dir(task) / "select" / name)
+            config.wandb.name = f"{prefix}/select/{name}"
+            config.eval.task_split = "validation"
+            config.eval.task_n = self.select.validation_prompts if self.select else 0
+            config.eval.at_start = False
+            config.eval.every = 0
+            config.eval.task_every = 0
+        else:
+            config.run_dir = str(self.task_dir(task) / "runs" / f"{label}-seed{seed}")
+            config.wandb.name = f"{prefix}/{label}/seed{seed}"
+            config.eval.task_split = "heldout"
+            config.eval.task_n = self.steers.heldout_prompts
         return validate(config)
 
 
@@ -104,6 +169,16 @@ def _coerce_compare(data: dict[str, Any], source: str) -> CompareConfig:
                 f"{source}: unknown key 'steers.{bad[0]}'; valid: {', '.join(sorted(steer_names))}"
             )
         values["steers"] = SteerSource(**(values["steers"] or {}))
+    if values.get("select") is not None:
+        select = values["select"]
+        select_names = {f.name for f in dataclasses.fields(SelectConfig)}
+        bad = sorted(set(select) - select_names) if isinstance(select, dict) else ["<not a mapping>"]
+        if bad:
+            raise ConfigError(f"{source}: unknown key 'select.{bad[0]}'; valid: {', '.join(sorted(select_names))}")
+        grids = [select.get("grid") or {}, *(select.get("variants") or {}).values()]
+        if not all(isinstance(g, dict) and all(isinstance(v, list) and v for v in g.values()) for g in grids):
+            raise ConfigError(f"{source}: select grids must map a key to a non-empty list of values")
+        values["select"] = SelectConfig(**select)
     if "variants" in values:
         variants = values["variants"]
         if not isinstance(variants, dict) or not all(isinstance(v, list) for v in variants.values()):
@@ -113,10 +188,32 @@ def _coerce_compare(data: dict[str, Any], source: str) -> CompareConfig:
         raise ConfigError(
             f"{source}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"
         )
-    for label in config.variants:
-        config.run_config(label, config.seeds[0] if config.seeds else 0)  # fail now, not after an hour
     if not config.seeds:
         raise ConfigError(f"{source}: 'seeds' is empty")
+    if not config.tasks:
+        raise ConfigError(f"{source}: 'task' is empty")
+    from localdpo.tasks import TASKS
+
+    for task in config.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"{source}: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    for key in ("train_file", "heldout_file", "validation_file"):
+        value = getattr(config.steers, key)
+        if len(config.tasks) > 1 and value and "{task}" not in value:
+            raise ConfigError(
+                f"{source}: steers.{key}={value!r} holds one task's steers; with several tasks put "
+                "'{task}' in the file name (one file per task)"
+            )
+    if config.select is not None:
+        unknown = sorted(set(config.select.variants) - set(config.variants))
+        if unknown:
+            raise ConfigError(f"{source}: select.variants names {unknown[0]!r}, not one of {list(config.variants)}")
+    for label in config.variants:  # fail now, not after an hour
+        for point in config.select.points(label) if config.select else [[]]:
+            try:
+                config.run_config(label, config.seeds[0], point=point, selection=config.select is not None)
+            except ConfigError as error:
+                raise ConfigError(f"{source}: variant {label!r} {' '.join(point)}: {error}") from None
     return config
 
 
@@ -134,7 +231,7 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
     if not path.is_file():
         raise ConfigError(f"comparison config not found: {path}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for key in ("train_file", "heldout_file"):
+    for key in ("train_file", "heldout_file", "validation_file"):
         # a steer file named in a config is looked for next to the config first (presets ship theirs)
         value = (data.get("steers") or {}).get(key)
         if value and not Path(value).is_absolute() and (path.parent / value).is_file():
@@ -152,5 +249,6 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
 
 
 def save_compare_config(config: CompareConfig, path: Path) -> None:
-    data = dataclasses.asdict(config)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    from localdpo.compare.report import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from localdpo.compare.config import CompareConfig, save_compare_config
@@ -41,17 +42,21 @@ def _prompt_ids(steers: list[Steer]) -> set[str]:
     return {s.meta.get("prompt_id") for s in steers if isinstance(s.meta, dict) and s.meta.get("prompt_id")}
 
 
-def prepare_steers(config: CompareConfig, model, tokenizer) -> tuple[list[Steer], list[Steer], dict]:
-    """Train and held-out steers (loaded or made from the starting model's own mistakes), split-checked."""
-    from localdpo.steermaking import make_steers
+def comparison_steers(
+    config: CompareConfig, task_name: str, model, tokenizer
+) -> tuple[list[Steer], list[Steer], list[Steer], dict]:
+    """Train, held-out and (when selecting) validation steers of one task, loaded or made from the starting
+    model's own mistakes; checked so that no prompt reaches two splits."""
+    from localdpo.steermaking import GenerationConfig, make_steers
     from localdpo.tasks import get_task
 
     source, summaries = config.steers, {}
-    task = get_task(config.task)
+    task = get_task(task_name)
+
+    def loaded(path: str) -> list[Steer]:
+        return load_steers(path.replace("{task}", task_name))  # one file per task: `{task}` in its name
 
     def made(split: str, n: int) -> list[Steer]:
-        from localdpo.steermaking import GenerationConfig
-
         generation = GenerationConfig(
             max_new_tokens=source.max_new_tokens or task.max_new_tokens, batch_size=config.eval_batch_size
         )
@@ -62,18 +67,30 @@ def prepare_steers(config: CompareConfig, model, tokenizer) -> tuple[list[Steer]
         _log(summary.row())
         return steers
 
-    train = load_steers(source.train_file) if source.train_file else made("train", source.train_prompts)
-    heldout = (
-        load_steers(source.heldout_file) if source.heldout_file else made("heldout", source.heldout_prompts)
-    )
-    leaked = _prompt_ids(train) & _prompt_ids(heldout)
-    if leaked:
-        raise ValueError(
-            f"{len(leaked)} held-out prompts also appear in the training steers, e.g. {sorted(leaked)[:3]}"
+    train = loaded(source.train_file) if source.train_file else made("train", source.train_prompts)
+    heldout = loaded(source.heldout_file) if source.heldout_file else made("heldout", source.heldout_prompts)
+    validation: list[Steer] = []
+    if config.select is not None:
+        validation = (
+            loaded(source.validation_file)
+            if source.validation_file
+            else made("validation", config.select.validation_prompts)
         )
+    for (a_name, a), (b_name, b) in (
+        (("held-out", heldout), ("training", train)),
+        (("validation", validation), ("training", train)),
+        (("validation", validation), ("held-out", heldout)),
+    ):
+        leaked = _prompt_ids(a) & _prompt_ids(b)
+        if leaked:
+            raise ValueError(
+                f"{len(leaked)} {a_name} prompts also appear in the {b_name} steers, e.g. {sorted(leaked)[:3]}"
+            )
     if not train:
-        raise ValueError("no training steers: the starting model made no usable mistake on the train prompts")
-    return train, heldout, summaries
+        raise ValueError(
+            f"no training steers for {task_name}: the starting model made no usable mistake on the train prompts"
+        )
+    return train, heldout, validation, summaries
 
 
 def _history(result_history: list[dict]) -> list[dict]:
@@ -91,19 +108,32 @@ def _history(result_history: list[dict]) -> list[dict]:
     return points
 
 
+@dataclass
+class _Shared:
+    """What every task's runs share: the starting model, its tokenizer, device and drift set."""
+
+    model: object
+    tokenizer: object
+    device: torch.device
+    drift: object
+
+
 def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) -> ComparisonResult:
-    """Make (or load) the steers, train every variant for every seed, evaluate, write results and plots."""
-    from localdpo.trainer import Trainer
-    from localdpo.trainer.device import autocast_dtype, resolve_device
+    """For each task: make (or load) the steers, choose each variant's hyperparameters on the validation
+    split (when `select:` is set), train every variant for every seed, evaluate on the held-out split, write
+    results and plots; with several tasks, also a table pooled over the tasks."""
+    from localdpo.trainer.device import resolve_device
     from localdpo.trainer.drift import DriftSet, load_drift_prompts
     from localdpo.trainer.modeling import load_base_model
-    from localdpo.trainer.reference import reference_cache_for
 
     started = time.perf_counter()
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_compare_config(config, out / "compare_config.yaml")
     labels = variants or list(config.variants)
+    unknown = [label for label in labels if label not in config.variants]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(config.variants)}")
 
     probe = config.run_config(labels[0], config.seeds[0])
     torch.manual_seed(0)
@@ -112,22 +142,106 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     _log(
         f"starting model: {config.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
     )
-
-    train_steers, heldout_steers, steer_summaries = prepare_steers(config, model, tokenizer)
-    save_steers(train_steers, out / "steers_train.jsonl")
-    save_steers(heldout_steers, out / "steers_heldout.jsonl")
-    _log(f"{len(train_steers)} train steers, {len(heldout_steers)} held-out steers")
-
     device = resolve_device(probe.train.device)
     model.to(device)
-    cache = reference_cache_for(
-        probe, model, tokenizer, device=device, autocast_dtype=autocast_dtype(probe.train.precision, device)
-    )
     drift = None
     if probe.eval.drift:
         prompts = load_drift_prompts(probe.eval.drift_prompts)[: probe.eval.drift_num_prompts]
         drift = DriftSet.build(
             model, tokenizer, prompts, max_new_tokens=probe.eval.drift_max_new_tokens, device=device
+        )
+    shared = _Shared(model, tokenizer, device, drift)
+
+    records: list[RunRecord] = []
+    outputs: list[tuple[Path, Path, list[Path]]] = []
+    for task in config.tasks:
+        task_records, task_outputs = _run_task(config, task, labels, shared, started)
+        records += task_records
+        outputs.append(task_outputs)
+    results_md, results_csv, plots = outputs[0]
+    if len(config.tasks) > 1:
+        results_md, results_csv = out / "results.md", out / "results.csv"
+        _write_pooled(config, records, results_md, results_csv, time.perf_counter() - started, device)
+        plots = [p for _, _, task_plots in outputs for p in task_plots]
+    seconds = time.perf_counter() - started
+    _log(f"done in {seconds / 60:.1f} min: {results_md}, {results_csv}")
+    return ComparisonResult(out, records, results_md, results_csv, plots, seconds)
+
+
+def _train(config: CompareConfig, run_config, shared: _Shared, steers, eval_steers, cache, eval_reference):
+    from localdpo.trainer import Trainer
+
+    trainer = Trainer(
+        run_config,
+        model=shared.model,
+        tokenizer=shared.tokenizer,
+        train_steers=steers,
+        eval_steers=eval_steers,
+        reference_cache=cache,
+        drift_set=shared.drift,
+        eval_reference=eval_reference,
+    )
+    result = trainer.run()
+    return trainer, result
+
+
+def _select(config: CompareConfig, task: str, labels, shared: _Shared, train, validation, cache):
+    """Train every grid point of every variant once (first seed), score it on the validation split."""
+    from localdpo.compare.selection import GridPoint, choose
+
+    points: list[GridPoint] = []
+    chosen: dict[str, GridPoint] = {}
+    eval_reference = None
+    seed = config.seeds[0]
+    for label in labels:
+        candidates = []
+        for point in config.select.points(label):
+            run_config = config.run_config(label, seed, task=task, point=point, selection=True)
+            _log(f"[{task}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps")
+            trainer, result = _train(config, run_config, shared, train, validation, cache, eval_reference)
+            eval_reference = trainer.eval_reference
+            metrics = result.history[-1] if result.history else {}
+            grid_point = GridPoint(label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")})
+            grid_point.run_dir = str(result.run_dir)
+            candidates.append(grid_point)
+            del trainer
+        chosen[label] = choose(candidates)
+        _log(f"[{task}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
+        points += candidates
+    return points, chosen
+
+
+def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started: float):
+    from localdpo.compare.selection import selection_table
+    from localdpo.trainer.device import autocast_dtype
+    from localdpo.trainer.reference import reference_cache_for
+
+    out = config.task_dir(task)
+    out.mkdir(parents=True, exist_ok=True)
+    train_steers, heldout_steers, validation_steers, steer_summaries = comparison_steers(
+        config, task, shared.model, shared.tokenizer
+    )
+    save_steers(train_steers, out / "steers_train.jsonl")
+    save_steers(heldout_steers, out / "steers_heldout.jsonl")
+    if config.select is not None:
+        save_steers(validation_steers, out / "steers_validation.jsonl")
+    _log(
+        f"[{task}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
+        + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
+    )
+    probe = config.run_config(labels[0], config.seeds[0], task=task)
+    cache = reference_cache_for(
+        probe,
+        shared.model,
+        shared.tokenizer,
+        device=shared.device,
+        autocast_dtype=autocast_dtype(probe.train.precision, shared.device),
+    )
+
+    grid_points, chosen = [], {}
+    if config.select is not None:
+        grid_points, chosen = _select(
+            config, task, labels, shared, train_steers, validation_steers, cache
         )
 
     records: list[RunRecord] = []
@@ -137,21 +251,15 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
         for label in labels:
             # the starting model is evaluated once (first run's step 0) and shared by every curve
             extra = ["eval.at_start=false"] if base_items is not None else []
-            run_config = config.run_config(label, seed, extra=extra)
+            point = chosen[label].point if label in chosen else []
+            run_config = config.run_config(label, seed, task=task, point=point, extra=extra)
             _log(
-                f"training {label} seed {seed}: {run_config.train.max_steps} steps of {run_config.train.batch_size} steers"
+                f"[{task}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
+                f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
             )
-            trainer = Trainer(
-                run_config,
-                model=model,
-                tokenizer=tokenizer,
-                train_steers=train_steers,
-                eval_steers=heldout_steers,
-                reference_cache=cache,
-                drift_set=drift,
-                eval_reference=eval_reference,
+            trainer, result = _train(
+                config, run_config, shared, train_steers, heldout_steers, cache, eval_reference
             )
-            result = trainer.run()
             eval_reference = trainer.eval_reference
             history = _history(result.history)
             if base_items is None and trainer.initial_items:
@@ -159,42 +267,101 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
             elif base_point is not None and (not history or history[0]["step"] != 0):
                 history = [base_point, *history]
             records.append(
-                RunRecord(label, seed, trainer.final_items, history=history, run_dir=str(result.run_dir))
+                RunRecord(
+                    label,
+                    seed,
+                    trainer.final_items,
+                    history=history,
+                    run_dir=str(result.run_dir),
+                    task=task,
+                    overrides=list(point),
+                )
             )
             del trainer
     if base_items is not None:
-        records.insert(0, RunRecord("base", 0, base_items))
+        records.insert(0, RunRecord("base", 0, base_items, task=task))
 
     rows = summarize(records, baseline=config.baseline)
     results_md, results_csv = out / "results.md", out / "results.csv"
-    write_csv(rows, results_csv, baseline=config.baseline)
+    write_csv(rows, results_csv, baseline=config.baseline, task=task, selection=grid_points)
     seconds = time.perf_counter() - started
+    notes = _notes(
+        config, task, records, steer_summaries, len(train_steers), len(heldout_steers), seconds, shared.device
+    )
+    selection_md = ""
+    if config.select is not None:
+        notes.append(
+            f"Hyperparameters chosen per variant on {config.select.validation_prompts} validation prompts "
+            f"({len(validation_steers)} validation steers), one run each with seed {config.seeds[0]}: higher "
+            "validation task accuracy, then higher validation preference accuracy, then lower chosen-span NLL, "
+            "then lower drift. The held-out split was not read during selection."
+        )
+        selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, chosen)
     write_markdown(
         rows,
         results_md,
         baseline=config.baseline,
-        title=f"localdpo comparison `{config.name}`: {config.task} steers, {config.model}",
-        notes=_notes(
-            config, records, steer_summaries, len(train_steers), len(heldout_steers), seconds, device
-        ),
+        title=f"localdpo comparison `{config.name}`: {task} steers, {config.model}",
+        notes=notes,
+        extra=selection_md,
     )
-    _write_records(records, out / "records.jsonl")
+    _write_records(records, grid_points, out / "records.jsonl")
     plots = [
         accuracy_over_steps(records, out / "accuracy_over_steps.png"),
         accuracy_vs_drift(rows, out / "accuracy_vs_drift.png"),
     ]
-    _log(
-        f"done in {seconds / 60:.1f} min: {results_md}, {results_csv}, plots {', '.join(str(p) for p in plots)}"
+    return records, (results_md, results_csv, plots)
+
+
+def pooled_records(records: list[RunRecord]) -> list[RunRecord]:
+    """One record per (method, seed) whose items are every task's items side by side (same order of tasks),
+    for paired differences pooled over tasks; a method or metric missing from a task is left out."""
+    tasks = list(dict.fromkeys(r.task for r in records))
+    by = {(r.task, r.method, r.seed): r for r in records}
+    pooled = []
+    for method, seed in dict.fromkeys((r.method, r.seed) for r in records):
+        parts = [by.get((task, method, seed)) for task in tasks]
+        if any(p is None for p in parts):
+            continue
+        keys = set.intersection(*(set(p.items) for p in parts))
+        items = {k: np.concatenate([np.asarray(p.items[k], dtype=np.float64) for p in parts]) for k in sorted(keys)}
+        pooled.append(RunRecord(method, seed, items, task="+".join(tasks)))
+    return pooled
+
+
+def _write_pooled(config: CompareConfig, records, results_md: Path, results_csv: Path, seconds, device) -> None:
+    pooled = pooled_records(records)
+    rows = summarize(pooled, baseline=config.baseline)
+    write_csv(rows, results_csv, baseline=config.baseline, task="+".join(config.tasks))
+    per_task = "\nPer task: " + ", ".join(f"[{task}]({task}/results.md)" for task in config.tasks) + "\n"
+    notes = [
+        f"Pooled over the tasks {config.tasks}: each run's held-out items of every task side by side, so the "
+        f"paired difference against `{config.baseline}` weighs each task by its number of items; per-task "
+        "tables are in each task's folder.",
+        f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
+        f"wall time {seconds / 60:.1f} min.",
+    ]
+    write_markdown(
+        rows,
+        results_md,
+        baseline=config.baseline,
+        title=f"localdpo comparison `{config.name}`: pooled over {', '.join(config.tasks)}, {config.model}",
+        notes=notes,
+        extra=per_task,
     )
-    return ComparisonResult(out, records, results_md, results_csv, plots, seconds)
 
 
-def _notes(config, records, steer_summaries, n_train, n_heldout, seconds, device) -> list[str]:
-    run = config.run_config(config.baseline, config.seeds[0])
+def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, device) -> list[str]:
+    run = config.run_config(config.baseline, config.seeds[0], task=task)
     n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
     notes = [
         f"Seeds {config.seeds}; every variant trained {run.train.max_steps} steps x {run.train.batch_size} steers "
-        f"(x{run.train.grad_accum} accumulation) at lr {run.optim.lr}, beta {run.loss.beta}, from the same weights.",
+        f"(x{run.train.grad_accum} accumulation) from the same weights, at "
+        + (
+            "its own hyperparameters chosen on the validation split (below)."
+            if config.select is not None
+            else f"lr {run.optim.lr}, beta {run.loss.beta}."
+        ),
         f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy mistakes "
         f"(train and held-out prompts are disjoint by a fixed hash of each prompt).",
         f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy and "
@@ -220,16 +387,24 @@ def _notes(config, records, steer_summaries, n_train, n_heldout, seconds, device
     return notes
 
 
-def _write_records(records: list[RunRecord], path: Path) -> None:
-    """Per-run items and histories as JSONL, written atomically (temporary file, then rename)."""
-    rows = (
+def _write_records(records: list[RunRecord], grid_points, path: Path) -> None:
+    """Per-run items and histories (`phase` final) and every selection run's validation metrics (`phase`
+    selection) as JSONL, written atomically (temporary file, then rename)."""
+    rows = [
         {
+            "phase": "final",
+            "task": r.task,
             "method": r.method,
             "seed": r.seed,
+            "overrides": r.overrides,
             "run_dir": r.run_dir,
             "history": r.history,
             "items": {k: [float(x) for x in v] for k, v in r.items.items()},
         }
         for r in records
-    )
+    ]
+    rows += [
+        {"phase": "selection", "method": p.label, "overrides": p.point, "run_dir": p.run_dir, "metrics": p.metrics}
+        for p in grid_points
+    ]
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -44,6 +44,10 @@ class RunRecord:
     history: list[dict] = field(default_factory=list)
     """Evaluations during training: dicts with `step` and metric keys."""
     run_dir: str | None = None
+    task: str | None = None
+    """Task of the steers and prompts (None: the comparison's only task)."""
+    overrides: list[str] = field(default_factory=list)
+    """Hyperparameters chosen by selection for this run (`key=value`), if any."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(rows: Sequence[SummaryRow], path: Path, *, baseline: str) -> None:
+def write_csv(
+    rows: Sequence[SummaryRow],
+    path: Path,
+    *,
+    baseline: str,
+    task: str = "",
+    selection: Sequence | None = None,
+) -> None:
+    """The summary rows (`phase` final) and, when given, every selection run's validation metrics (`phase`
+    selection: one row per grid point and metric, `method` = variant and its grid point)."""
     header = [
         "method",
         "metric",
@@ -114,6 +127,8 @@ def write_csv(rows: Sequence[SummaryRow], path: Path, *, baseline: str) -> None:
         "diff_ci_low",
         "diff_ci_high",
         "separated",
+        "task",
+        "phase",
     ]
     lines = []
     for row in rows:
@@ -121,7 +136,13 @@ def write_csv(rows: Sequence[SummaryRow], path: Path, *, baseline: str) -> None:
         lines.append(
             [row.method, row.metric, row.value.mean, row.value.low, row.value.high, row.n_seeds, row.n_items]
             + ([d.mean, d.low, d.high, d.excludes(0.0)] if d else ["", "", "", ""])
+            + [task, "final"]
         )
+    for point in selection or []:
+        method = f"{point.label} [{' '.join(point.point)}]"
+        for key, value in point.metrics.items():
+            lines.append([method, f"validation_{key.removeprefix('eval/')}", value, "", "", 1, "", "", "", "", ""])
+            lines[-1] += [task, "selection"]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
@@ -176,14 +197,16 @@ def markdown_tables(rows: Sequence[SummaryRow], *, baseline: str) -> str:
 
 
 def write_markdown(
-    rows: Sequence[SummaryRow], path: Path, *, baseline: str, title: str, notes: Sequence[str]
+    rows: Sequence[SummaryRow], path: Path, *, baseline: str, title: str, notes: Sequence[str], extra: str = ""
 ) -> None:
+    """`results.md`: the tables, the notes, then `extra` (e.g. the selection table)."""
     text = (
         f"# {title}\n\n"
         + markdown_tables(rows, baseline=baseline)
         + "\n"
         + "\n".join(f"- {n}" for n in notes)
         + "\n"
+        + extra
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

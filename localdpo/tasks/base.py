@@ -1,7 +1,8 @@
 """Checkable tasks: seeded prompts, a checker that finds the first wrong item, a corrector that rewrites it.
 
-Splits: a prompt is held out when a hash of its id (and `split_seed`) says so, independently of the seed
-that sampled it, so no sampling seed can ever put a held-out prompt into training steers.
+Splits: a prompt is held out (or kept for validation) when a hash of its id (and `split_seed`) says so,
+independently of the seed that sampled it, so no sampling seed can ever put a held-out or validation prompt
+into training steers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 
 HELDOUT_PERCENT = 25
 """Share of each task's prompt space held out for evaluation (hash of the prompt id < this, out of 100)."""
-SPLITS = ("train", "heldout")
+VALIDATION_PERCENT = 15
+"""Share kept for choosing hyperparameters (hash in [HELDOUT_PERCENT, HELDOUT_PERCENT + this)), taken from
+what was the train share, so the held-out split is the same as before the validation split existed."""
+SPLITS = ("train", "validation", "heldout")
 
 
 class Verdict(str, Enum):
@@ -93,9 +97,13 @@ class Correction:
 
 
 def split_of(prompt_id: str, split_seed: int = 0) -> str:
-    """`"heldout"` or `"train"`: a hash of the prompt id and `split_seed`, stable across runs and machines."""
+    """`"heldout"`, `"validation"` or `"train"`: a hash of the prompt id and `split_seed`, stable across runs
+    and machines (25 / 15 / 60 points out of 100)."""
     digest = hashlib.sha256(f"{split_seed}:{prompt_id}".encode()).digest()
-    return "heldout" if int.from_bytes(digest[:8], "big") % 100 < HELDOUT_PERCENT else "train"
+    point = int.from_bytes(digest[:8], "big") % 100
+    if point < HELDOUT_PERCENT:
+        return "heldout"
+    return "validation" if point < HELDOUT_PERCENT + VALIDATION_PERCENT else "train"
 
 
 class Task(ABC):

@@ -182,6 +182,9 @@ class EvalConfig:
     """Held-out task prompts generated per task evaluation."""
     task_seed: int = 1234
     """Seed of the held-out task prompts."""
+    task_split: str = "heldout"
+    """Prompt split the task accuracy is measured on: `heldout`, or `validation` when choosing
+    hyperparameters (`localdpo compare`'s `select:`), so the held-out split is never read for a choice."""
     task_max_new_tokens: int | None = None
     """Generated tokens per task answer at most; None = the task's own budget."""
     task_batch_size: int | None = None
@@ -260,6 +263,7 @@ class RunConfig:
 _CHOICES = {
     "data.on_too_long": ("error", "skip"),
     "loss.reference": ("cache", "live"),
+    "eval.task_split": ("validation", "heldout"),
     "train.precision": ("auto", "bf16", "fp32"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }

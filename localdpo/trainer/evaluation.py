@@ -131,7 +131,15 @@ def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **k
 
 
 def task_metrics(
-    model, tokenizer, task: str, *, n: int, seed: int, batch_size: int, max_new_tokens: int | None = None
+    model,
+    tokenizer,
+    task: str,
+    *,
+    n: int,
+    seed: int,
+    batch_size: int,
+    max_new_tokens: int | None = None,
+    split: str = "heldout",
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.taskeval.evaluate_task` (greedy
     answers), and per prompt `task_accuracy` and `format_kept` (0/1, (n,))."""
@@ -145,6 +153,7 @@ def task_metrics(
         seed=seed,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        split=split,
         records=True,
     )
     verdicts = [record["verdict"] for record in result.pop("records")]
@@ -214,6 +223,7 @@ def evaluate_policy(
             seed=config.eval.task_seed,
             batch_size=config.eval.task_batch_size or config.eval.batch_size,
             max_new_tokens=config.eval.task_max_new_tokens,
+            split=config.eval.task_split,
         )
         metrics.update(task_result)
         items.update(task_items)

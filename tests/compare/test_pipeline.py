@@ -6,7 +6,7 @@ import json
 import pytest
 
 from localdpo.compare.config import load_compare_config, preset_path
-from localdpo.compare.pipeline import prepare_steers, run_comparison
+from localdpo.compare.pipeline import comparison_steers, pooled_records, run_comparison
 from localdpo.steers import load_steers, save_steers
 from localdpo.trainer.config import ConfigError
 from localdpo.trainer.logging import read_offline_run
@@ -87,7 +87,7 @@ def test_heldout_prompts_never_reach_training(tmp_path):
     save_steers([*train, heldout[0]], tmp_path / "leaky.jsonl")
     leaky = load_compare_config(preset_path("tiny"), [f"steers.train_file={tmp_path / 'leaky.jsonl'}"])
     with pytest.raises(ValueError, match="held-out prompts also appear in the training steers"):
-        prepare_steers(leaky, model=None, tokenizer=None)
+        comparison_steers(leaky, "addition", model=None, tokenizer=None)
 
 
 def test_bad_comparison_configs_are_clear():
@@ -97,3 +97,85 @@ def test_bad_comparison_configs_are_clear():
         load_compare_config(preset_path("tiny"), ["baseline=x"])
     with pytest.raises(ConfigError, match="unknown config key 'loss.betta'"):
         load_compare_config(preset_path("tiny"), ["variants={sft: [method=sft], b: [loss.betta=1]}"])
+
+
+def _multiples_steers(path, split, n):
+    from localdpo.steers import Steer
+
+    steers = [
+        Steer(
+            prompt=f"List the first 4 multiples of {k}.",
+            prefix=f"1. {k}\n2. ",
+            rejected=f"{2 * k + 1}\n3. {3 * k}",
+            chosen=f"{2 * k}",
+            id=f"{split}-{k}",
+            meta={"task": "multiples", "prompt_id": f"multiples/{split}/{k}", "split": split},
+        )
+        for k in range(3, 3 + n)
+    ]
+    save_steers(steers, path)
+
+
+def test_selection_then_final_runs_on_two_tasks(tmp_path):
+    """Every grid point trains once and is scored on validation data only; the final runs use each variant's
+    chosen point; each task gets its own tables; a pooled table pairs the runs across tasks."""
+    for split, n in (("train", 4), ("heldout", 3), ("validation", 2)):
+        _multiples_steers(tmp_path / f"multiples_{split}.jsonl", split, n)
+    tiny = load_compare_config(preset_path("tiny"))
+    for split, source in (
+        ("train", tiny.steers.train_file),
+        ("heldout", tiny.steers.heldout_file),
+        ("validation", tiny.steers.heldout_file),
+    ):
+        steers = load_steers(source)
+        if split == "validation":  # two steers whose prompts are in neither other file
+            steers = [replace_meta(s, f"addition/validation/{i}") for i, s in enumerate(steers[:2])]
+        save_steers(steers, tmp_path / f"addition_{split}.jsonl")
+    config = load_compare_config(
+        preset_path("tiny"),
+        [
+            f"out_dir={tmp_path / 'out'}",
+            f"run.cache_dir={tmp_path / 'cache'}",
+            "task=[addition,multiples]",
+            f"steers.train_file={tmp_path}/{{task}}_train.jsonl",
+            f"steers.heldout_file={tmp_path}/{{task}}_heldout.jsonl",
+            f"steers.validation_file={tmp_path}/{{task}}_validation.jsonl",
+            "variants={sft: [method=sft], ldpo: [method=ldpo]}",
+            "seeds=[0,1]",
+            "run.train.max_steps=1",
+            "run.eval.task_every=0",
+            "select={grid: {optim.lr: [1.0e-3, 1.0e-5]}, variants: {ldpo: {loss.beta: [0.1, 0.5]}}, validation_prompts: 3}",
+        ],
+    )
+    assert config.select.points("sft") == [["optim.lr=0.001"], ["optim.lr=1.0e-05"]]
+    assert len(config.select.points("ldpo")) == 4
+    result = run_comparison(config)
+    out = result.out_dir
+    for task in ("addition", "multiples"):
+        records = [json.loads(line) for line in (out / task / "records.jsonl").read_text().splitlines()]
+        selection = [r for r in records if r["phase"] == "selection"]
+        assert sorted(len(r["overrides"]) for r in selection) == [1, 1, 2, 2, 2, 2]
+        for r in selection:  # scored on the validation prompts, once, at the end
+            assert r["metrics"]["eval/task_n"] == 3 and r["metrics"]["eval/num_steers"] == 2
+        finals = [r for r in records if r["phase"] == "final" and r["method"] != "base"]
+        assert {(r["method"], r["seed"]) for r in finals} == {(m, s) for m in ("sft", "ldpo") for s in (0, 1)}
+        chosen = {r["method"]: r["overrides"] for r in finals}
+        assert [o.split("=")[0] for o in chosen["ldpo"]] == ["optim.lr", "loss.beta"]
+        for r in finals:
+            assert len(r["items"]["task_accuracy"]) == 6  # the held-out prompts, not the validation ones
+        text = (out / task / "results.md").read_text()
+        assert "## Selection (validation split)" in text and text.count("**yes**") == 2
+        with open(out / task / "results.csv") as handle:
+            phases = {row["phase"] for row in csv.DictReader(handle)}
+        assert phases == {"final", "selection"}
+    pooled = pooled_records(result.records)
+    sft0 = next(r for r in pooled if r.method == "sft" and r.seed == 0)
+    per_task = [r for r in result.records if r.method == "sft" and r.seed == 0]
+    assert len(sft0.items["task_accuracy"]) == sum(len(r.items["task_accuracy"]) for r in per_task) == 12
+    assert "pooled over addition, multiples" in result.results_md.read_text()
+
+
+def replace_meta(steer, prompt_id):
+    from dataclasses import replace
+
+    return replace(steer, id=prompt_id, meta={**steer.meta, "prompt_id": prompt_id, "split": "validation"})
