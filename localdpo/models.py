@@ -24,6 +24,7 @@ from localdpo.embedded import (
     embedded_tokenizer,
 )
 from localdpo.fileintegrity import file_entry, verify_files
+from localdpo.fileio import atomic_write_text
 
 DEFAULT_MODEL = EMBEDDED_MODEL_NAME
 MANIFEST = "manifest.json"
@@ -40,11 +41,7 @@ def write_manifest(directory: str | os.PathLike, source: dict) -> Path:
     directory = Path(directory)
     files = {p.name: file_entry(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"version": MANIFEST_VERSION, "source": source, "files": files}
-    path = directory / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def verify_manifest(directory: str | os.PathLike) -> dict:

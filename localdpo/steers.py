@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
+
+from localdpo.fileio import atomic_open
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]  # noqa: UP007 (a runtime alias: `|` needs Python 3.10 objects)
@@ -262,16 +263,7 @@ def load_steers(
 def save_steers(steers: Iterable[Steer], path: str | os.PathLike) -> Path:
     """Write steers as JSONL atomically (temporary file, then rename); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for steer in steers:
-                handle.write(json.dumps(steer.to_dict(), ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        for steer in steers:
+            handle.write(json.dumps(steer.to_dict(), ensure_ascii=False) + "\n")
     return path

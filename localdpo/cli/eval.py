@@ -24,12 +24,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
-    import os
-    import tempfile
-    from pathlib import Path
 
     import torch
 
+    from localdpo.fileio import atomic_write_text
     from localdpo.models import load_model
     from localdpo.taskeval import evaluate_task
     from localdpo.tasks import resolve_tasks
@@ -60,11 +58,6 @@ def run(args) -> int:
         )
     if args.out:
         report = {"model": str(args.model), "seed": args.seed, "split": "heldout", "results": results}
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report, handle, indent=1)
-        os.replace(tmp, path)
+        path = atomic_write_text(args.out, json.dumps(report, indent=1))
         print(f"wrote {path}")
     return 0

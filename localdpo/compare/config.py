@@ -249,6 +249,6 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
 
 
 def save_compare_config(config: CompareConfig, path: Path) -> None:
-    from localdpo.compare.report import atomic_write_text
+    from localdpo.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

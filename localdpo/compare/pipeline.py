@@ -18,7 +18,8 @@ import torch
 
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
-from localdpo.compare.report import RunRecord, atomic_write_text, summarize, write_csv, write_markdown
+from localdpo.compare.report import RunRecord, summarize, write_csv, write_markdown
+from localdpo.fileio import atomic_write_text
 from localdpo.steers import Steer, load_steers, save_steers
 
 HISTORY_KEYS = {"eval/task_accuracy": "task_accuracy", "eval/task_format_kept": "format_kept"}

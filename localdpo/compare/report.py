@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from localdpo.compare.stats import Interval, interval, paired_difference
+from localdpo.fileio import atomic_open, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -98,13 +97,6 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
     return rows
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_csv(
     rows: Sequence[SummaryRow],
     path: Path,
@@ -143,13 +135,10 @@ def write_csv(
         for key, value in point.metrics.items():
             lines.append([method, f"validation_{key.removeprefix('eval/')}", value, "", "", 1, "", "", "", "", ""])
             lines[-1] += [task, "selection"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(lines)
-    os.replace(tmp, path)
 
 
 def _cell(interval_: Interval, metric: Metric) -> str:
@@ -208,5 +197,4 @@ def write_markdown(
         + "\n"
         + extra
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

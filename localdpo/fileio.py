@@ -1,0 +1,77 @@
+"""Atomic file writes: the one way localdpo writes a file that a reader must never see half-written.
+
+A file is written to a temporary name in its own directory, flushed and fsynced, renamed over the target
+(`os.replace`, atomic on POSIX and Windows), and the directory is fsynced so the rename survives a crash; on
+any failure the temporary file is removed and the target is left as it was. Readers therefore see the old
+file or the new one, never a mix, even if the writer is killed mid-write. (Whole directories, such as
+checkpoints and the converted model, are written the same way one level up: `localdpo.trainer.checkpoint`,
+`localdpo.embedded`.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(
+    path: str | os.PathLike,
+    mode: str = "w",
+    *,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+    temp_prefix: str | None = None,
+) -> Iterator[IO]:
+    """`with atomic_open(path) as handle:` writes `path` atomically when the block ends without error.
+
+    `mode` is `"w"` (text, `encoding`) or `"wb"`; `temp_prefix` names the temporary file (default
+    `.<name>.`, hidden, ending in `.tmp`).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding=encoding if text else None, newline=newline if text else None) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, temp_prefix: str | None = None) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
+    with atomic_open(path, "wb", temp_prefix=temp_prefix) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically; returns the path."""
+    with atomic_open(path, "w", encoding=encoding) as handle:
+        handle.write(text)
+    return Path(path)

@@ -1,0 +1,40 @@
+"""Atomic writes: the old file or the new one, never a mix, and no temporary file left behind."""
+
+import os
+
+import pytest
+
+from localdpo.fileio import atomic_open, atomic_write_bytes, atomic_write_text
+
+
+def test_writes_text_and_bytes_and_replaces_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    assert atomic_write_text(path, "héllo\n") == path
+    assert path.read_bytes() == "héllo\n".encode()
+    atomic_write_bytes(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert os.listdir(path.parent) == ["a.txt"]
+
+
+def test_a_failure_mid_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "results.csv"
+    atomic_write_text(path, "old\n")
+    with pytest.raises(RuntimeError, match="killed"), atomic_open(path) as handle:
+        handle.write("half of the new")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["results.csv"]
+
+
+def test_temporary_file_is_hidden_in_the_same_directory_until_the_rename(tmp_path):
+    path = tmp_path / "x.jsonl"
+    with atomic_open(path) as handle:
+        handle.write("row\n")
+        (temp,) = [p for p in tmp_path.iterdir()]
+        assert temp.name.startswith(".x.jsonl.") and temp.name.endswith(".tmp") and not path.exists()
+    assert path.read_text() == "row\n"
+
+
+def test_only_whole_file_modes(tmp_path):
+    with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_open(tmp_path / "a", "a"):
+        pass
