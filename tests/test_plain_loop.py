@@ -74,19 +74,12 @@ def test_cal_dpo_and_a_combination_train(plain_loop, smol_tokenizer):
 def test_script_takes_the_loss_type(plain_loop, smol_tokenizer, tmp_path, capsys):
     _tiny(smol_tokenizer).save_pretrained(tmp_path)
     smol_tokenizer.save_pretrained(tmp_path)
-    assert (
-        plain_loop.main(
-            ["--model", str(tmp_path), "--steps", "1", "--loss-type", "dpop", "--dpop-lambda", "5"]
-        )
-        == 0
-    )
+    model = ["--model", str(tmp_path)]
+    assert plain_loop.main([*model, "--steps", "1", "--loss-type", "dpop", "--dpop-lambda", "5"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.split()[:2] == ["step", "0"]
     assert float(line.split()[-1]) == pytest.approx(math.log(2), abs=1e-4)  # h = 0 and no penalty at Δc = 0
-    assert (
-        plain_loop.main(["--model", str(tmp_path), "--loss-type", "sigmoid", "sft", "--loss-weights", "1"])
-        == 2
-    )
+    assert plain_loop.main([*model, "--loss-type", "sigmoid", "sft", "--loss-weights", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "plain_loop.py: loss_weights has 1 values for 2 loss types ['sigmoid', 'sft']"
     )
