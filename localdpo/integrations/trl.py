@@ -312,7 +312,7 @@ class LocalizedDPOConfig(DPOConfig):
         default=50.0,
         metadata={
             "help": "λ of DPO-Positive (`loss_type='dpop'`, Pal et al. 2024): weight of the penalty "
-            "max(0, -Δc) when the chosen span's log-ratio falls below 0. The paper uses 50 (500 on some data)."
+            "max(0, -Δc) when the chosen span's log-ratio falls below 0 (default 50, as `localized_dpo_loss`)."
         },
     )
 
@@ -365,8 +365,8 @@ class LocalizedDPOTrainer(DPOTrainer):
         if args is None:
             args = LocalizedDPOConfig(output_dir="localdpo-trl")
         _check_args(args, self.span_mode)
+        # localdpo's types of a loss TRL cannot compute (a list naming dpop or cal_dpo), else None
         self.localized_loss_types = localized_loss_types(args.loss_type)
-        """localdpo's types of a loss TRL cannot compute (one with dpop or cal_dpo), else None."""
         train_dataset = self._steer_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
