@@ -3,17 +3,22 @@
 No trainer framework: tokenize the steers, score both sides with `token_logps`, and minimise
 `localized_dpo_loss` over the span mask. The reference is a frozen copy of the starting model. Default
 model: the embedded SmolLM2-135M-Instruct (CPU is fine: one batch of 4 steers, a few seconds a step).
+Other losses (`localdpo.LossType`): `--loss-type dpop --dpop-lambda 50`, or a weighted sum of terms,
+`--loss-type sigmoid sft --loss-weights 1 0.5`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from collections.abc import Sequence
 
 import torch
 
-from localdpo import Steer, load_steers, localized_dpo_loss, token_logps, tokenize_steer
+from localdpo import LossType, Steer, load_steers, localized_dpo_loss, token_logps, tokenize_steer
 from localdpo.data import collate_pairs
+from localdpo.losses import loss_combination
 
 EXAMPLE_STEERS = [
     Steer(
@@ -28,8 +33,22 @@ EXAMPLE_STEERS = [
 ]
 
 
-def train(model, tokenizer, steers, *, steps: int = 10, lr: float = 1e-5, beta: float = 0.1) -> list[float]:
-    """Train `model` in place on one batch of `steers` for `steps` AdamW steps; the loss before each step."""
+def train(
+    model,
+    tokenizer,
+    steers,
+    *,
+    steps: int = 10,
+    lr: float = 1e-5,
+    beta: float = 0.1,
+    loss_type: str | Sequence[str] = "sigmoid",
+    loss_weights: Sequence[float] | None = None,
+    dpop_lambda: float = 50.0,
+) -> list[float]:
+    """Train `model` in place on one batch of `steers` for `steps` AdamW steps; the loss before each step.
+
+    `loss_type`, `loss_weights`, `dpop_lambda`: as `localized_dpo_loss` (one type or a weighted list of terms).
+    """
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # frozen reference = the starting policy
     examples = [tokenize_steer(s, tokenizer, span_mode="divergent") for s in steers]
     batch = collate_pairs(
@@ -48,7 +67,8 @@ def train(model, tokenizer, steers, *, steps: int = 10, lr: float = 1e-5, beta: 
     for _ in range(steps):
         out = localized_dpo_loss(
             side_logps(model, "chosen"), side_logps(model, "rejected"), ref_chosen, ref_rejected,
-            batch["chosen_loss_mask"], batch["rejected_loss_mask"], beta=beta,
+            batch["chosen_loss_mask"], batch["rejected_loss_mask"], beta=beta, loss_type=loss_type,
+            loss_weights=loss_weights, dpop_lambda=dpop_lambda,
         )  # fmt: skip
         optimizer.zero_grad()
         out.loss.backward()
@@ -65,12 +85,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steers", help="steer JSONL file (default: four built-in example steers)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument(
+        "--loss-type",
+        nargs="+",
+        default=["sigmoid"],
+        metavar="TYPE",
+        help=f"one loss or several terms summed with --loss-weights: {', '.join(t.value for t in LossType)}",
+    )
+    parser.add_argument(
+        "--loss-weights", nargs="+", type=float, metavar="W", help="one per --loss-type (default 1)"
+    )
+    parser.add_argument("--dpop-lambda", type=float, default=50.0, help="λ of DPO-Positive (dpop)")
     args = parser.parse_args(argv)
+    try:
+        loss_combination(args.loss_type, args.loss_weights)
+    except ValueError as error:
+        print(f"plain_loop.py: {error}", file=sys.stderr)
+        return 2
     from localdpo.models import load_model
 
     model, tokenizer = load_model(args.model)
     steers = load_steers(args.steers) if args.steers else EXAMPLE_STEERS
-    for step, loss in enumerate(train(model, tokenizer, steers, steps=args.steps, lr=args.lr)):
+    losses = train(
+        model, tokenizer, steers, steps=args.steps, lr=args.lr, loss_type=args.loss_type,
+        loss_weights=args.loss_weights, dpop_lambda=args.dpop_lambda,
+    )  # fmt: skip
+    for step, loss in enumerate(losses):
         print(f"step {step:3d}  loss {loss:.4f}")
     return 0
 

@@ -147,6 +147,66 @@ def test_first_step_loss_matches_localdpo(smol_tokenizer, tmp_path, config):
     assert abs(expected - trivial) > 1e-4  # policy != reference: not the value at h = 0
 
 
+@pytest.mark.parametrize(
+    ("config", "trivial"),
+    [
+        (LocalizedLossConfig(loss_type="apo_zero"), 1.0),
+        (LocalizedLossConfig(loss_type="apo_down"), 1.0),
+        (LocalizedLossConfig(loss_type="dpop", dpop_lambda=5.0), math.log(2)),
+        (LocalizedLossConfig(loss_type="cal_dpo"), math.log(2) + 2 * 5.0**2),
+        (LocalizedLossConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]), None),
+        (
+            LocalizedLossConfig(
+                loss_type=["dpop", "apo_zero"], loss_weights=[1.0, 2.0], length_normalize=True
+            ),
+            None,
+        ),
+    ],
+)
+def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(smol_tokenizer, tmp_path, config, trivial):
+    dataset = SteerPairDataset(STEERS, smol_tokenizer)
+    trainer = LocalizedDPOLossTrainer(
+        _tiny(0, smol_tokenizer), _args(tmp_path), ref_model=_tiny(1, smol_tokenizer), loss_config=config,
+        train_dataset=dataset, processing_class=smol_tokenizer,
+    )  # fmt: skip
+    expected = _localdpo_loss(
+        _tiny(0, smol_tokenizer), _tiny(1, smol_tokenizer), smol_tokenizer, STEERS, beta=config.beta,
+        loss_type=config.loss_type, loss_weights=config.loss_weights, length_normalize=config.length_normalize,
+        dpop_lambda=config.dpop_lambda,
+    )  # fmt: skip
+    batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    types = [config.loss_type] if isinstance(config.loss_type, str) else config.loss_type
+    assert list(out.terms) == types
+    weights = config.loss_weights or [1.0]
+    assert float(loss) == pytest.approx(
+        sum(w * float(out.terms[t]) for t, w in zip(types, weights)), abs=1e-6
+    )
+    mode = "train" if trainer.model.training else "eval"
+    assert set(trainer._localized_metrics[mode]) >= {f"loss_{t}" for t in types}
+    if trivial is not None:
+        assert abs(expected - trivial) > 1e-4  # policy != reference: not the value at Δc = Δr = 0
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (LocalizedLossConfig(loss_type="dpo"), "loss_type 'dpo': expected one of sigmoid"),
+        (LocalizedLossConfig(loss_type=["sigmoid", "sigmoid"]), "each type may appear once"),
+        (LocalizedLossConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0]), "loss_weights has 1 values"),
+        (LocalizedLossConfig(loss_type=["sft"]), "no preference term"),
+    ],
+)
+def test_bad_loss_combination_is_refused_at_construction(smol_tokenizer, tmp_path, config, error):
+    with pytest.raises(ValueError, match=error):
+        LocalizedDPOLossTrainer(
+            _tiny(0, smol_tokenizer), _args(tmp_path), ref_model=_tiny(1, smol_tokenizer), loss_config=config,
+            train_dataset=SteerPairDataset(STEERS, smol_tokenizer), processing_class=smol_tokenizer,
+        )  # fmt: skip
+
+
 def test_trl_hf_and_localdpo_agree(smol_tokenizer, tmp_path):
     """One batch, three implementations: LocalizedDPOTrainer (TRL), the HF mixin, localdpo's functions."""
     from trl import DPOConfig

@@ -25,11 +25,13 @@ from localdpo.data import (  # noqa: E402
 from localdpo.forward import sequence_token_logps  # noqa: E402
 from localdpo.integrations.trl import (  # noqa: E402
     SPAN_COLUMNS,
+    LocalizedDPOConfig,
     LocalizedDPOTrainer,
     SpanDataCollatorForPreference,
     trl_loss_type,
     trl_row_from_tokenized,
 )
+from localdpo.losses import masked_sft_loss  # noqa: E402
 from localdpo.models import tiny_model  # noqa: E402
 from localdpo.steers import steer_from_row  # noqa: E402
 
@@ -98,7 +100,7 @@ def _args(tmp_path, **overrides):
         beta=0.1, seed=0,
     )  # fmt: skip
     values.update(overrides)
-    return DPOConfig(**values)
+    return LocalizedDPOConfig(**values)
 
 
 def _full_batch(trainer):
@@ -151,8 +153,63 @@ def test_loss_type_mapping():
     assert trl_loss_type("ipo", length_normalize=True) == "ipo"
     assert trl_loss_type("hinge") == "hinge"
     assert trl_loss_type("robust") == "robust"
+    assert trl_loss_type("apo_zero") == "apo_zero"
+    assert trl_loss_type("apo_down") == "apo_down"
+    assert trl_loss_type("sft") == trl_loss_type("sft", length_normalize=True) == "sft"
+    assert trl_loss_type("dpop") == "dpop"  # not TRL's: computed by LocalizedDPOTrainer
+    assert trl_loss_type("cal_dpo") == "cal_dpo"
     with pytest.raises(ValueError, match="ipo with length_normalize=False"):
         trl_loss_type("ipo")
+    with pytest.raises(ValueError, match="apo_zero with length_normalize=True"):
+        trl_loss_type("apo_zero", length_normalize=True)
+
+
+def test_localized_loss_types_only_for_lists_with_a_type_trl_lacks():
+    from localdpo.integrations.trl import localized_loss_types
+
+    assert localized_loss_types(["sigmoid", "sft"]) is None  # TRL's own code
+    assert localized_loss_types(["sigmoid", "dpop", "sft"]) == ["sigmoid", "dpop", "sft"]
+    assert localized_loss_types(["cal_dpo"]) == ["cal_dpo"]
+    with pytest.raises(ValueError, match=r"\['sigmoid_norm'\] cannot be combined with dpop"):
+        localized_loss_types(["sigmoid_norm", "dpop"])  # localized_dpo_loss normalizes all terms or none
+    with pytest.raises(ValueError, match=r"\['exo_pair'\] cannot be combined"):
+        localized_loss_types(["cal_dpo", "exo_pair"])
+
+
+def test_span_sums_as_token_logps():
+    from localdpo.integrations.trl import span_sums_as_token_logps
+
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    values = span_sums_as_token_logps(torch.tensor([-3.5, 0.0, -1.25]), mask)
+    assert values.tolist() == [[0.0, -3.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-1.25, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "overrides", "error"),
+    [
+        (["sigmoid_norm", "dpop"], {}, "cannot be combined with dpop"),
+        (["sft", "dpop"], {"loss_weights": [1.0, 0.0]}, "no preference term with a positive weight"),
+        (["cal_dpo"], {"use_weighting": True}, "use_weighting"),
+    ],
+)
+def test_bad_localized_loss_is_refused_at_construction(
+    model_dirs, smol_tokenizer, tmp_path, loss_type, overrides, error
+):
+    with pytest.raises(ValueError, match=error):
+        LocalizedDPOTrainer(
+            _load(model_dirs["policy"]), args=_args(tmp_path, loss_type=loss_type, **overrides),
+            train_dataset=STEERS, processing_class=smol_tokenizer,
+        )  # fmt: skip
+
+
+def test_dpop_needs_its_lambda(model_dirs, smol_tokenizer, tmp_path):
+    plain = DPOConfig(
+        output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True, report_to=[], loss_type=["dpop"]
+    )
+    with pytest.raises(ValueError, match="LocalizedDPOConfig"):
+        LocalizedDPOTrainer(
+            _load(model_dirs["policy"]), args=plain, train_dataset=STEERS, processing_class=smol_tokenizer
+        )
 
 
 def test_sigmoid_with_label_smoothing_is_refused(model_dirs, smol_tokenizer, tmp_path):
@@ -229,6 +286,93 @@ def test_first_step_loss_matches_localdpo(
     # The reference differs from the policy, so the loss is not its trivial value at h = 0.
     trivial = {"sigmoid": math.log(2), "ipo": (1 / 0.2) ** 2, "hinge": 1.0, "robust": math.log(2)}[loss_type]
     assert abs(expected - trivial) > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "loss_weights", "dpop_lambda", "trl_own"),
+    [
+        ("apo_zero", None, 50.0, True),
+        ("apo_down", None, 50.0, True),
+        (["sigmoid", "sft"], [1.0, 0.5], 50.0, True),
+        ("dpop", None, 5.0, False),
+        ("cal_dpo", None, 50.0, False),
+        (["sigmoid", "dpop", "sft"], [1.0, 0.5, 0.25], 50.0, False),
+    ],
+)
+def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(
+    model_dirs, smol_tokenizer, tmp_path, loss_type, loss_weights, dpop_lambda, trl_own
+):
+    """TRL's own apo_zero / apo_down / sft and the subclass's dpop / cal_dpo equal localized_dpo_loss."""
+    types = [loss_type] if isinstance(loss_type, str) else loss_type
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]),
+        args=_args(tmp_path, loss_type=[trl_loss_type(t) for t in types], loss_weights=loss_weights,
+                   dpop_lambda=dpop_lambda),
+        train_dataset=STEERS, processing_class=smol_tokenizer,
+    )  # fmt: skip
+    assert (trainer.localized_loss_types is None) == trl_own
+    policy, reference = _load(model_dirs["policy"]), _load(model_dirs["reference"])
+    expected = _localdpo_loss(
+        policy, reference, smol_tokenizer, STEERS, "divergent", beta=0.1, loss_type=loss_type,
+        loss_weights=loss_weights, dpop_lambda=dpop_lambda,
+    )  # fmt: skip
+    assert _trl_loss(trainer) == pytest.approx(expected, abs=1e-5)
+    # Not a value the type shares with a simpler one: h != 0, and DPO-Positive's penalty is active.
+    trivial = {"apo_zero": 1.0, "apo_down": 1.0, "dpop": math.log(2), "cal_dpo": math.log(2) + 2 * 5.0**2}
+    if isinstance(loss_type, str):
+        assert abs(expected - trivial[loss_type]) > 1e-4
+    if "dpop" in types:
+        without = _localdpo_loss(
+            policy, reference, smol_tokenizer, STEERS, "divergent", beta=0.1, loss_type=loss_type,
+            loss_weights=loss_weights, dpop_lambda=0.0,
+        )  # fmt: skip
+        assert expected > without + 1e-3
+
+
+def test_dpop_with_precomputed_reference_matches_localdpo(model_dirs, smol_tokenizer, tmp_path):
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]),
+        args=_args(tmp_path, loss_type=["dpop"], precompute_ref_log_probs=True), train_dataset=STEERS,
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    assert "ref_chosen_logps" in trainer.train_dataset.column_names
+    expected = _localdpo_loss(
+        _load(model_dirs["policy"]), _load(model_dirs["reference"]), smol_tokenizer, STEERS, "divergent",
+        beta=0.1, loss_type="dpop",
+    )  # fmt: skip
+    assert _trl_loss(trainer) == pytest.approx(expected, abs=1e-5)
+
+
+def test_cal_dpo_with_peft_trains_and_logs_trl_metrics(model_dirs, smol_tokenizer, tmp_path):
+    """Cal-DPO through the subclass: the reference is the base model (adapter off), a few steps lower the loss
+    without NaN, and TRL's reward and log-prob metrics are logged, at training and at evaluation."""
+    from peft import LoraConfig
+
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]),
+        args=_args(tmp_path, loss_type=["cal_dpo", "sft"], loss_weights=[1.0, 0.1], max_steps=4, learning_rate=1e-2),
+        train_dataset=STEERS, eval_dataset=STEERS, processing_class=smol_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )  # fmt: skip
+    batch = _full_batch(trainer)
+    with torch.no_grad():
+        logps = sequence_token_logps(_load(model_dirs["policy"]), batch["input_ids"], batch["attention_mask"])
+    chosen_nll = masked_sft_loss(logps[: len(STEERS)], batch["completion_mask"][: len(STEERS)])
+    before = _trl_loss(trainer)
+    # A fresh adapter leaves the policy at the base model: Δc = Δr = 0, Cal-DPO = log 2 + 2 (1/(2β))².
+    assert before == pytest.approx(math.log(2) + 2 * 5.0**2 + 0.1 * float(chosen_nll), abs=1e-4)
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(logged) == 4 and all(math.isfinite(row["loss"]) for row in logged)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                "logps/rejected", "loss_cal_dpo", "loss_sft"):  # fmt: skip
+        assert math.isfinite(logged[0][key]), key
+    assert logged[0]["loss"] == pytest.approx(before, abs=1e-4)
+    after = _trl_loss(trainer)
+    assert math.isfinite(after) and after < before - 0.1
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(after, abs=1e-4)
+    assert metrics["eval_rewards/chosen"] > 0  # Cal-DPO pushes the chosen span's log-ratio towards +1/(2β)
 
 
 @pytest.mark.parametrize("span_mode", ["divergent", "to_end", "completion"])

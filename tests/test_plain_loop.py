@@ -45,3 +45,41 @@ def test_script_runs_from_the_command_line(plain_loop, smol_tokenizer, tmp_path,
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[:2] for line in lines] == [["step", "0"], ["step", "1"]]
     assert float(lines[0].split()[-1]) == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_cal_dpo_and_a_combination_train(plain_loop, smol_tokenizer):
+    losses = plain_loop.train(
+        _tiny(smol_tokenizer),
+        smol_tokenizer,
+        plain_loop.EXAMPLE_STEERS,
+        steps=3,
+        lr=1e-3,
+        loss_type="cal_dpo",
+    )
+    # Δc = Δr = 0 before the first step: log 2 + (0 - 1/(2β))² + (0 + 1/(2β))² with β = 0.1
+    assert losses[0] == pytest.approx(math.log(2) + 2 * 5.0**2, abs=1e-5)
+    assert losses[-1] < losses[0] - 0.1
+    first = {
+        weight: plain_loop.train(
+            _tiny(smol_tokenizer), smol_tokenizer, plain_loop.EXAMPLE_STEERS, steps=1,
+            loss_type=["sigmoid", "sft"], loss_weights=[1.0, weight],
+        )[0]
+        for weight in (0.5, 1.0)
+    }  # fmt: skip
+    # log 2 + w · NLL of the chosen spans: the weight scales the SFT term only
+    assert first[0.5] > math.log(2) + 0.1
+    assert first[1.0] - math.log(2) == pytest.approx(2 * (first[0.5] - math.log(2)), abs=1e-5)
+
+
+def test_script_takes_the_loss_type(plain_loop, smol_tokenizer, tmp_path, capsys):
+    _tiny(smol_tokenizer).save_pretrained(tmp_path)
+    smol_tokenizer.save_pretrained(tmp_path)
+    model = ["--model", str(tmp_path)]
+    assert plain_loop.main([*model, "--steps", "1", "--loss-type", "dpop", "--dpop-lambda", "5"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split()[:2] == ["step", "0"]
+    assert float(line.split()[-1]) == pytest.approx(math.log(2), abs=1e-4)  # h = 0 and no penalty at Δc = 0
+    assert plain_loop.main([*model, "--loss-type", "sigmoid", "sft", "--loss-weights", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "plain_loop.py: loss_weights has 1 values for 2 loss types ['sigmoid', 'sft']"
+    )

@@ -37,7 +37,7 @@ from localdpo.data import (  # noqa: E402
     trim_to_scored,
 )
 from localdpo.forward import sequence_token_logps  # noqa: E402
-from localdpo.losses import LossType, PreferenceLossOutput, localized_dpo_loss  # noqa: E402
+from localdpo.losses import LossType, PreferenceLossOutput, localized_dpo_loss, loss_combination  # noqa: E402
 from localdpo.steers import Steer  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
 
@@ -53,12 +53,18 @@ class LocalizedLossConfig:
 
     beta: float = 0.1
     """β: scale of the log-ratio margin (and of the logged rewards)."""
-    loss_type: LossType | str = LossType.SIGMOID
-    """sigmoid (DPO), ipo, hinge or robust."""
+    loss_type: LossType | str | list[LossType | str] = LossType.SIGMOID
+    """One `localdpo.LossType` (sigmoid, ipo, hinge, robust, apo_zero, apo_down, dpop, cal_dpo) or a list of
+    terms summed with `loss_weights`, e.g. `["sigmoid", "sft"]` (`sft`: NLL of the chosen span, a token mean
+    over the micro-batch)."""
+    loss_weights: list[float] | None = None
+    """Weight of each `loss_type` term, same length; None = 1 each."""
     label_smoothing: float = 0.0
     """ε of conservative (sigmoid) or robust DPO."""
     length_normalize: bool = False
     """Divide each side's span log-ratio by its number of scored tokens."""
+    dpop_lambda: float = 50.0
+    """λ of DPO-Positive (`dpop`): weight of the penalty when the chosen span falls below the reference."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +203,10 @@ def localized_loss_from_batch(
         batch[REJECTED_LOSS_MASK],
         beta=config.beta,
         loss_type=config.loss_type,
+        loss_weights=config.loss_weights,
         label_smoothing=config.label_smoothing,
         length_normalize=config.length_normalize,
+        dpop_lambda=config.dpop_lambda,
     )
 
 
@@ -207,14 +215,16 @@ class LocalizedDPOLossMixin:
 
     Before training, call `self.init_localized_loss(config, ref_model)`. The loss is a per-example mean, so
     `Trainer` divides it by the gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`).
-    Logged metrics: `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`.
+    Logged metrics: `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, and the
+    unweighted batch mean of each loss term as `loss_<type>` (e.g. `loss_sigmoid`, `loss_sft`).
     """
 
     loss_is_scaled_for_ga = False
 
     def init_localized_loss(self, config: LocalizedLossConfig | None = None, ref_model=None) -> None:
         self.localized_loss_config = config or LocalizedLossConfig()
-        LossType(self.localized_loss_config.loss_type)  # fail early on a bad name
+        # fail early on a bad name or combination (ValueError naming it)
+        loss_combination(self.localized_loss_config.loss_type, self.localized_loss_config.loss_weights)
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.requires_grad_(False)
@@ -229,6 +239,8 @@ class LocalizedDPOLossMixin:
         metrics["rewards/rejected"].append(out.rejected_rewards.mean().item())
         metrics["rewards/margins"].append(out.margins.mean().item())
         metrics["rewards/accuracies"].append((out.margins > 0).float().mean().item())
+        for name, value in out.terms.items():
+            metrics[f"loss_{name}"].append(value.item())
         return (out.loss, out) if return_outputs else out.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -23,14 +23,17 @@ fingerprint and the model hash) never returns values computed under another span
 Loss types: `trl_loss_type` maps localdpo's `(LossType, length_normalize)` to TRL's `DPOConfig.loss_type`.
 TRL's `ipo` always divides each side's log-ratio by its number of scored tokens (localdpo's
 `length_normalize=True`); TRL's `sigmoid` ignores `label_smoothing` (localdpo's conservative DPO has no TRL
-counterpart), so that combination is refused rather than silently changed.
+counterpart), so that combination is refused rather than silently changed. `dpop` and `cal_dpo`, which TRL
+1.16 lacks, are accepted in `loss_type` too (alone or in a list with TRL's types): a loss naming one of them
+is computed by `localdpo.localized_dpo_loss` on TRL's own forward and reference values; every other loss is
+TRL's own code on the span masks.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 from trl.trainer.utils import pad  # noqa: E402
 
-from localdpo.losses import LossType  # noqa: E402
+from localdpo.losses import LossType, localized_dpo_loss, loss_combination, masked_sum  # noqa: E402
 from localdpo.steers import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, divergent_span, tokenize_steer  # noqa: E402
 
@@ -68,24 +71,74 @@ _TRL_LOSS_TYPES = {
     (LossType.IPO, True): "ipo",
     (LossType.HINGE, False): "hinge",
     (LossType.ROBUST, False): "robust",
+    (LossType.APO_ZERO, False): "apo_zero",
+    (LossType.APO_DOWN, False): "apo_down",
+    (LossType.SFT, False): "sft",
+    (LossType.SFT, True): "sft",  # a token mean of the chosen span's NLL, normalized either way
 }
+"""TRL 1.16's own losses, computed by `DPOTrainer._compute_loss` on the span masks."""
+_LOCALIZED_LOSS_TYPES = {
+    (LossType.DPOP, False): "dpop",
+    (LossType.CAL_DPO, False): "cal_dpo",
+}
+"""Losses TRL 1.16 lacks: `LocalizedDPOTrainer` computes them (and any list naming them) with `localized_dpo_loss`."""
 
 
 def trl_loss_type(loss_type: LossType | str, length_normalize: bool = False) -> str:
-    """TRL 1.16 `DPOConfig.loss_type` name computing localdpo's `localized_dpo_loss(loss_type, length_normalize)`.
+    """`DPOConfig.loss_type` name under which `LocalizedDPOTrainer` computes localdpo's
+    `localized_dpo_loss(loss_type, length_normalize)`.
 
     TRL's `ipo` averages log-ratios over the scored tokens, so localdpo's IPO maps only with
-    `length_normalize=True`; TRL has no length-normalized hinge or robust loss.
+    `length_normalize=True`; TRL has no length-normalized hinge, robust or APO loss. `dpop` and `cal_dpo` are
+    not TRL names: only `LocalizedDPOTrainer` accepts them.
     """
     loss_type = LossType(loss_type)
-    name = _TRL_LOSS_TYPES.get((loss_type, bool(length_normalize)))
+    key = (loss_type, bool(length_normalize))
+    name = _TRL_LOSS_TYPES.get(key) or _LOCALIZED_LOSS_TYPES.get(key)
     if name is None:
-        supported = ", ".join(f"({t.value}, length_normalize={n})" for t, n in _TRL_LOSS_TYPES)
+        supported = ", ".join(
+            f"({t.value}, length_normalize={n})" for t, n in (*_TRL_LOSS_TYPES, *_LOCALIZED_LOSS_TYPES)
+        )
         raise ValueError(
             f"TRL 1.16 has no loss equal to localdpo's {loss_type.value} with length_normalize={length_normalize}; "
             f"supported: {supported}"
         )
     return name
+
+
+def localized_loss_types(trl_names: Sequence[str]) -> list[LossType] | None:
+    """localdpo's `LossType`s of a `DPOConfig.loss_type` list naming a type TRL lacks; None for TRL's own losses.
+
+    Such a list is computed by `localized_dpo_loss` with `length_normalize=False`, so each of its names must be
+    one of localdpo's types unnormalized (`sigmoid_norm` and TRL's length-normalized `ipo` are refused, and so
+    are TRL losses localdpo does not have).
+    """
+    if not any(name in _LOCALIZED_LOSS_TYPES.values() for name in trl_names):
+        return None
+    by_name = {name: t for (t, normalized), name in (*_TRL_LOSS_TYPES.items(), *_LOCALIZED_LOSS_TYPES.items())
+               if not normalized}  # fmt: skip
+    unsupported = [name for name in trl_names if name not in by_name]
+    if unsupported:
+        raise ValueError(
+            f"loss_type {list(trl_names)}: {unsupported} cannot be combined with dpop or cal_dpo (such a list is "
+            f"computed by localdpo's localized_dpo_loss on summed span log-ratios; it combines {sorted(by_name)})"
+        )
+    return [by_name[name] for name in trl_names]
+
+
+def span_sums_as_token_logps(sums: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values whose masked sum is `sums`: each row's sum on its first masked position, 0 elsewhere.
+
+    TRL keeps reference log-probs as span sums (the precomputed column, `compute_ref_log_probs`);
+    `localized_dpo_loss` takes per-token values and only ever sums them over the span. A row with an empty
+    mask keeps nothing (its TRL sum is 0: the fused LM head gives 0 off the labels).
+
+    Shape: sums (B,), mask (B, T) bool -> (B, T).
+    """
+    first = mask.int().argmax(-1)  # (B,) first masked position (0 for an empty row)
+    values = torch.zeros(mask.shape, dtype=sums.dtype, device=sums.device)  # (B, T)
+    values[torch.arange(mask.shape[0], device=mask.device), first] = sums
+    return torch.where(mask, values, torch.zeros_like(values))  # (B, T)
 
 
 def _span_of(mask: torch.Tensor, steer_id: str | None, side: str) -> tuple[int, int]:
@@ -251,7 +304,29 @@ class SpanDataCollatorForPreference(DataCollatorForPreference):
         return output
 
 
+@dataclass
+class LocalizedDPOConfig(DPOConfig):
+    """`DPOConfig` plus the parameters of the losses `LocalizedDPOTrainer` adds to TRL's."""
+
+    dpop_lambda: float = field(
+        default=50.0,
+        metadata={
+            "help": "λ of DPO-Positive (`loss_type='dpop'`, Pal et al. 2024): weight of the penalty "
+            "max(0, -Δc) when the chosen span's log-ratio falls below 0 (default 50, as `localized_dpo_loss`)."
+        },
+    )
+
+
 def _check_args(args: DPOConfig, span_mode: SpanMode) -> None:
+    types = localized_loss_types(args.loss_type)
+    if types is not None:
+        loss_combination(types, args.loss_weights)  # a bad combination fails here, not at the first step
+        if LossType.DPOP in types and not hasattr(args, "dpop_lambda"):
+            raise ValueError("loss_type 'dpop' needs its λ: pass a LocalizedDPOConfig (field dpop_lambda)")
+        if args.use_weighting:
+            raise ValueError("use_weighting (WPO) is not implemented with dpop or cal_dpo: unset it")
+        if args.ld_alpha is not None:
+            raise ValueError("ld_alpha is not implemented for losses with dpop or cal_dpo: unset it")
     if args.label_smoothing and "sigmoid" in args.loss_type:
         raise ValueError(
             "TRL 1.16's 'sigmoid' loss ignores label_smoothing, so localdpo's conservative DPO (sigmoid with "
@@ -269,7 +344,8 @@ class LocalizedDPOTrainer(DPOTrainer):
     `train_dataset` / `eval_dataset`: a list of `Steer`, a steer JSONL path, a `datasets.Dataset` of steer
     rows (with a `prefix` column), or TRL preference data (`prompt`/`chosen`/`rejected`). Steers need
     `processing_class` (the tokenizer). With `span_mode="completion"` on TRL preference data it trains exactly
-    as `DPOTrainer`. Every other argument is `DPOTrainer`'s.
+    as `DPOTrainer`. `args.loss_type` may also name `dpop` and `cal_dpo` (`dpop_lambda`: `LocalizedDPOConfig`).
+    Every other argument is `DPOTrainer`'s.
     """
 
     def __init__(
@@ -287,8 +363,10 @@ class LocalizedDPOTrainer(DPOTrainer):
     ):
         self.span_mode = SpanMode(span_mode)
         if args is None:
-            args = DPOConfig(output_dir="localdpo-trl")
+            args = LocalizedDPOConfig(output_dir="localdpo-trl")
         _check_args(args, self.span_mode)
+        # localdpo's types of a loss TRL cannot compute (a list naming dpop or cal_dpo), else None
+        self.localized_loss_types = localized_loss_types(args.loss_type)
         train_dataset = self._steer_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
@@ -368,3 +446,65 @@ class LocalizedDPOTrainer(DPOTrainer):
         for column in SPAN_COLUMNS:
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.localized_loss_types is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        return self._compute_localized_loss(model, inputs, return_outputs)
+
+    def _compute_localized_loss(self, model, inputs, return_outputs):
+        """The loss of a `loss_type` list naming dpop or cal_dpo: TRL's policy forward and reference values,
+        `localized_dpo_loss` on the span masks, and TRL's reward and log-prob metrics."""
+        mode = "train" if self.model.training else "eval"
+        non_model_keys = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        model_kwargs = {k: v for k, v in inputs.items() if k not in non_model_keys}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        completion_mask = inputs["completion_mask"]  # (2B, T): the span masks, chosen rows then rejected
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        span_mask = completion_mask[:, 1:].bool()  # (2B, T-1), aligned with the log-probs of tokens 1..T-1
+        # (2B, T-1): prompt-learning PEFT prepends virtual tokens to the outputs; keep the real tokens' positions
+        per_token_logps = outputs.log_probs[:, -span_mask.shape[1] :]
+        if self.precompute_ref_logps:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]  # (B,) each
+        else:
+            # TRL's reference: ref_model, or the policy with its PEFT adapter switched off (or its "ref" adapter)
+            reference = self.ref_model if self.ref_model is not None else self.model
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)  # (B,) each
+        chosen_mask, rejected_mask = span_mask.chunk(2)  # (B, T-1) each
+        policy_chosen, policy_rejected = per_token_logps.chunk(2)  # (B, T-1) each
+        out = localized_dpo_loss(
+            policy_chosen,
+            policy_rejected,
+            span_sums_as_token_logps(ref_chosen.to(policy_chosen.dtype), chosen_mask),
+            span_sums_as_token_logps(ref_rejected.to(policy_rejected.dtype), rejected_mask),
+            chosen_mask,
+            rejected_mask,
+            beta=self.beta,
+            loss_type=self.localized_loss_types,
+            loss_weights=self.loss_weights,
+            label_smoothing=self.label_smoothing,
+            dpop_lambda=getattr(self.args, "dpop_lambda", 0.0),  # unused without dpop (_check_args)
+        )
+        loss = out.loss
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            aux_loss = self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item()
+            self._metrics[mode]["aux_loss"].append(aux_loss)
+        metrics = {
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/accuracies": (out.margins > 0).float(),
+            "rewards/margins": out.margins,
+            "logps/chosen": masked_sum(policy_chosen.detach(), chosen_mask),
+            "logps/rejected": masked_sum(policy_rejected.detach(), rejected_mask),
+            **{f"loss_{name}": value for name, value in out.terms.items()},
+        }
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(self.accelerator.gather(value).mean().item())
+        if return_outputs:  # TRL's deprecated path: logits for compute_metrics need a plain forward
+            with torch.no_grad():
+                outputs = model(**model_kwargs)
+        return (loss, outputs) if return_outputs else loss
