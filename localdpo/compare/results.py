@@ -11,20 +11,23 @@ import numpy as np
 
 
 def load_summary(out_dir: str | Path) -> list[dict]:
-    """Rows of `results.csv` (method, metric, mean, interval, paired difference) with numbers parsed."""
+    """Rows of `results.csv` (method, metric, mean, interval, paired difference, task, phase) with numbers
+    parsed; `phase` is `final` for the results table and `selection` for each grid point's validation scores."""
     with open(Path(out_dir) / "results.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
-            if key not in ("method", "metric", "separated") and value != "":
+            if key not in ("method", "metric", "separated", "task", "phase") and value != "":
                 row[key] = float(value)
     return rows
 
 
-def load_records(out_dir: str | Path) -> list[dict]:
-    """Per-run records (`method`, `seed`, `items`, `history`, `run_dir`) from `records.jsonl`."""
+def load_records(out_dir: str | Path, phase: str = "final") -> list[dict]:
+    """Per-run records of `phase` from `records.jsonl`: `final` runs (`method`, `seed`, `items`, `history`,
+    `run_dir`, `overrides`) or `selection` runs (`method`, `overrides`, `metrics` on the validation split)."""
     lines = (Path(out_dir) / "records.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [row for row in rows if row.get("phase", "final") == phase]
 
 
 def load_wandb_curves(out_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:

@@ -7,6 +7,7 @@ import pytest
 
 from localdpo.compare.config import load_compare_config, preset_path
 from localdpo.compare.pipeline import comparison_steers, pooled_records, run_comparison
+from localdpo.compare.results import load_records, load_summary
 from localdpo.steers import load_steers, save_steers
 from localdpo.trainer.config import ConfigError
 from localdpo.trainer.logging import read_offline_run
@@ -165,9 +166,11 @@ def test_selection_then_final_runs_on_two_tasks(tmp_path):
             assert len(r["items"]["task_accuracy"]) == 6  # the held-out prompts, not the validation ones
         text = (out / task / "results.md").read_text()
         assert "## Selection (validation split)" in text and text.count("**yes**") == 2
-        with open(out / task / "results.csv") as handle:
-            phases = {row["phase"] for row in csv.DictReader(handle)}
-        assert phases == {"final", "selection"}
+        summary = load_summary(out / task)
+        assert {row["phase"] for row in summary} == {"final", "selection"}
+        assert {row["task"] for row in summary} == {task}
+        assert len(load_records(out / task, "selection")) == 6
+        assert all("items" in row for row in load_records(out / task))
     pooled = pooled_records(result.records)
     sft0 = next(r for r in pooled if r.method == "sft" and r.seed == 0)
     per_task = [r for r in result.records if r.method == "sft" and r.seed == 0]
