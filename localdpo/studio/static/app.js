@@ -131,6 +131,7 @@ function addToken(i) {
   const span = document.createElement("span");
   span.className = "tok";
   span.dataset.i = i;
+  if (text.includes("\n")) span.classList.add("nl"); // shown with a ↵ mark (CSS), so it can be clicked
   const lead = keepsLeadingSpace(text);
   if (lead) span.append(Object.assign(document.createElement("span"), { className: "lead", textContent: " " }));
   span.append(Object.assign(document.createElement("span"), { className: "body", textContent: lead ? text.slice(1) : text }));
