@@ -38,7 +38,9 @@ def start_studio(steers: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs", help="directory for studio.png and studio_review.png")
-    parser.add_argument("--task-seed", type=int, default=3, help="which addition prompt to draw (3: 797 + 953)")
+    parser.add_argument(
+        "--task-seed", type=int, default=3, help="which addition prompt to draw (3: 797 + 953)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,9 @@ def main() -> None:
         process, address = start_studio(Path(tmp) / "steers.jsonl")
         try:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+                browser = playwright.chromium.launch(
+                    executable_path="/usr/bin/chromium", args=["--no-sandbox"]
+                )
                 page = browser.new_page(viewport={"width": 1280, "height": 720}, device_scale_factor=1)
                 page.goto(address)
                 page.wait_for_selector("#task option[value=addition]", state="attached")

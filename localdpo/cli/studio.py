@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 HELP = "a local web page to make steers by hand: watch the model write, stop it, correct it, let it resume"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="HF id, local dir, the embedded name, or 'tiny' (tests)"
+        "--model",
+        default="smollm2-135m-instruct",
+        help="HF id, local dir, the embedded name, or 'tiny' (tests)",
     )
-    parser.add_argument("--steers", default="steers.jsonl", help="steer file to append to (created if missing)")
+    parser.add_argument(
+        "--steers", default="steers.jsonl", help="steer file to append to (created if missing)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: a warning)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
-    parser.add_argument("--token-limit", type=int, default=1024, help="most tokens one answer segment may ask for")
+    parser.add_argument(
+        "--token-limit", type=int, default=1024, help="most tokens one answer segment may ask for"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -60,8 +68,6 @@ def run(args) -> int:
     token = new_token()
     print(f"localdpo studio: model {args.model} on {device}, steers -> {studio.store.path}")
     print(f"open {address(sock, token)}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(studio, sock, token, loopback_only=loopback)
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -31,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from localdpo.studio.errors import StudioError
 from localdpo.studio.review import steer_view
-from localdpo.studio.session import Sampling, Studio, StudioError, TaskContext, draw_task_prompt
+from localdpo.studio.session import Sampling, Studio, TaskContext, draw_task_prompt
 from localdpo.tasks import TASKS
 from localdpo.tokenization import SpanMode, tokenize_steer
 
@@ -145,7 +146,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             raise StudioError(400, f"field 'task': unknown task {name!r} (known: {', '.join(TASKS)})")
         seed = in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1)
         drawn = draw_task_prompt(name, seed)
-        return JSONResponse({"task": name, "seed": seed, "prompt": drawn.prompt.text, "prompt_id": drawn.prompt.id})
+        return JSONResponse(
+            {"task": name, "seed": seed, "prompt": drawn.prompt.text, "prompt_id": drawn.prompt.id}
+        )
 
     async def open_session(request: Request) -> Response:
         body = await read_json(request)
@@ -157,7 +160,10 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             temperature=in_range("temperature", field(body, "temperature", float, 0.0), 0.0, MAX_TEMPERATURE),
             top_p=in_range("top_p", field(body, "top_p", float, 1.0), 1e-6, 1.0),
             max_new_tokens=in_range(
-                "max_new_tokens", field(body, "max_new_tokens", int, Sampling.max_new_tokens), 1, studio.token_limit
+                "max_new_tokens",
+                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, studio.token_limit)),
+                1,
+                studio.token_limit,
             ),
             seed=in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1),
         )
@@ -167,7 +173,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             name = field(task_ref, "name", str)
             if name not in TASKS:
                 raise StudioError(400, f"field 'task.name': unknown task {name!r}")
-            drawn = draw_task_prompt(name, in_range("task.seed", field(task_ref, "seed", int, 0), 0, 2**31 - 1))
+            drawn = draw_task_prompt(
+                name, in_range("task.seed", field(task_ref, "seed", int, 0), 0, 2**31 - 1)
+            )
             # A prompt edited after it was drawn is no longer the task's: its checker would judge the wrong thing.
             task = drawn if drawn.prompt.text == prompt else None
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
@@ -236,7 +244,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
     async def list_steers(request: Request) -> Response:
         mode = request.query_params.get("span_mode", SpanMode.DIVERGENT.value)
         if mode not in {m.value for m in SpanMode}:
-            raise StudioError(400, f"span_mode: {mode!r} is not one of {', '.join(m.value for m in SpanMode)}")
+            raise StudioError(
+                400, f"span_mode: {mode!r} is not one of {', '.join(m.value for m in SpanMode)}"
+            )
 
         def build():
             return [

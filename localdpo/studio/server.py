@@ -57,7 +57,9 @@ def address(sock: socket.socket, token: str) -> str:
     return f"http://{host}:{port}/?token={token}"
 
 
-def serve(studio: Studio, sock: socket.socket, token: str | None = None, *, loopback_only: bool = True) -> None:
+def serve(
+    studio: Studio, sock: socket.socket, token: str | None = None, *, loopback_only: bool = True
+) -> None:
     """Serve `studio` on `sock` until interrupted."""
     import uvicorn
 

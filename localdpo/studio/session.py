@@ -29,17 +29,10 @@ from typing import Any
 import torch
 
 from localdpo.steers import Messages, Steer
+from localdpo.studio.errors import StudioError
 from localdpo.studio.text import IncrementalDecoder
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
 from localdpo.tokenization import _tokenize_side, render_prompt, tokenize_steer
-
-
-class StudioError(Exception):
-    """A request the studio refuses; `status` is the HTTP status to answer with (4xx)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -122,7 +115,9 @@ class _Cancelled:
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _SegmentStreamer:
@@ -168,7 +163,9 @@ class ModelRunner:
         return ids
 
     @torch.no_grad()
-    def generate(self, segment: Segment, ids: list[int], sampling: Sampling, cancel: threading.Event, on_token):
+    def generate(
+        self, segment: Segment, ids: list[int], sampling: Sampling, cancel: threading.Event, on_token
+    ):
         """Generate `segment` from `ids`; a failure is recorded in `segment.error`, never raised."""
         try:
             with self.lock:
@@ -282,7 +279,9 @@ class AnswerSession:
         chosen = segment.text[segment.split(cut) : local] + correction.text
         return Suggestion(cut, chosen, correction.ends_answer, mistake.found, mistake.expected)
 
-    def steer_at(self, segment: Segment, cut: int, chosen: str, chosen_complete: bool, model_name: str) -> Steer:
+    def steer_at(
+        self, segment: Segment, cut: int, chosen: str, chosen_complete: bool, model_name: str
+    ) -> Steer:
         """The steer of a cut after `cut` tokens of the finished `segment`, corrected to `chosen`."""
         if segment.index != len(self.segments) - 1 or segment.steered:
             raise StudioError(409, f"segment {segment.index} was already steered: steer the latest one")

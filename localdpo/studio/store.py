@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localdpo.steers import Steer, SteerFileError, load_steers
-from localdpo.studio.session import StudioError
+from localdpo.studio.errors import StudioError
 
 try:
     import fcntl
@@ -103,7 +103,9 @@ class SteerStore:
             try:
                 load_steers(tmp)
             except SteerFileError as error:
-                raise StudioError(409, f"{self.path}: the change would make the file invalid ({error})") from None
+                raise StudioError(
+                    409, f"{self.path}: the change would make the file invalid ({error})"
+                ) from None
             os.replace(tmp, self.path)
             directory = os.open(self.path.parent, os.O_RDONLY)
             try:

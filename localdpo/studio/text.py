@@ -15,9 +15,7 @@ REPLACEMENT_CHAR = "\ufffd"
 
 def decode(tokenizer, ids: list[int], *, skip_special_tokens: bool = True) -> str:
     """The text of `ids` as the studio shows and saves it (no clean-up of spaces, so pieces never shift)."""
-    return tokenizer.decode(
-        ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
-    )
+    return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
 
 class IncrementalDecoder:

@@ -19,7 +19,9 @@ from localdpo.steers import load_steers
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 
-sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
+sync_playwright = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed"
+).sync_playwright
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
 
@@ -29,7 +31,18 @@ def studio_server(tmp_path):
     """`localdpo studio` with the tiny model in a subprocess; yields (address, steer file)."""
     steers = tmp_path / "steers.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "localdpo", "studio", "--model", "tiny", "--steers", str(steers), "--device", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "localdpo",
+            "studio",
+            "--model",
+            "tiny",
+            "--steers",
+            str(steers),
+            "--device",
+            "cpu",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -73,7 +86,9 @@ def finished_pieces(page, segment: int) -> list[str]:
 def test_two_steers_on_one_answer(studio_server, tmp_path):
     address, steers_file = studio_server
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(address)
@@ -120,4 +135,8 @@ def test_two_steers_on_one_answer(studio_server, tmp_path):
     # The second steer's prefix holds the first correction.
     assert second.prefix == kept_0 + "red, green" + kept_1
     assert (second.rejected, second.chosen, second.chosen_complete) == (rejected_1, " and blue.", True)
-    assert first.meta["model"] == "tiny" and first.meta["temperature"] == 0.0 and first.meta["max_new_tokens"] == 16
+    assert (
+        first.meta["model"] == "tiny"
+        and first.meta["temperature"] == 0.0
+        and first.meta["max_new_tokens"] == 16
+    )
