@@ -1,6 +1,7 @@
 """The studio page in a real browser: `localdpo studio --model tiny` driven by Playwright in headless Chromium.
 
-Two steers on one answer, made by clicking tokens and typing, as a person would; the file must then hold two
+Two steers on one answer, made as a person would (Stop while the model writes, then a click on a token of the
+resumed answer; a correction typed each time); the file must then hold two
 valid steers whose prefix, rejected and chosen are what the page showed.
 """
 
@@ -94,18 +95,20 @@ def test_two_steers_on_one_answer(studio_server, tmp_path):
             page.goto(address)
             page.wait_for_selector("#model-info:has-text('tiny')")
             page.fill("#prompt", "Name three colours.")
-            page.fill("#max-tokens", "16")
+            page.fill("#max-tokens", "400")
             page.click("#generate")
 
-            # First steer: click a token in the middle of the answer, type a correction, save.
-            pieces = finished_pieces(page, 0)
-            first_cut = next(i for i in range(5, len(pieces)) if pieces[i])
-            page.click(f"#live .tok[data-i='{first_cut}']")
+            # First steer: Stop while the model writes (the cut is where the answer stood), type, save.
+            page.wait_for_selector("#live .tok >> nth=3")
+            page.click("#stop")
+            first_cut = int(re.search(r"cut after token (\d+)", page.text_content("#status")).group(1))
             page.fill("#chosen", "red, green")
+            pieces = finished_pieces(page, 0)  # the model finished the rejected side meanwhile
+            assert 4 <= first_cut < len(pieces)
             page.click("#save")
             kept_0, rejected_0 = expected_split(pieces, first_cut)
 
-            # Second steer, on the resumed text: cut at its second shown token.
+            # Second steer, on the resumed text: click its second shown token, type, save.
             pieces = finished_pieces(page, 1)
             second_cut = [i for i, piece in enumerate(pieces) if piece][1]
             page.click(f"#live .tok[data-i='{second_cut}']")
@@ -138,5 +141,5 @@ def test_two_steers_on_one_answer(studio_server, tmp_path):
     assert (
         first.meta["model"] == "tiny"
         and first.meta["temperature"] == 0.0
-        and first.meta["max_new_tokens"] == 16
+        and first.meta["max_new_tokens"] == 400
     )
