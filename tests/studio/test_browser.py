@@ -119,27 +119,38 @@ def test_two_steers_on_one_answer(studio_server, tmp_path):
             kept_1, rejected_1 = expected_split(pieces, second_cut)
             assert page.locator("#answer .correction").all_text_contents() == ["red, green", " and blue."]
 
+            first, second = load_steers(steers_file)
+            assert first.prompt == second.prompt == [{"role": "user", "content": "Name three colours."}]
+            assert (first.prefix, first.rejected, first.chosen, first.chosen_complete) == (
+                kept_0,
+                rejected_0,
+                "red, green",
+                False,
+            )
+            # The second steer's prefix holds the first correction.
+            assert second.prefix == kept_0 + "red, green" + kept_1
+            assert (second.rejected, second.chosen, second.chosen_complete) == (
+                rejected_1,
+                " and blue.",
+                True,
+            )
+            meta = first.meta
+            assert (meta["model"], meta["temperature"], meta["max_new_tokens"]) == ("tiny", 0.0, 400)
+
+            # Review: both steers with their scored tokens; edit the first, delete the second.
             page.click("#tab-review")
             page.wait_for_selector("#review-list article.steer >> nth=1")
-            assert page.locator("#review-list article.steer").count() == 2
             assert page.locator("#review-list .scored.chosen").count() > 0
-            page.screenshot(path=str(tmp_path / "review.png"))
+            card = page.locator(f"article.steer[data-id='{first.id}']")
+            card.locator("button.edit").click()
+            card.locator("textarea[name=chosen]").fill("red, green and blue")
+            card.locator(".edit-form button.primary").click()
+            page.wait_for_selector(f"article.steer[data-id='{first.id}'] >> text=red, green and blue")
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.locator(f"article.steer[data-id='{second.id}'] button.delete").click()
+            page.wait_for_selector(f"article.steer[data-id='{second.id}']", state="detached")
         finally:
             browser.close()
 
-    first, second = load_steers(steers_file)
-    assert first.prompt == second.prompt == [{"role": "user", "content": "Name three colours."}]
-    assert (first.prefix, first.rejected, first.chosen, first.chosen_complete) == (
-        kept_0,
-        rejected_0,
-        "red, green",
-        False,
-    )
-    # The second steer's prefix holds the first correction.
-    assert second.prefix == kept_0 + "red, green" + kept_1
-    assert (second.rejected, second.chosen, second.chosen_complete) == (rejected_1, " and blue.", True)
-    assert (
-        first.meta["model"] == "tiny"
-        and first.meta["temperature"] == 0.0
-        and first.meta["max_new_tokens"] == 400
-    )
+    (edited,) = load_steers(steers_file)
+    assert (edited.id, edited.prefix, edited.chosen) == (first.id, first.prefix, "red, green and blue")

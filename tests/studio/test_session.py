@@ -84,3 +84,18 @@ def test_steers_nothing_corrected_or_out_of_range_are_refused(smol_tokenizer):
     with pytest.raises(StudioError, match="already steered") as again:
         session.steer_at(segment, 0, "6", False, "m")
     assert again.value.status == 409
+
+
+def test_a_cut_at_the_end_of_a_finished_answer_rejects_its_end_of_turn(smol_tokenizer):
+    """The model ended too early: the steer adds text where it wrote its end-of-turn token."""
+    session = addition_session(smol_tokenizer)
+    segment = segment_of(["797", " +", " 953", " ="])
+    segment.complete = True
+    session.segments = [segment]
+    steer = session.steer_at(segment, 4, " 1750", False, "m")
+    assert (steer.prefix, steer.rejected, steer.rejected_complete, steer.chosen) == (
+        "797 + 953 =",
+        "",
+        True,
+        " 1750",
+    )
