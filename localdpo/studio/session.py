@@ -212,13 +212,11 @@ class AnswerSession:
     def __init__(
         self, session_id: str, messages: Messages, sampling: Sampling, task: TaskContext | None, runner
     ):
-        self.id, self.messages, self.sampling, self.task, self.runner = (
-            session_id,
-            messages,
-            sampling,
-            task,
-            runner,
-        )
+        self.id = session_id
+        self.messages = messages
+        self.sampling = sampling
+        self.task = task
+        self.runner = runner
         self.segments: list[Segment] = []
         self.cancel_event = threading.Event()
         self.lock = threading.Lock()
