@@ -234,3 +234,31 @@ def test_unknown_sessions_segments_and_cuts(client):
     assert missing.status_code == 400 and "field 'chosen' is missing" in missing.json()["error"]
     assert client.post("/api/task-prompt", json={"task": "chess"}).status_code == 400
     assert client.get("/api/nothing").status_code == 404
+
+
+@pytest.mark.embedded
+def test_the_checker_marks_the_embedded_models_mistake(tmp_path):
+    """SmolLM2-135M-Instruct answers 797 + 953 = 1768 (greedy): the stream suggests the cut and the fix."""
+    from localdpo.models import load_model
+
+    model, tokenizer = load_model()
+    studio = Studio(
+        ModelRunner(model, tokenizer, "smollm2-135m-instruct"), SteerStore(tmp_path / "steers.jsonl")
+    )
+    headers = {"X-Studio-Token": TOKEN}
+    with TestClient(create_app(studio, token=TOKEN), base_url="http://127.0.0.1", headers=headers) as client:
+        drawn = client.post("/api/task-prompt", json={"task": "addition", "seed": 3}).json()
+        body = {"prompt": drawn["prompt"], "max_new_tokens": 32, "task": {"name": "addition", "seed": 3}}
+        session = client.post("/api/sessions", json=body).json()["session"]
+        events = stream(client, session, 0)
+        pieces = pieces_of(events)
+        (suggest,) = [e for e in events if e["type"] == "suggest"]
+        assert (suggest["found"], suggest["expected"], suggest["chosen"]) == ("1768", "1750", "1750")
+        saved = client.post(
+            f"/api/sessions/{session}/steers",
+            json={"segment": 0, "cut": suggest["cut"], "chosen": suggest["chosen"]},
+        ).json()
+    steer = saved["steer"]
+    assert steer["prefix"].endswith("797 + 953 = ") and steer["rejected"].startswith("1768")
+    assert steer["prefix"] + steer["rejected"] == "".join(pieces)
+    assert steer["meta"]["task"] == "addition" and steer["meta"]["prompt_id"] == "addition/797+953"
