@@ -236,6 +236,7 @@ function tokenLine(side, view) {
   for (const [text, scored] of view.tokens) {
     const span = document.createElement("span");
     span.className = scored ? `scored ${side}` : "plain";
+    if (text.includes("\n")) span.classList.add("nl");
     span.textContent = text;
     line.append(span);
   }
