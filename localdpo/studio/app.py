@@ -1,0 +1,325 @@
+"""The studio's HTTP routes (Starlette): the page, answer sessions streamed token by token, the steer file.
+
+Every request carries the server's random token (`X-Studio-Token` header, or `?token=` for the page and its
+files); a server bound to loopback also refuses any `Host` but loopback names (DNS rebinding). Bodies are JSON
+of at most `MAX_BODY_BYTES`, texts at most `MAX_TEXT_CHARS`, answers at most the server's token limit; a bad
+request gets a 4xx answer `{"error": "..."}` naming the field. The client never names a file: the server
+writes the one steer file it was started with.
+
+Stream format (`GET /api/sessions/{id}/segments/{k}/stream`): one JSON object a line,
+`{"type": "token", "index": i, "text": piece}`, `{"type": "suggest", "cut", "chosen", "chosen_complete",
+"found", "expected"}` (a task's first mistake), and last `{"type": "end", "complete", "cancelled", "error",
+"tokens"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from localdpo.studio.errors import StudioError
+from localdpo.studio.review import steer_view
+from localdpo.studio.session import Sampling, Studio, TaskContext, draw_task_prompt
+from localdpo.tasks import TASKS
+from localdpo.tokenization import SpanMode, tokenize_steer
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+TOKEN_HEADER = "x-studio-token"
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+MAX_BODY_BYTES = 256 * 1024
+MAX_TEXT_CHARS = 32_000
+MAX_TEMPERATURE = 5.0
+SAVE_WAIT_S = 600.0
+"""How long saving a steer waits for its segment's rejected side to finish generating."""
+STREAM_POLL_S = 0.02
+
+
+class TokenCheck:
+    """ASGI middleware: answers 403 to any HTTP request without the server's token."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            request = Request(scope)
+            supplied = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
+            if not secrets.compare_digest(supplied.encode(), self.token.encode()):
+                message = "missing or wrong token: open the address `localdpo studio` printed"
+                await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object body, refused past `MAX_BODY_BYTES` (413) or when not an object (400)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise StudioError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise StudioError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StudioError(400, f"request body is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise StudioError(400, f"request body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+_MISSING = object()
+
+
+def field(body: dict, name: str, kind: type, default: Any = _MISSING) -> Any:
+    """`body[name]` checked to be of `kind` (bool is not an int; an int is a float); 400 naming the field."""
+    if name not in body or body[name] is None:
+        if default is _MISSING:
+            raise StudioError(400, f"field '{name}' is missing")
+        return default
+    value = body[name]
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise StudioError(400, f"field '{name}': expected {kind.__name__}, got {type(value).__name__}")
+    if kind is str and len(value) > MAX_TEXT_CHARS:
+        raise StudioError(400, f"field '{name}': {len(value)} characters, at most {MAX_TEXT_CHARS}")
+    return value
+
+
+def in_range(name: str, value, low, high):
+    if not low <= value <= high:
+        raise StudioError(400, f"field '{name}': {value} is outside [{low}, {high}]")
+    return value
+
+
+def _index_html(token: str) -> str:
+    return (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace("__TOKEN__", token)
+
+
+def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Starlette:
+    """The ASGI app serving `studio`; every request must carry `token`."""
+
+    async def index(request: Request) -> Response:
+        return Response(_index_html(token), media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES:
+            raise StudioError(404, f"no static file {name!r}")
+        return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "model": studio.runner.name,
+                "steers_file": str(studio.store.path),
+                "tasks": [{"name": t.name, "description": t.description} for t in TASKS.values()],
+                "span_modes": [mode.value for mode in SpanMode],
+                "token_limit": studio.token_limit,
+                "defaults": dataclasses.asdict(Sampling()),
+            }
+        )
+
+    async def task_prompt(request: Request) -> Response:
+        body = await read_json(request)
+        name = field(body, "task", str)
+        if name not in TASKS:
+            raise StudioError(400, f"field 'task': unknown task {name!r} (known: {', '.join(TASKS)})")
+        seed = in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1)
+        drawn = draw_task_prompt(name, seed)
+        return JSONResponse(
+            {"task": name, "seed": seed, "prompt": drawn.prompt.text, "prompt_id": drawn.prompt.id}
+        )
+
+    async def open_session(request: Request) -> Response:
+        body = await read_json(request)
+        prompt = field(body, "prompt", str)
+        if not prompt.strip():
+            raise StudioError(400, "field 'prompt' is empty")
+        system = field(body, "system", str, "")
+        sampling = Sampling(
+            temperature=in_range("temperature", field(body, "temperature", float, 0.0), 0.0, MAX_TEMPERATURE),
+            top_p=in_range("top_p", field(body, "top_p", float, 1.0), 1e-6, 1.0),
+            max_new_tokens=in_range(
+                "max_new_tokens",
+                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, studio.token_limit)),
+                1,
+                studio.token_limit,
+            ),
+            seed=in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1),
+        )
+        task = None
+        task_ref = field(body, "task", dict, None)
+        if task_ref is not None:
+            name = field(task_ref, "name", str)
+            if name not in TASKS:
+                raise StudioError(400, f"field 'task.name': unknown task {name!r}")
+            drawn = draw_task_prompt(
+                name, in_range("task.seed", field(task_ref, "seed", int, 0), 0, 2**31 - 1)
+            )
+            # A prompt edited after it was drawn is no longer the task's: its checker would judge the wrong thing.
+            task = drawn if drawn.prompt.text == prompt else None
+        messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        session = await run_in_threadpool(studio.open, messages, sampling, task)
+        return JSONResponse({"session": session.id, "segment": 0, "task": _task_json(task)})
+
+    async def stream(request: Request) -> Response:
+        session = studio.get(request.path_params["session"])
+        segment = studio.segment(session, int(request.path_params["segment"]))
+
+        async def events():
+            sent, suggested = 0, False
+            while True:
+                finished = segment.finished.is_set()
+                # The last piece may still take held-back bytes until the segment ends.
+                ready = len(segment.pieces) if finished else max(len(segment.pieces) - 1, sent)
+                for index in range(sent, ready):
+                    yield json.dumps({"type": "token", "index": index, "text": segment.pieces[index]}) + "\n"
+                sent = ready
+                if segment.suggestion is not None and not suggested:
+                    suggested = True
+                    yield json.dumps({"type": "suggest", **dataclasses.asdict(segment.suggestion)}) + "\n"
+                if finished:
+                    end = {
+                        "type": "end",
+                        "complete": segment.complete,
+                        "cancelled": segment.cancelled,
+                        "error": segment.error,
+                        "tokens": len(segment.pieces),
+                    }
+                    yield json.dumps(end) + "\n"
+                    return
+                await asyncio.sleep(STREAM_POLL_S)
+
+        return StreamingResponse(
+            events(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+        )
+
+    async def cancel(request: Request) -> Response:
+        session = studio.get(request.path_params["session"])
+        session.cancel()
+        return JSONResponse({"cancelled": session.id})
+
+    async def save_steer(request: Request) -> Response:
+        session = studio.get(request.path_params["session"])
+        body = await read_json(request)
+        segment = studio.segment(session, field(body, "segment", int))
+        cut = field(body, "cut", int)
+        chosen = field(body, "chosen", str)
+        chosen_complete = field(body, "chosen_complete", bool, False)
+        if not await run_in_threadpool(segment.finished.wait, SAVE_WAIT_S):
+            raise StudioError(409, "the rejected continuation is still being generated: save again shortly")
+        steer, next_segment = await run_in_threadpool(
+            studio.save_steer, session, segment, cut, chosen, chosen_complete
+        )
+        return JSONResponse(
+            {
+                "steer": steer.to_dict(),
+                "kept": steer.prefix[len(segment.start_text) :],
+                "next_segment": None if next_segment is None else next_segment.index,
+            }
+        )
+
+    async def list_steers(request: Request) -> Response:
+        mode = request.query_params.get("span_mode", SpanMode.DIVERGENT.value)
+        if mode not in {m.value for m in SpanMode}:
+            raise StudioError(
+                400, f"span_mode: {mode!r} is not one of {', '.join(m.value for m in SpanMode)}"
+            )
+
+        def build():
+            return [
+                {
+                    "line": stored.line,
+                    "version": stored.version,
+                    "steer": stored.steer.to_dict(),
+                    **steer_view(stored.steer, studio.runner.tokenizer, mode),
+                }
+                for stored in studio.store.list()
+            ]
+
+        rows = await run_in_threadpool(build)
+        return JSONResponse({"steers_file": str(studio.store.path), "span_mode": mode, "steers": rows})
+
+    async def edit_steer(request: Request) -> Response:
+        steer_id = request.path_params["steer_id"]
+        body = await read_json(request)
+        version = field(body, "version", str)
+        stored = next((s for s in await run_in_threadpool(studio.store.list) if s.steer.id == steer_id), None)
+        if stored is None:
+            raise StudioError(404, f"no steer {steer_id!r} in {studio.store.path.name}")
+        old = stored.steer
+        try:
+            new = dataclasses.replace(
+                old,
+                prefix=field(body, "prefix", str, old.prefix),
+                rejected=field(body, "rejected", str, old.rejected),
+                chosen=field(body, "chosen", str, old.chosen),
+                chosen_complete=field(body, "chosen_complete", bool, old.chosen_complete),
+                meta={**old.meta, "edited": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            )
+            tokenize_steer(new, studio.runner.tokenizer)
+        except ValueError as error:
+            raise StudioError(400, f"not a usable steer: {error}") from None
+        updated = await run_in_threadpool(studio.store.replace, steer_id, version, new)
+        return JSONResponse({"steer": updated.steer.to_dict(), "version": updated.version})
+
+    async def delete_steer(request: Request) -> Response:
+        version = request.query_params.get("version")
+        if not version:
+            raise StudioError(400, "query parameter 'version' is missing")
+        await run_in_threadpool(studio.store.delete, request.path_params["steer_id"], version)
+        return JSONResponse({"deleted": request.path_params["steer_id"]})
+
+    async def studio_error(request: Request, error: StudioError) -> Response:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/api/info", info),
+        Route("/api/task-prompt", task_prompt, methods=["POST"]),
+        Route("/api/sessions", open_session, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/stream", stream),
+        Route("/api/sessions/{session}/cancel", cancel, methods=["POST"]),
+        Route("/api/sessions/{session}/steers", save_steer, methods=["POST"]),
+        Route("/api/steers", list_steers),
+        Route("/api/steers/{steer_id}", edit_steer, methods=["PUT"]),
+        Route("/api/steers/{steer_id}", delete_steer, methods=["DELETE"]),
+    ]
+    middleware = [Middleware(TokenCheck, token=token)]
+    if loopback_only:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS))
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={StudioError: studio_error, HTTPException: http_error},
+    )
+
+
+def _task_json(task: TaskContext | None) -> dict | None:
+    return None if task is None else {"name": task.task.name, "prompt_id": task.prompt.id}

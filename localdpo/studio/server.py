@@ -1,0 +1,71 @@
+"""Start a studio: load the model, open the steer file, bind a socket and serve the app with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+
+from localdpo.studio.app import create_app
+from localdpo.studio.session import ModelRunner, Studio
+from localdpo.studio.store import SteerStore
+
+TINY_MODEL = "tiny"
+"""The model name that loads `localdpo.models.tiny_model()` (random weights; for tests)."""
+
+
+def load_studio(
+    model_name: str, steers_path: str | os.PathLike, *, device: str = "cpu", token_limit: int = 1024
+) -> Studio:
+    """A studio over `model_name` (anything `load_model` loads, or `"tiny"`) writing `steers_path`."""
+    from localdpo.models import load_model, tiny_model
+
+    store = SteerStore(steers_path)  # before the model: a bad file fails fast
+    if model_name == TINY_MODEL:
+        model, tokenizer = tiny_model()
+        model.to(device)
+    else:
+        model, tokenizer = load_model(model_name, device=device)
+    return Studio(ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port` (port 0: a free one, chosen by the system)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(64)
+    return sock
+
+
+def address(sock: socket.socket, token: str) -> str:
+    """The URL to open: the bound host and port, and the token."""
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/?token={token}"
+
+
+def serve(
+    studio: Studio, sock: socket.socket, token: str | None = None, *, loopback_only: bool = True
+) -> None:
+    """Serve `studio` on `sock` until interrupted."""
+    import uvicorn
+
+    app = create_app(studio, token=token or new_token(), loopback_only=loopback_only)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
