@@ -12,11 +12,12 @@ References:
   Hinge (SLiC): Zhao et al. 2023, "SLiC-HF".
   Robust DPO: Chowdhury et al. 2024, "Provably Robust DPO", eq. 8.
   APO-zero, APO-down: D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
-    arXiv 2408.06266, Sec. 3 (TRL 1.16's `apo_zero` / `apo_down`).
+    arXiv 2408.06266, eqs. 7 and 8 (TRL 1.16's `apo_zero` / `apo_down`).
   DPO-Positive: Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
     arXiv 2402.13228, eq. 3.
   Cal-DPO: Xiao et al. 2024, "Cal-DPO: Calibrated Direct Preference Optimization for Language Model
-    Alignment", arXiv 2412.14516, eq. 10.
+    Alignment", arXiv 2412.14516, eq. 10 (the paper's objective, implemented as written; the authors' code,
+    github.com/tengxiao1/Cal-DPO `scripts/dpo_trainer.py`, weights the two squared terms by 1/2).
   Chosen-side NLL added to a preference loss (RPO): Pang et al. 2024, "Iterative Reasoning Preference
     Optimization", eq. 1.
 """
