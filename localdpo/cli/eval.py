@@ -34,12 +34,13 @@ def run(args) -> int:
     from localdpo.taskeval import evaluate_task
     from localdpo.tasks import resolve_tasks
 
+    tasks = resolve_tasks(args.task)  # an unknown name fails before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device=args.device)
     results = {}
     print(f"{'task':<12} {'n':>5} {'accuracy':>9} {'format':>7} {'item1':>6} {'mistake@':>9} {'seconds':>8}")
-    for task in resolve_tasks(args.task):
+    for task in tasks:
         result = evaluate_task(
             model,
             tokenizer,

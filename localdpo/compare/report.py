@@ -95,10 +95,17 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary file in the same directory, fsync, rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_csv(rows: Sequence[SummaryRow], path: Path, *, baseline: str) -> None:

@@ -7,9 +7,8 @@ from torch import nn
 
 from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_INPUT_IDS, REJECTED_ATTENTION_MASK, REJECTED_INPUT_IDS
 from localdpo.forward import sequence_token_logps
+from localdpo.models import TINY_MODEL
 from localdpo.trainer.config import RunConfig
-
-TINY_MODEL = "tiny"
 
 
 def load_base_model(config: RunConfig, tokenizer=None):
