@@ -1,0 +1,14 @@
+def test_unknown_preset_is_one_line(one_line_error):
+    assert one_line_error("compare", "--preset", "nope") == (
+        "localdpo compare: unknown preset 'nope'; presets: cpu, gpu, tiny"
+    )
+
+
+def test_unknown_override_key_is_one_line(one_line_error, tmp_path):
+    line = one_line_error("compare", "--preset", "tiny", "--out", tmp_path, "nosuch=1")
+    assert "unknown key 'nosuch'" in line or "unknown config key 'nosuch'" in line
+
+
+def test_missing_config_is_one_line(one_line_error, tmp_path):
+    line = one_line_error("compare", "--config", tmp_path / "nope.yaml")
+    assert line == f"localdpo compare: comparison config not found: {tmp_path / 'nope.yaml'}"
