@@ -51,5 +51,7 @@ def library_warnings():
     logger.addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield lambda: logged + [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
+        yield (
+            lambda: logged + [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
+        )
     logger.removeHandler(handler)

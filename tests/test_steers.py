@@ -155,14 +155,18 @@ def test_invalid_utf8_names_file_line_and_byte_offset(tmp_path):
     path = tmp_path / "bytes.jsonl"
     path.write_bytes(first + bad + b"\n")
     offset = len(first) + bad.index(b"\xff")
-    with pytest.raises(SteerFileError, match=rf"bytes\.jsonl:2: invalid UTF-8: byte 0xff at byte offset {offset} "):
+    with pytest.raises(
+        SteerFileError, match=rf"bytes\.jsonl:2: invalid UTF-8: byte 0xff at byte offset {offset} "
+    ):
         load_steers(path)
 
 
 def test_invalid_utf8_row_is_skipped_like_any_bad_row(tmp_path):
     path = tmp_path / "bytes.jsonl"
     path.write_bytes(
-        (json.dumps(EXAMPLE) + "\n").encode() + b'{"prompt": "\xc3"}\n' + (json.dumps(dict(EXAMPLE, id="z")) + "\n").encode()
+        (json.dumps(EXAMPLE) + "\n").encode()
+        + b'{"prompt": "\xc3"}\n'
+        + (json.dumps(dict(EXAMPLE, id="z")) + "\n").encode()
     )
     with pytest.warns(UserWarning, match="skipped 1 bad rows"):
         steers, report = load_steers(path, skip_invalid=True, return_report=True)

@@ -48,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-length {args.max_length}: must be >= 1")
     if not Path(args.steers).is_file():
         raise UsageError(f"steer file not found: {args.steers}")
+    if args.html and not Path(args.html).parent.is_dir():
+        raise UsageError(f"--html {args.html}: directory {Path(args.html).parent} does not exist")
     tokenizer = load_tokenizer(args.model)
     preview = preview_steers(args.steers, tokenizer, span_mode=args.span_mode, max_length=args.max_length)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     sys.stdout.write(render_text(preview, tokenizer, color=color))
     if args.html:
         path = Path(args.html)
-        if not path.parent.is_dir():
-            raise UsageError(f"--html {args.html}: directory {path.parent} does not exist")
         atomic_write_text(path, render_html(preview, tokenizer))
         print(f"wrote {path}")
     return 0

@@ -9,7 +9,9 @@ def test_unknown_task_is_one_line_before_loading_a_model(one_line_error):
 @pytest.mark.parametrize("model", ["someone/typo", "./missing-model-dir"])
 def test_model_not_found_is_one_line(one_line_error, model):
     line = one_line_error("eval", "--task", "addition", "--model", model, "--n", "1")
-    assert line.startswith(f"localdpo eval: model {model!r} is neither a local directory nor a cached hub model (")
+    assert line.startswith(
+        f"localdpo eval: model {model!r} is neither a local directory nor a cached hub model ("
+    )
     assert "'tiny'" in line
 
 

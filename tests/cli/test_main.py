@@ -9,11 +9,18 @@ from localdpo.cli import COMMANDS, UsageError, build_parser, main
 def test_every_command_is_registered():
     parser = build_parser()
     names = set(parser._subparsers._group_actions[0].choices)
-    assert names == set(COMMANDS) >= {"tasks", "make-steers", "eval", "cache", "train", "compare", "show", "convert"}
+    assert (
+        names
+        == set(COMMANDS)
+        >= {"tasks", "make-steers", "eval", "cache", "train", "compare", "show", "convert"}
+    )
 
 
 def test_usage_error_is_one_line_and_status_2(one_line_error):
-    assert one_line_error("show", "no-such-file.jsonl") == "localdpo show: steer file not found: no-such-file.jsonl"
+    assert (
+        one_line_error("show", "no-such-file.jsonl")
+        == "localdpo show: steer file not found: no-such-file.jsonl"
+    )
 
 
 def test_debug_flag_and_env_show_the_traceback(monkeypatch):

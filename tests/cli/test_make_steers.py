@@ -7,5 +7,7 @@ def test_unknown_task_is_one_line(one_line_error, tmp_path):
 
 
 def test_unknown_model_is_one_line(one_line_error, tmp_path):
-    line = one_line_error("make-steers", "--task", "addition", "--out", tmp_path / "s.jsonl", "--model", "someone/typo")
+    line = one_line_error(
+        "make-steers", "--task", "addition", "--out", tmp_path / "s.jsonl", "--model", "someone/typo"
+    )
     assert "model 'someone/typo' is neither a local directory nor a cached hub model" in line

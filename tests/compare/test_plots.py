@@ -22,7 +22,10 @@ def records(methods):
                 RunRecord(
                     method,
                     seed,
-                    {"task_accuracy": [float((index + seed + i) % 2) for i in range(6)], "drift_kl": [0.1 * index] * 6},
+                    {
+                        "task_accuracy": [float((index + seed + i) % 2) for i in range(6)],
+                        "drift_kl": [0.1 * index] * 6,
+                    },
                     history=[{"step": 0, "task_accuracy": 0.0}, {"step": 5, "task_accuracy": 0.1 * index}],
                 )
             )
