@@ -92,8 +92,23 @@ def read_rows(
     elif path.suffix in (".jsonl", *DATASETS_BUILDERS) or str(source).startswith((".", "/", "~")):
         raise FileNotFoundError(f"source file not found: {source}")
     else:
+        _check_hub_reachable(str(source))
         dataset = _load_dataset(str(source), str(source), name=subset, split=split)
     yield from enumerate(dataset, start=1)
+
+
+def _check_hub_reachable(dataset_id: str) -> None:
+    """`ConvertError` at once when the hub cannot be reached (instead of ~30 s of retries), unless offline mode
+    is on: then `datasets` reads its own cache."""
+    from localdpo.models import hub_offline, hub_unreachable
+
+    if hub_offline():
+        return
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise ConvertError(
+            f"{dataset_id}: not a local file, and {unreachable} (for a dataset in your cache: HF_HUB_OFFLINE=1)"
+        )
 
 
 def _load_dataset(label: str, *args, **kwargs):

@@ -125,13 +125,13 @@ def _ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _hub_unreachable() -> str | None:
+def hub_unreachable() -> str | None:
     """Why the hub cannot be reached (its host does not resolve or refuses a connection), or None.
 
     One quick probe instead of huggingface_hub's retries (about 30 s of warnings on a machine without
@@ -178,9 +178,9 @@ def _pretrained_source(name: str, cache_dir: str | os.PathLike | None) -> str:
     cached = try_to_load_from_cache(name, "config.json", cache_dir=str(cache_dir) if cache_dir else None)
     if isinstance(cached, str):
         return name
-    if _hub_offline():
+    if hub_offline():
         raise _not_found(name, "the hub is offline: HF_HUB_OFFLINE is set")
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     if unreachable:
         raise _not_found(name, unreachable)
     return name

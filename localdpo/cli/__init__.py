@@ -39,6 +39,7 @@ class UsageError(Exception):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input, never a bug: each message names the input and what to do."""
+    from localdpo.convert import ConvertError
     from localdpo.models import ModelNotFoundError
     from localdpo.steers import SteerFileError, SteerValidationError
     from localdpo.tasks import UnknownTaskError
@@ -53,6 +54,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         SteerTooLongError,
         ModelNotFoundError,
         UnknownTaskError,
+        ConvertError,
         FileNotFoundError,
     )
 

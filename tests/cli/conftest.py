@@ -10,7 +10,7 @@ def cli(capsys):
     def run(*argv: str):
         status = main([str(a) for a in argv])
         captured = capsys.readouterr()
-        return status, captured.out, captured.err.strip().splitlines()
+        return status, captured.out, captured.err.strip("\n").splitlines()
 
     return run
 
