@@ -7,7 +7,11 @@ HELP = "greedy accuracy of a model (name, path or checkpoint dir) on held-out pr
 
 def add_arguments(parser) -> None:
     parser.add_argument("--task", action="append", required=True, help="task name (repeatable) or 'all'")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="HF id, local dir, checkpoint dir")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="HF id, local dir, checkpoint dir, smollm2-135m-instruct (default) or tiny",
+    )
     parser.add_argument("--n", type=int, default=200, help="held-out prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
     parser.add_argument("--batch-size", type=int, default=32)

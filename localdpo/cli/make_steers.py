@@ -8,7 +8,9 @@ HELP = "generate answers to task prompts, stop at each first mistake and write t
 def add_arguments(parser) -> None:
     parser.add_argument("--task", action="append", required=True, help="task name (repeatable) or 'all'")
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="HF id, local dir or the embedded name"
+        "--model",
+        default="smollm2-135m-instruct",
+        help="HF id, local dir, smollm2-135m-instruct (default) or tiny",
     )
     parser.add_argument("--n", type=int, default=100, help="prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling and generation seed")
