@@ -78,7 +78,7 @@ def test_build_accepts_the_tiny_model_name(steers_file, tmp_path, capsys):
     assert "3 tokenized" in capsys.readouterr().out
 
 
-def test_bad_steer_files_are_one_line(one_line_error, tmp_path):
+def test_bad_input_is_one_line(one_line_error, steers_file, tmp_path):
     bad_row = tmp_path / "row.jsonl"
     bad_row.write_text('{"prompt": "p", "prefix": "", "chosen": 3, "rejected": "b"}\n')
     bad_bytes = tmp_path / "bytes.jsonl"
@@ -94,7 +94,7 @@ def test_bad_steer_files_are_one_line(one_line_error, tmp_path):
     assert one_line_error("cache", "build", "--steers", tmp_path / "nope.jsonl", *argv) == (
         f"localdpo cache: steer file not found: {tmp_path / 'nope.jsonl'}"
     )
-    line = one_line_error("cache", "build", "--steers", bad_row, "--model", "someone/typo")
+    line = one_line_error("cache", "build", "--steers", steers_file, "--model", "someone/typo")
     assert line.startswith(
         "localdpo cache: model 'someone/typo' is neither a local directory nor a cached hub model"
     )
