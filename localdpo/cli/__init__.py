@@ -37,6 +37,21 @@ class UsageError(Exception):
     """A user's mistake found by a command: printed as one line, exit status 2."""
 
 
+def checked_device(name: str | None) -> str:
+    """A command's `--device`, checked before any work (None: cuda when available, else cpu)."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return name
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input, never a bug: each message names the input and what to do."""
     from localdpo.convert import ConvertError

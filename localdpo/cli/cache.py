@@ -66,13 +66,14 @@ def _build(args) -> int:
 
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.models import DEFAULT_MODEL, load_model
     from localdpo.refcache import ReferenceCache
     from localdpo.steers import load_steers
     from localdpo.tokenization import tokenize_steers
 
     steers = load_steers(args.steers)  # a bad file fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = checked_device(args.device)
     # The model is loaded in the compute dtype: train with the same dtype, or the fingerprints differ.
     model, tokenizer = load_model(
         args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), device=device

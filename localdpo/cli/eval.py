@@ -34,14 +34,16 @@ def run(args) -> int:
 
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.models import load_model
     from localdpo.taskeval import evaluate_task
     from localdpo.tasks import resolve_tasks
 
     tasks = resolve_tasks(args.task)  # an unknown name fails before the model loads
+    device = checked_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=device)
     results = {}
     print(f"{'task':<12} {'n':>5} {'accuracy':>9} {'format':>7} {'item1':>6} {'mistake@':>9} {'seconds':>8}")
     for task in tasks:

@@ -33,15 +33,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.models import load_model
     from localdpo.steermaking import GenerationConfig, make_steers, shuffle_steers
     from localdpo.steers import save_steers
     from localdpo.tasks import resolve_tasks
 
     tasks = resolve_tasks(args.task)
+    device = checked_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=device)
     steers, summaries = [], []
     for task in tasks:
         config = GenerationConfig(

@@ -19,3 +19,13 @@ def test_tiny_model_runs(cli):
     status, out, _ = cli("eval", "--task", "addition", "--model", "tiny", "--n", "2", "--max-new-tokens", "2")
     assert status == 0
     assert out.splitlines()[1].split()[:2] == ["addition", "2"]
+
+
+def test_bad_device_is_one_line(one_line_error):
+    line = one_line_error("eval", "--task", "addition", "--model", "tiny", "--device", "nonsense")
+    assert line.startswith("localdpo eval: --device nonsense: ")
+    import torch
+
+    if not torch.cuda.is_available():
+        line = one_line_error("eval", "--task", "addition", "--model", "tiny", "--device", "cuda")
+        assert line == "localdpo eval: --device cuda: CUDA is not available on this machine; use --device cpu"

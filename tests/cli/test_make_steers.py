@@ -11,3 +11,10 @@ def test_unknown_model_is_one_line(one_line_error, tmp_path):
         "make-steers", "--task", "addition", "--out", tmp_path / "s.jsonl", "--model", "someone/typo"
     )
     assert "model 'someone/typo' is neither a local directory nor a cached hub model" in line
+
+
+def test_bad_device_is_one_line(one_line_error, tmp_path):
+    line = one_line_error(
+        "make-steers", "--task", "addition", "--out", tmp_path / "s.jsonl", "--device", "nonsense"
+    )
+    assert line.startswith("localdpo make-steers: --device nonsense: ")
