@@ -12,3 +12,17 @@ def test_unknown_override_key_is_one_line(one_line_error, tmp_path):
 def test_missing_config_is_one_line(one_line_error, tmp_path):
     line = one_line_error("compare", "--config", tmp_path / "nope.yaml")
     assert line == f"localdpo compare: comparison config not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_malformed_config_and_override_are_one_line(one_line_error, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [tiny\n")
+    assert one_line_error("compare", "--config", bad).startswith(f"localdpo compare: {bad}: invalid YAML: ")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n")
+    assert one_line_error("compare", "--config", listed) == (
+        f"localdpo compare: {listed}: expected a mapping of keys, got list"
+    )
+    assert one_line_error("compare", "--preset", "tiny", "seeds=[0,") == (
+        "localdpo compare: override 'seeds=[0,': the value is not valid YAML"
+    )
