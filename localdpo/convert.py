@@ -121,9 +121,8 @@ def _load_dataset(label: str, *args, **kwargs):
         ) from None
     try:
         return datasets.load_dataset(*args, **kwargs)
-    except (
-        Exception
-    ) as error:  # hub not reachable, no such dataset or split, unparsable file: all name the source
+    except Exception as error:
+        # no such dataset or split, an unparsable file, a failed download: the message names the source
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConvertError(f"{label}: `datasets` cannot load it ({first_line})") from error
 
