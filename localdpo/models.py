@@ -162,39 +162,47 @@ def _not_found(name: str, why: str) -> ModelNotFoundError:
     )
 
 
-def _pretrained_source(name: str, cache_dir: str | os.PathLike | None) -> str:
-    """What `from_pretrained` should load for `name`: an existing local path, or a hub id known to be reachable.
+def _pretrained_source(name: str, cache_dir: str | os.PathLike | None) -> tuple[str, bool]:
+    """`(source, is_local)` for `from_pretrained`: an existing local directory, or a hub id worth trying.
 
-    A hub id that is not in the download cache raises `ModelNotFoundError` at once when the hub is offline
-    (HF_HUB_OFFLINE=1); online, the download is tried and its failure is mapped by `_from_pretrained`.
+    A path that is not a directory, and a hub id that is not in the download cache while the hub is offline
+    (HF_HUB_OFFLINE=1) or unreachable, raise `ModelNotFoundError` at once; an uncached hub id is otherwise
+    downloaded, and a failure there is mapped by `_from_pretrained`.
     """
     local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local), True
     if local.exists():
-        return str(local)
+        raise _not_found(name, "it is a file")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         raise _not_found(name, "no such directory")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(name, "config.json", cache_dir=str(cache_dir) if cache_dir else None)
     if isinstance(cached, str):
-        return name
+        return name, False
     if hub_offline():
         raise _not_found(name, "the hub is offline: HF_HUB_OFFLINE is set")
     unreachable = hub_unreachable()
     if unreachable:
         raise _not_found(name, unreachable)
-    return name
+    return name, False
 
 
-def _from_pretrained(loader, name: str, source: str, **kwargs):
-    """`loader.from_pretrained(source, ...)`; a hub id that cannot be fetched becomes `ModelNotFoundError`."""
-    if source != name:  # a local directory: its own errors are clearer than ours
-        return loader.from_pretrained(source, **kwargs)
+def _from_pretrained(loader, name: str, source: str, is_local: bool, **kwargs):
+    """`loader.from_pretrained(source, ...)`; a hub id that cannot be fetched, or a directory that holds no
+    loadable model or tokenizer, becomes `ModelNotFoundError` naming it."""
+    mapped = (OSError, ValueError) if is_local else (OSError,)
     try:
         return loader.from_pretrained(source, **kwargs)
-    except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _not_found(name, first_line.rstrip(".")) from error
+    except mapped as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        if is_local:
+            raise ModelNotFoundError(
+                f"model directory {name!r} cannot be loaded ({first_line}); give a directory written by "
+                f"save_pretrained (a run's final/ directory), a hub id, {DEFAULT_MODEL!r} or {TINY_MODEL!r}"
+            ) from error
+        raise _not_found(name, first_line) from error
 
 
 def load_model(
@@ -232,11 +240,11 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
         tokenizer = embedded_tokenizer(cache_dir)
     else:
-        source = _pretrained_source(name, cache_dir)
+        source, is_local = _pretrained_source(name, cache_dir)
         kwargs = {"trust_remote_code": trust_remote_code}
-        if cache_dir is not None and source == name:
+        if cache_dir is not None and not is_local:
             kwargs["cache_dir"] = str(cache_dir)
-        model = _from_pretrained(AutoModelForCausalLM, name, source, dtype=dtype, **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM, name, source, is_local, dtype=dtype, **kwargs)
         tokenizer = load_tokenizer(name, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
     _ensure_pad_token(tokenizer)
     if model.config.pad_token_id is None:
@@ -263,11 +271,11 @@ def load_tokenizer(
     if name in (TINY_MODEL, DEFAULT_MODEL):
         tokenizer = embedded_tokenizer(cache_dir)
     else:
-        source = _pretrained_source(name, cache_dir)
+        source, is_local = _pretrained_source(name, cache_dir)
         kwargs = {"trust_remote_code": trust_remote_code}
-        if cache_dir is not None and source == name:
+        if cache_dir is not None and not is_local:
             kwargs["cache_dir"] = str(cache_dir)
-        tokenizer = _from_pretrained(AutoTokenizer, name, source, **kwargs)
+        tokenizer = _from_pretrained(AutoTokenizer, name, source, is_local, **kwargs)
     _ensure_pad_token(tokenizer)
     return tokenizer
 

@@ -164,3 +164,15 @@ def test_unknown_model_is_one_clear_error(name, why):
         message = str(caught.value)
         assert message.startswith(f"model {name!r} is neither a local directory nor a cached hub model")
         assert why in message and "'tiny'" in message and "\n" not in message
+
+
+def test_a_directory_without_a_model_is_one_clear_error(tmp_path):
+    with pytest.raises(
+        ModelNotFoundError, match=r"model directory '.*' cannot be loaded \(.*\); give a directory"
+    ):
+        load_model(tmp_path)
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(
+        ModelNotFoundError, match=r"is neither a local directory nor a cached hub model \(it is a file\)"
+    ):
+        load_model(tmp_path / "weights.txt")
