@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -288,6 +291,18 @@ def _adapter_base_name(directory: Path) -> str:
     return base_name
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around peft's wrapping of a model: peft 0.21 reads `model.is_gradient_checkpointing`, which transformers
+    5.2x deprecates, so every LoRA run would print a FutureWarning about peft's code that no caller can act on.
+    Only that message, only inside this block, is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def _load_adapter_dir(directory: Path, **kwargs):
     """Base model + the peft adapter in `directory`, merged; the directory's tokenizer when it has one."""
     from peft import PeftModel
@@ -295,7 +310,8 @@ def _load_adapter_dir(directory: Path, **kwargs):
     base_name = _adapter_base_name(directory)
     device = kwargs.pop("device")
     base, tokenizer = load_model(base_name, device="cpu", **kwargs)
-    model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+    with peft_wrapping():
+        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
     if (directory / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 

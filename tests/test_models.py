@@ -113,7 +113,7 @@ def test_embedded_conversion_equals_gguf_weights(tmp_path):
         assert torch.equal(model(ids).logits, reference(ids).logits)
 
 
-def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
+def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer, library_warnings):
     """A LoRA run's final dir (adapter + tokenizer) loads as its base with the adapter merged: same logits."""
     from peft import LoraConfig, get_peft_model
 
@@ -121,9 +121,10 @@ def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     base, _ = models.load_model(tmp_path / "base")
-    peft_model = get_peft_model(
-        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    with models.peft_wrapping():
+        peft_model = get_peft_model(
+            base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
     peft_model.save_pretrained(tmp_path / "final")
     tokenizer.save_pretrained(tmp_path / "final")
     ids = torch.tensor([tokenizer.encode("3, 6, 9")])
@@ -138,6 +139,7 @@ def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
             fresh_base(ids).logits, expected, atol=1e-4
         )  # the adapter does change outputs
     assert loaded_tokenizer.pad_token is not None
+    assert library_warnings() == []  # peft's read of a deprecated transformers attribute is not shown
 
 
 def test_tiny_name_loads_the_tiny_model_everywhere(smol_tokenizer):
