@@ -81,12 +81,14 @@ def preview_steers(
 
 
 def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segment]:
-    """The assistant part of one side (from the first assistant or scored token) as scored / unscored runs."""
+    """The assistant part of one side as scored / unscored runs of tokens (EOS shown as its special token).
+
+    It starts at the first assistant token, or at the divergence when BPE merged the prompt's last characters
+    into the first differing token (then that token is scored and shown whole).
+    """
     ids = getattr(tokenized, f"{side}_ids").tolist()
     mask = getattr(tokenized, f"{side}_mask").tolist()
-    start = getattr(tokenized, f"{side}_assistant_start")
-    if any(mask):
-        start = min(start, mask.index(True))
+    start = min(getattr(tokenized, f"{side}_assistant_start"), tokenized.divergence)
     segments: list[Segment] = []
     run_start = start
     for i in range(start, len(ids) + 1):
