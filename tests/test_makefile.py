@@ -38,7 +38,7 @@ def test_no_environment_active_makes_and_uses_dot_venv():
 def test_an_active_environment_is_used_as_it_is(variable):
     lines = planned("compare", **{variable: "/somewhere/env", "PYTHON": "/somewhere/env/bin/python"})
     assert not any(".venv" in line for line in lines)
-    assert '/somewhere/env/bin/python -m pip install -q -e ".[dev]"' in lines
+    assert any(line.startswith("/somewhere/env/bin/python -m pip install -q -e") for line in lines)
     assert lines[-1] == "/somewhere/env/bin/python -m localdpo compare --preset cpu"
 
 
