@@ -129,6 +129,7 @@ def _ensure_pad_token(tokenizer) -> None:
 
 
 def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE=1): only its download cache is read."""
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
