@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as error:
         print(f"localdpo {args.command}: {_message(error)}", file=sys.stderr)
         return USAGE_ERROR_STATUS
+    except KeyboardInterrupt:
+        print(f"\nlocaldpo {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

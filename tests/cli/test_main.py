@@ -50,3 +50,14 @@ def test_subprocess_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == "localdpo compare: unknown preset 'nope'; presets: cpu, gpu, tiny\n"
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    import localdpo.cli.tasks as tasks_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks_cli, "run", interrupted)
+    assert main(["tasks"]) == 130
+    assert capsys.readouterr().err == "\nlocaldpo tasks: interrupted\n"
