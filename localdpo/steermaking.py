@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from localdpo.forward import kv_cache_kwargs
 from localdpo.steers import Steer
 from localdpo.tasks import Mistake, MistakeKind, Task, TaskPrompt, Verdict, get_task
 from localdpo.tokenization import tokenize_steer
@@ -163,9 +164,9 @@ def generate_answers(
                 from transformers import DynamicCache
 
                 cache = DynamicCache()
-                model(input_ids=input_ids[:1, :shared].to(device), past_key_values=cache, use_cache=True)
+                model(input_ids=input_ids[:1, :shared].to(device), use_cache=True, **kv_cache_kwargs(cache))
                 cache.batch_repeat_interleave(len(batch))
-                cache_kwargs["past_key_values"] = cache
+                cache_kwargs = kv_cache_kwargs(cache)
             stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
             if sampling:
                 torch.manual_seed(seed + batch_index)

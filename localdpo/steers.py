@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -201,58 +201,109 @@ class LoadReport:
         return text
 
 
+RowSource = Iterable[tuple[int, Any]]
+"""(line number, parsed row) pairs; a row may be a `SteerFileError` already found while reading it."""
+
+
+def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """`(line number, parsed JSON)` for every non-blank line of a JSONL file.
+
+    A line that is not valid UTF-8 or not valid JSON gives a `SteerFileError` in place of its row (naming the
+    file, the line and, for bad bytes, the byte's offset in the file), so a caller can skip it and go on.
+    """
+    path = Path(path)
+    offset = 0  # byte offset of the current line's start in the file
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line_start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield (
+                    line_number,
+                    SteerFileError(
+                        path,
+                        line_number,
+                        None,
+                        f"invalid UTF-8: byte 0x{raw[error.start]:02x} at byte offset {line_start + error.start} "
+                        f"of the file (column {error.start + 1} of the line); save the file as UTF-8",
+                    ),
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield (
+                    line_number,
+                    SteerFileError(
+                        path, line_number, None, f"invalid JSON ({error.msg} at column {error.colno})"
+                    ),
+                )
+
+
+def steers_from_rows(
+    rows: RowSource,
+    source: str | os.PathLike,
+    *,
+    to_steer: Callable[..., Steer] = steer_from_row,
+    skip_invalid: bool = False,
+) -> tuple[list[Steer], LoadReport]:
+    """Steers made from `rows` by `to_steer(row, default_id=...)`, with `load_steers`' checks and report.
+
+    Rows without an `id` get `"<source stem>:<line>"`; ids must be unique. A bad row raises `SteerFileError`
+    naming the source, the line and the field, or with `skip_invalid=True` is listed in the report instead.
+    """
+    stem = Path(source).stem
+    steers: list[Steer] = []
+    report = LoadReport(path=str(source))
+    seen_ids: dict[str, int] = {}
+    for line_number, row in rows:
+        try:
+            if isinstance(row, SteerFileError):
+                raise row
+            try:
+                steer = to_steer(row, default_id=f"{stem}:{line_number}")
+            except SteerValidationError as error:
+                raise SteerFileError(source, line_number, error.field, str(error).split(": ", 1)[1]) from None
+            except TypeError as error:
+                raise SteerFileError(source, line_number, None, str(error)) from None
+            if steer.id in seen_ids:
+                raise SteerFileError(
+                    source,
+                    line_number,
+                    "id",
+                    f"duplicate id {steer.id!r} (first on line {seen_ids[steer.id]})",
+                )
+        except SteerFileError as error:
+            if not skip_invalid:
+                raise
+            report.skipped.append((line_number, str(error)))
+            continue
+        seen_ids[steer.id] = line_number
+        steers.append(steer)
+    report.loaded = len(steers)
+    return steers, report
+
+
 def load_steers(
     path: str | os.PathLike,
     *,
     skip_invalid: bool = False,
     return_report: bool = False,
 ) -> list[Steer] | tuple[list[Steer], LoadReport]:
-    """Steers read from a JSONL file, one per non-blank line.
+    """Steers read from a JSONL file (UTF-8), one per non-blank line.
 
-    Steers without an `id` get `"<file stem>:<line>"`. A bad row raises `SteerFileError` naming the file,
-    line and field; with `skip_invalid=True` bad rows are skipped instead, and the report (printed as a
-    warning, returned with `return_report=True`) lists how many and which.
+    Steers without an `id` get `"<file stem>:<line>"`. A bad row (bad bytes, bad JSON, a bad field, a
+    duplicate id) raises `SteerFileError` naming the file, line and field; with `skip_invalid=True` bad rows
+    are skipped instead, and the report (printed as a warning, returned with `return_report=True`) lists how
+    many and which.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"steer file not found: {path}")
-    steers: list[Steer] = []
-    report = LoadReport(path=str(path))
-    seen_ids: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise SteerFileError(
-                        path, line_number, None, f"invalid JSON ({error.msg} at column {error.colno})"
-                    ) from None
-                try:
-                    steer = steer_from_row(row, default_id=f"{path.stem}:{line_number}")
-                except SteerValidationError as error:
-                    raise SteerFileError(
-                        path, line_number, error.field, str(error).split(": ", 1)[1]
-                    ) from None
-                except TypeError as error:
-                    raise SteerFileError(path, line_number, None, str(error)) from None
-                if steer.id in seen_ids:
-                    raise SteerFileError(
-                        path,
-                        line_number,
-                        "id",
-                        f"duplicate id {steer.id!r} (first on line {seen_ids[steer.id]})",
-                    )
-            except SteerFileError as error:
-                if not skip_invalid:
-                    raise
-                report.skipped.append((line_number, str(error)))
-                continue
-            seen_ids[steer.id] = line_number
-            steers.append(steer)
-    report.loaded = len(steers)
+    steers, report = steers_from_rows(jsonl_rows(path), path, skip_invalid=skip_invalid)
     if report.skipped:
         import warnings
 

@@ -31,3 +31,27 @@ def smol_tokenizer():
     from localdpo.embedded import embedded_tokenizer
 
     return embedded_tokenizer()
+
+
+@pytest.fixture
+def library_warnings():
+    """`library_warnings()` -> every warning raised so far in the test: `warnings.warn` (all categories,
+    repeats included) and transformers' logged warnings (its deprecation notices go either way)."""
+    import logging
+    import warnings
+
+    logged: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(f"transformers log: {record.getMessage()}")
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield (
+            lambda: logged + [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
+        )
+    logger.removeHandler(handler)

@@ -219,7 +219,7 @@ def test_trl_hf_and_localdpo_agree(smol_tokenizer, tmp_path):
         processing_class=smol_tokenizer,
     )  # fmt: skip
     trl_args = DPOConfig(
-        output_dir=str(tmp_path / "trl"), bf16=False, report_to=[], use_cpu=True, gradient_checkpointing=False,
+        output_dir=str(tmp_path / "trl"), bf16=False, report_to=[], use_cpu=True, activation_checkpointing=False,
         beta=0.1, max_steps=1,
     )  # fmt: skip
     trl = LocalizedDPOTrainer(

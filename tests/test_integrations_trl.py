@@ -95,7 +95,7 @@ def _load(path):
 
 def _args(tmp_path, **overrides):
     values = dict(
-        output_dir=str(tmp_path / "out"), bf16=False, report_to=[], use_cpu=True, gradient_checkpointing=False,
+        output_dir=str(tmp_path / "out"), bf16=False, report_to=[], use_cpu=True, activation_checkpointing=False,
         save_strategy="no", logging_steps=1, per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
         beta=0.1, seed=0,
     )  # fmt: skip

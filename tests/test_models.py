@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from localdpo import models
-from localdpo.models import ModelCacheError, tiny_model, verify_manifest, write_manifest
+from localdpo.models import (
+    ModelCacheError,
+    ModelNotFoundError,
+    load_model,
+    load_tokenizer,
+    tiny_model,
+    verify_manifest,
+    write_manifest,
+)
 
 
 def test_tiny_model_is_deterministic_per_seed(smol_tokenizer):
@@ -105,7 +113,7 @@ def test_embedded_conversion_equals_gguf_weights(tmp_path):
         assert torch.equal(model(ids).logits, reference(ids).logits)
 
 
-def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
+def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer, library_warnings):
     """A LoRA run's final dir (adapter + tokenizer) loads as its base with the adapter merged: same logits."""
     from peft import LoraConfig, get_peft_model
 
@@ -113,9 +121,10 @@ def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     base, _ = models.load_model(tmp_path / "base")
-    peft_model = get_peft_model(
-        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    with models.peft_wrapping():
+        peft_model = get_peft_model(
+            base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
     peft_model.save_pretrained(tmp_path / "final")
     tokenizer.save_pretrained(tmp_path / "final")
     ids = torch.tensor([tokenizer.encode("3, 6, 9")])
@@ -130,3 +139,42 @@ def test_load_model_merges_a_lora_adapter_dir(tmp_path, smol_tokenizer):
             fresh_base(ids).logits, expected, atol=1e-4
         )  # the adapter does change outputs
     assert loaded_tokenizer.pad_token is not None
+    assert library_warnings() == []  # peft's read of a deprecated transformers attribute is not shown
+
+
+def test_tiny_name_loads_the_tiny_model_everywhere(smol_tokenizer):
+    """`load_model("tiny")` is the trainer's `model.name=tiny` (tiny_model, seed 0), for every `--model`."""
+    model, tokenizer = load_model("tiny")
+    reference, _ = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    for (name, value), (_, expected) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(value, expected), name
+    assert tokenizer.pad_token is not None and not model.training
+    assert load_tokenizer("tiny").get_vocab() == smol_tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("someone/typo", "HF_HUB_OFFLINE is set"),  # conftest sets HF_HUB_OFFLINE=1
+        ("./no/such/dir", "no such directory"),
+    ],
+)
+def test_unknown_model_is_one_clear_error(name, why):
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ModelNotFoundError) as caught:
+            load(name)
+        message = str(caught.value)
+        assert message.startswith(f"model {name!r} is neither a local directory nor a cached hub model")
+        assert why in message and "'tiny'" in message and "\n" not in message
+
+
+def test_a_directory_without_a_model_is_one_clear_error(tmp_path):
+    with pytest.raises(
+        ModelNotFoundError, match=r"model directory '.*' cannot be loaded \(.*\); give a directory"
+    ):
+        load_model(tmp_path)
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(
+        ModelNotFoundError, match=r"is neither a local directory nor a cached hub model \(it is a file\)"
+    ):
+        load_model(tmp_path / "weights.txt")

@@ -146,3 +146,29 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_steer_validates_on_construction():
     with pytest.raises(SteerValidationError, match="field 'prompt'"):
         Steer(prompt=[{"role": "user", "content": "hi"}, "bad"], prefix="", rejected="a", chosen="b")
+
+
+def test_invalid_utf8_names_file_line_and_byte_offset(tmp_path):
+    first = (json.dumps(EXAMPLE) + "\n").encode()
+    second = json.dumps(dict(EXAMPLE, chosen="High")).encode()
+    bad = second.replace(b"High", b"Hi\xffh")  # one stray byte
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(first + bad + b"\n")
+    offset = len(first) + bad.index(b"\xff")
+    with pytest.raises(
+        SteerFileError, match=rf"bytes\.jsonl:2: invalid UTF-8: byte 0xff at byte offset {offset} "
+    ):
+        load_steers(path)
+
+
+def test_invalid_utf8_row_is_skipped_like_any_bad_row(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(
+        (json.dumps(EXAMPLE) + "\n").encode()
+        + b'{"prompt": "\xc3"}\n'
+        + (json.dumps(dict(EXAMPLE, id="z")) + "\n").encode()
+    )
+    with pytest.warns(UserWarning, match="skipped 1 bad rows"):
+        steers, report = load_steers(path, skip_invalid=True, return_report=True)
+    assert [s.id for s in steers] == ["bytes:1", "z"]
+    assert report.skipped[0][0] == 2 and "invalid UTF-8: byte 0xc3" in report.skipped[0][1]

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = commands.add_parser("build", help="compute the reference log-probs of every steer in a file")
     build.add_argument("--steers", required=True, help="steer JSONL file")
     build.add_argument(
-        "--model", default=None, help="HF model id, local directory, or smollm2-135m-instruct (default)"
+        "--model", default=None, help="HF model id, local directory, smollm2-135m-instruct (default) or tiny"
     )
     build.add_argument(
         "--span-mode",
@@ -66,17 +66,18 @@ def _build(args) -> int:
 
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.models import DEFAULT_MODEL, load_model
     from localdpo.refcache import ReferenceCache
     from localdpo.steers import load_steers
     from localdpo.tokenization import tokenize_steers
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steers = load_steers(args.steers)  # a bad file fails before the model loads
+    device = checked_device(args.device)
     # The model is loaded in the compute dtype: train with the same dtype, or the fingerprints differ.
     model, tokenizer = load_model(
         args.model or DEFAULT_MODEL, dtype=getattr(torch, args.dtype), device=device
     )
-    steers = load_steers(args.steers)
     examples, report = tokenize_steers(
         steers,
         tokenizer,

@@ -7,7 +7,11 @@ HELP = "greedy accuracy of a model (name, path or checkpoint dir) on held-out pr
 
 def add_arguments(parser) -> None:
     parser.add_argument("--task", action="append", required=True, help="task name (repeatable) or 'all'")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="HF id, local dir, checkpoint dir")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="HF id, local dir, checkpoint dir, smollm2-135m-instruct (default) or tiny",
+    )
     parser.add_argument("--n", type=int, default=200, help="held-out prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -27,17 +31,20 @@ def run(args) -> int:
 
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.fileio import atomic_write_text
     from localdpo.models import load_model
     from localdpo.taskeval import evaluate_task
     from localdpo.tasks import resolve_tasks
 
+    tasks = resolve_tasks(args.task)  # an unknown name fails before the model loads
+    device = checked_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=device)
     results = {}
     print(f"{'task':<12} {'n':>5} {'accuracy':>9} {'format':>7} {'item1':>6} {'mistake@':>9} {'seconds':>8}")
-    for task in resolve_tasks(args.task):
+    for task in tasks:
         result = evaluate_task(
             model,
             tokenizer,

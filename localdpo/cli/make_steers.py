@@ -8,7 +8,9 @@ HELP = "generate answers to task prompts, stop at each first mistake and write t
 def add_arguments(parser) -> None:
     parser.add_argument("--task", action="append", required=True, help="task name (repeatable) or 'all'")
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="HF id, local dir or the embedded name"
+        "--model",
+        default="smollm2-135m-instruct",
+        help="HF id, local dir, smollm2-135m-instruct (default) or tiny",
     )
     parser.add_argument("--n", type=int, default=100, help="prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling and generation seed")
@@ -31,15 +33,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
+    from localdpo.cli import checked_device
     from localdpo.models import load_model
     from localdpo.steermaking import GenerationConfig, make_steers, shuffle_steers
     from localdpo.steers import save_steers
     from localdpo.tasks import resolve_tasks
 
     tasks = resolve_tasks(args.task)
+    device = checked_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=device)
     steers, summaries = [], []
     for task in tasks:
         config = GenerationConfig(

@@ -14,27 +14,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     import yaml
 
-    from localdpo.trainer.config import ConfigError, load_config, to_dict
+    from localdpo.trainer.config import load_config, to_dict
 
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"localdpo train: {error}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.overrides)  # a bad key or value: one line from localdpo.cli.main
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     from localdpo.trainer.loop import run_training
 
-    try:
-        result = run_training(config)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"localdpo train: {error}", file=sys.stderr)
-        return 2
+    result = run_training(config)
     final = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.final.items()) if isinstance(v, float))
     print(f"run_dir: {result.run_dir}\nfinal: {final}")
     return 0

@@ -230,7 +230,12 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"comparison config not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     for key in ("train_file", "heldout_file", "validation_file"):
         # a steer file named in a config is looked for next to the config first (presets ship theirs)
         value = (data.get("steers") or {}).get(key)
@@ -244,7 +249,10 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
     return _coerce_compare(data, str(path))
 
 

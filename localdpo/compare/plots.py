@@ -1,7 +1,12 @@
-"""PNG plots of a comparison: task accuracy over steps per method, accuracy against drift."""
+"""PNG plots of a comparison: task accuracy over steps per method, accuracy against drift.
+
+Every plot draws a method in the colour and marker `method_style` gives it, so a method looks the same in
+each figure (and in the notebooks' W&B curves, `localdpo.compare.results.plot_curves`).
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +25,51 @@ def _pyplot():
     return plt
 
 
+# method (variant label) -> (colour, marker); tab10 colours. Labels not listed take a style from
+# `_OTHER_STYLES` chosen by a hash of the label, so they too look the same in every plot.
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "base": ("#7f7f7f", "s"),
+    "sft": ("#1f77b4", "o"),
+    "ldpo": ("#ff7f0e", "^"),
+    "ldpo+sft": ("#2ca02c", "D"),
+    "dpo": ("#d62728", "v"),
+    "sft_full": ("#9467bd", "P"),
+}
+_OTHER_STYLES: tuple[tuple[str, str], ...] = (
+    ("#8c564b", "X"),
+    ("#e377c2", "*"),
+    ("#bcbd22", "h"),
+    ("#17becf", "p"),
+    ("#000000", "<"),
+    ("#aec7e8", ">"),
+)
+
+
+def method_style(method: str) -> tuple[str, str]:
+    """`(colour, marker)` of a method in every plot of a comparison."""
+    if method in METHOD_STYLES:
+        return METHOD_STYLES[method]
+    return _OTHER_STYLES[zlib.crc32(method.encode()) % len(_OTHER_STYLES)]
+
+
 def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str = "task_accuracy") -> Path:
     """Mean over seeds of `metric` at each evaluated step, one line per method, band = min..max over seeds."""
+    return _save(draw_accuracy_over_steps(records, metric=metric), path)
+
+
+def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
+    """Final task accuracy against drift KL per method, with 95% intervals on both axes."""
+    return _save(draw_accuracy_vs_drift(rows), path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "task_accuracy"):
+    """The figure `accuracy_over_steps` saves."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -33,8 +81,9 @@ def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str
         steps = sorted(points)
         values = [np.asarray(points[s]) * 100 for s in steps]
         mean = [v.mean() for v in values]
-        ax.plot(steps, mean, marker="o", label=method)
-        ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], alpha=0.15)
+        color, marker = method_style(method)
+        ax.plot(steps, mean, color=color, marker=marker, label=method)
+        ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=color, alpha=0.15)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     ax.set_title("Held-out task accuracy during training (band: min-max over seeds)")
@@ -42,13 +91,11 @@ def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str
     if by_method:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
-    """Final task accuracy against drift KL per method, with 95% intervals on both axes."""
+def draw_accuracy_vs_drift(rows: Sequence[SummaryRow]):
+    """The figure `accuracy_vs_drift` saves."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by = {(r.method, r.metric): r.value for r in rows}
@@ -61,7 +108,8 @@ def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
             acc.mean * 100,
             xerr=[[drift.mean - drift.low], [drift.high - drift.mean]],
             yerr=[[(acc.mean - acc.low) * 100], [(acc.high - acc.mean) * 100]],
-            fmt="o",
+            fmt=method_style(method)[1],
+            color=method_style(method)[0],
             capsize=3,
             label=method,
         )
@@ -71,6 +119,4 @@ def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

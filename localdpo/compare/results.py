@@ -48,15 +48,18 @@ def load_wandb_curves(out_dir: str | Path) -> dict[str, dict[str, list[tuple[int
 
 
 def plot_curves(curves: dict, keys: list[str]):
-    """One panel per metric key, one line per run; returns the matplotlib figure."""
+    """One panel per metric key, one line per run (`METHOD-seedN`, in its method's style); returns the figure."""
     import matplotlib.pyplot as plt
+
+    from localdpo.compare.plots import method_style
 
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, series in curves.items():
             if key in series:
                 steps, values = zip(*series[key])
-                ax.plot(steps, values, label=name, alpha=0.8)
+                color, marker = method_style(name.rsplit("-seed", 1)[0])
+                ax.plot(steps, values, label=name, color=color, marker=marker, markersize=3, alpha=0.8)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

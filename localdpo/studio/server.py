@@ -11,22 +11,15 @@ from localdpo.studio.app import create_app
 from localdpo.studio.session import ModelRunner, Studio
 from localdpo.studio.store import SteerStore
 
-TINY_MODEL = "tiny"
-"""The model name that loads `localdpo.models.tiny_model()` (random weights; for tests)."""
-
 
 def load_studio(
     model_name: str, steers_path: str | os.PathLike, *, device: str = "cpu", token_limit: int = 1024
 ) -> Studio:
-    """A studio over `model_name` (anything `load_model` loads, or `"tiny"`) writing `steers_path`."""
-    from localdpo.models import load_model, tiny_model
+    """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`."""
+    from localdpo.models import load_model
 
     store = SteerStore(steers_path)  # before the model: a bad file fails fast
-    if model_name == TINY_MODEL:
-        model, tokenizer = tiny_model()
-        model.to(device)
-    else:
-        model, tokenizer = load_model(model_name, device=device)
+    model, tokenizer = load_model(model_name, device=device)
     return Studio(ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit)
 
 

@@ -20,14 +20,21 @@ from localdpo.tasks.lists import Multiples, RunningSum, SortWords
 TASKS: dict[str, Task] = {task.name: task for task in (Addition(), RunningSum(), Multiples(), SortWords())}
 
 
+class UnknownTaskError(KeyError):
+    """No task is registered under this name; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def get_task(name: str | Task) -> Task:
-    """The task registered as `name` (a `Task` is returned as is); `KeyError` lists the known names."""
+    """The task registered as `name` (a `Task` is returned as is); `UnknownTaskError` lists the known names."""
     if isinstance(name, Task):
         return name
     try:
         return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or all)") from None
 
 
 def resolve_tasks(names: list[str] | tuple[str, ...] | str) -> list[Task]:
@@ -48,6 +55,7 @@ __all__ = [
     "MistakeKind",
     "Task",
     "TaskPrompt",
+    "UnknownTaskError",
     "Verdict",
     "get_task",
     "resolve_tasks",

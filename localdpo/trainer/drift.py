@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from localdpo.forward import kv_cache_kwargs, returned_cache
+
 DEFAULT_DRIFT_PROMPTS = Path(__file__).with_name("drift_prompts.jsonl")
 
 
@@ -84,7 +86,7 @@ def greedy_continuation(
         if (eos_token_id is not None and token == eos_token_id) or len(new) == max_new_tokens:
             break
         out = model(
-            input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True
+            input_ids=torch.tensor([[token]], device=device), use_cache=True, **kv_cache_kwargs(returned_cache(out))
         )  # logits (1, 1, V)
     return new
 

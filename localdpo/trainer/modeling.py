@@ -7,9 +7,8 @@ from torch import nn
 
 from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_INPUT_IDS, REJECTED_ATTENTION_MASK, REJECTED_INPUT_IDS
 from localdpo.forward import sequence_token_logps
+from localdpo.models import TINY_MODEL, peft_wrapping
 from localdpo.trainer.config import RunConfig
-
-TINY_MODEL = "tiny"
 
 
 def load_base_model(config: RunConfig, tokenizer=None):
@@ -52,7 +51,8 @@ def apply_lora(model: nn.Module, config: RunConfig) -> nn.Module:
         target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
+    with peft_wrapping():
+        return get_peft_model(model, peft_config)
 
 
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -69,3 +69,32 @@ def test_build_info_verify_clear(model_dir, steers_file, tmp_path, capsys):
     assert "removed 1 cached contexts" in capsys.readouterr().out
     assert main(["cache", "info", "--cache-dir", cache_dir]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+def test_build_accepts_the_tiny_model_name(steers_file, tmp_path, capsys):
+    """`tiny` names the same model in `cache build` as in train and compare configs."""
+    argv = ["cache", "build", "--steers", str(steers_file), "--model", "tiny", "--no-progress"]
+    assert main(argv + ["--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "3 tokenized" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line(one_line_error, steers_file, tmp_path):
+    bad_row = tmp_path / "row.jsonl"
+    bad_row.write_text('{"prompt": "p", "prefix": "", "chosen": 3, "rejected": "b"}\n')
+    bad_bytes = tmp_path / "bytes.jsonl"
+    bad_bytes.write_bytes(b'{"prompt": "p\xff", "prefix": "", "chosen": "a", "rejected": "b"}\n')
+    argv = ["--model", "tiny", "--cache-dir", tmp_path / "cache", "--no-progress"]
+    assert one_line_error("cache", "build", "--steers", bad_row, *argv) == (
+        f"localdpo cache: {bad_row}:1: field 'chosen': expected a string, got int"
+    )
+    assert one_line_error("cache", "build", "--steers", bad_bytes, *argv) == (
+        f"localdpo cache: {bad_bytes}:1: invalid UTF-8: byte 0xff at byte offset 13 of the file "
+        "(column 14 of the line); save the file as UTF-8"
+    )
+    assert one_line_error("cache", "build", "--steers", tmp_path / "nope.jsonl", *argv) == (
+        f"localdpo cache: steer file not found: {tmp_path / 'nope.jsonl'}"
+    )
+    line = one_line_error("cache", "build", "--steers", steers_file, "--model", "someone/typo")
+    assert line.startswith(
+        "localdpo cache: model 'someone/typo' is neither a local directory nor a cached hub model"
+    )

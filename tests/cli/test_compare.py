@@ -1,0 +1,28 @@
+def test_unknown_preset_is_one_line(one_line_error):
+    assert one_line_error("compare", "--preset", "nope") == (
+        "localdpo compare: unknown preset 'nope'; presets: cpu, gpu, tiny"
+    )
+
+
+def test_unknown_override_key_is_one_line(one_line_error, tmp_path):
+    line = one_line_error("compare", "--preset", "tiny", "--out", tmp_path, "nosuch=1")
+    assert "unknown key 'nosuch'" in line or "unknown config key 'nosuch'" in line
+
+
+def test_missing_config_is_one_line(one_line_error, tmp_path):
+    line = one_line_error("compare", "--config", tmp_path / "nope.yaml")
+    assert line == f"localdpo compare: comparison config not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_malformed_config_and_override_are_one_line(one_line_error, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [tiny\n")
+    assert one_line_error("compare", "--config", bad).startswith(f"localdpo compare: {bad}: invalid YAML: ")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n")
+    assert one_line_error("compare", "--config", listed) == (
+        f"localdpo compare: {listed}: expected a mapping of keys, got list"
+    )
+    assert one_line_error("compare", "--preset", "tiny", "seeds=[0,") == (
+        "localdpo compare: override 'seeds=[0,': the value is not valid YAML"
+    )
