@@ -39,9 +39,12 @@ def test_boundaries_of_the_range(monkeypatch):
     for version in ("1.16.0", "1.16.9"):
         _fake_versions(monkeypatch, trl=version, transformers="5.0.0")
         compat.check_versions()
-    _fake_versions(monkeypatch, trl="1.16.0", transformers="6.0.0")
-    with pytest.raises(compat.IncompatibleVersionError, match=re.escape("transformers>=5.0,<6")):
-        compat.check_versions()
+    _fake_versions(monkeypatch, trl="1.16.0", transformers="5.23.9")
+    compat.check_versions()
+    for version in ("5.24.0", "6.0.0"):
+        _fake_versions(monkeypatch, trl="1.16.0", transformers=version)
+        with pytest.raises(compat.IncompatibleVersionError, match=re.escape("transformers>=5.0,<5.24")):
+            compat.check_versions()
 
 
 def test_missing_package(monkeypatch):

@@ -212,9 +212,12 @@ def test_eager_attention_gets_an_additive_mask(smol_tokenizer):
 
 
 @pytest.mark.embedded
-def test_bf16_packed_logps_within_documented_tolerance(smol_tokenizer):
-    """bf16 sums in another order packed vs unpacked: on SmolLM2-135M the gap measured 0.054 nat (docs/fastpath.md).
+def test_bf16_packing_adds_no_more_error_than_bf16_itself(smol_tokenizer):
+    """bf16 sums in another order packed vs unpacked, so the two differ by rounding; that difference must be of
+    the order of bf16's own error (unpacked bf16 against unpacked fp32 on the same weights), not larger.
 
+    A fixed bound in nats did not hold across library versions (0.054 nat when docs/fastpath.md was written,
+    0.196 with transformers 5.23 and 5.24 on the same steers); this ratio is what packing must keep.
     (The tiny random model shows no gap at all in bf16, so the real model is needed here.)
     """
     from localdpo.models import load_model
@@ -222,15 +225,18 @@ def test_bf16_packed_logps_within_documented_tolerance(smol_tokenizer):
     model, _ = load_model(dtype=torch.bfloat16)
     examples = _examples(smol_tokenizer, SpanMode.COMPLETION)
     batch = collate_pairs(examples, pad_token_id=smol_tokenizer.pad_token_id)
-    with torch.no_grad():
-        expected_chosen, expected_rejected = _unpacked(model, batch)
-        chosen, rejected = packed_pair_logps(model, pack_batch(batch, pad_token_id=0))
     c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
-    gap = max(
-        float((chosen - expected_chosen)[c_mask].abs().max()),
-        float((rejected - expected_rejected)[r_mask].abs().max()),
-    )
-    assert gap < 0.1
+
+    def gap(a, b):
+        return max(float((a[0] - b[0])[c_mask].abs().max()), float((a[1] - b[1])[r_mask].abs().max()))
+
+    with torch.no_grad():
+        unpacked = _unpacked(model, batch)
+        packed = packed_pair_logps(model, pack_batch(batch, pad_token_id=0))
+        exact = _unpacked(model.float(), batch)
+    bf16_error = gap(unpacked, exact)
+    assert 0 < bf16_error < 1.0
+    assert gap(packed, unpacked) <= 2 * bf16_error
 
 
 def _random_pairs(vocab: int, seed: int = 0) -> list[TokenizedSteer]:
