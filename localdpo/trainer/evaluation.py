@@ -223,7 +223,7 @@ def evaluate_policy(
             seed=config.eval.task_seed,
             batch_size=config.eval.task_batch_size or config.eval.batch_size,
             max_new_tokens=config.eval.task_max_new_tokens,
-            split=config.eval.task_split,
+            split=config.eval.task_split.value,
         )
         metrics.update(task_result)
         items.update(task_items)

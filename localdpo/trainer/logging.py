@@ -13,13 +13,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from localdpo.trainer.config import RunConfig, to_dict
+from localdpo.trainer.config import RunConfig, WandbMode, to_dict
 
 
-def resolve_mode(mode: str) -> str:
+def resolve_mode(mode: WandbMode | str) -> str:
     """`online`, `offline` or `disabled` for a configured mode (`auto` looks at the environment)."""
-    if mode != "auto":
-        return mode
+    mode = WandbMode(mode)
+    if mode is not WandbMode.AUTO:
+        return mode.value
     env = os.environ.get("WANDB_MODE", "").lower()
     if env in ("online", "offline", "disabled"):
         return env
