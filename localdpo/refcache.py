@@ -117,6 +117,31 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def padded_pair_values(
+    values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    examples: Sequence[TokenizedSteer],
+    lengths: tuple[Sequence[int], Sequence[int]],
+    widths: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached `(chosen, rejected)` per-token log-probs (`ReferenceCache.get`) as two right-padded batch tensors.
+
+    Each side's row is cut to that row's token count in the batch (a batch trimmed to its scored tokens holds a
+    prefix of each sequence) and padded with 0 to the batch width; a row with fewer values raises.
+    Shape: lengths ([B], [B]), widths (Tc, Tr) -> ((B, Tc), (B, Tr)) float32.
+    """
+    sides = []
+    for position, side in enumerate(("chosen", "rejected")):
+        rows = [pair[position][: int(n)].float() for pair, n in zip(values, lengths[position])]
+        for row, n, example in zip(rows, lengths[position], examples):
+            if row.numel() != n:
+                raise ValueError(
+                    f"reference cache returned {row.numel()} {side} log-probs for steer {example.steer_id!r}, "
+                    f"expected {n}"
+                )
+        sides.append(pad_right(rows, 0.0, widths[position]))  # (B, T)
+    return sides[0], sides[1]
+
+
 class ReferenceCache:
     """Reference per-token log-probs of tokenized steers, computed on a miss and stored on disk.
 

@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from localdpo.compare.report import RunRecord, SummaryRow
+from localdpo.fileio import atomic_open
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write `fig` as a PNG, atomically."""
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
 
 
 def _pyplot():
@@ -42,7 +49,7 @@ def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str
     if by_method:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -71,6 +78,6 @@ def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path

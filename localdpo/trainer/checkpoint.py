@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from localdpo.fileintegrity import file_entry, verify_files
+from localdpo.fileintegrity import file_entry, read_manifest, verify_files
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -143,13 +143,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of checkpoint `path` after checking every file's size and sha256; `CheckpointError` if not."""
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{manifest_path}: missing (the checkpoint was not finished)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{manifest_path}: unreadable ({error})") from None
+    manifest, files = read_manifest(manifest_path, CheckpointError, missing="the checkpoint was not finished")
     if manifest.get("version") != FORMAT_VERSION or not manifest.get("complete"):
         raise CheckpointError(
             f"{manifest_path}: version {manifest.get('version')} / complete={manifest.get('complete')}"

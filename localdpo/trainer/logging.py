@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from localdpo.fileio import atomic_write_text
 from localdpo.trainer.config import RunConfig, WandbMode, to_dict
 
 
@@ -67,9 +68,7 @@ class RunLogger:
             for line in self.metrics_path.read_text().splitlines()
             if line and json.loads(line)["step"] <= step
         ]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         with self.metrics_path.open("a") as handle:

@@ -38,7 +38,7 @@ from localdpo.trainer.distributed import (
     rank_slice,
     stream_indices,
 )
-from localdpo.trainer.drift import DriftSet, load_drift_prompts
+from localdpo.trainer.drift import DriftSet
 from localdpo.trainer.evaluation import evaluate_policy, held_out_batches
 from localdpo.trainer.methods import method_loss, sft_mask
 from localdpo.trainer.modeling import (
@@ -143,14 +143,7 @@ class Trainer:
             cache=self.reference_cache,
         )
         if cfg.eval.drift and self.drift_set is None:
-            prompts = load_drift_prompts(cfg.eval.drift_prompts)[: cfg.eval.drift_num_prompts]
-            self.drift_set = DriftSet.build(
-                base,
-                self.tokenizer,
-                prompts,
-                max_new_tokens=cfg.eval.drift_max_new_tokens,
-                device=self.device,
-            )
+            self.drift_set = DriftSet.for_eval(base, self.tokenizer, cfg.eval, device=self.device)
 
         if (
             cfg.model.disable_dropout
