@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -186,6 +187,90 @@ def restore_training_state(
     optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
     restore_rng_state(checkpoint.rng)
+
+
+INITIAL_ITEMS = "initial/"
+"""Checkpoint item-name prefix of the step-0 per-item evaluation values."""
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run stands, besides weights, optimizer and RNG: what a trainer checkpoint restores."""
+
+    step: int
+    consumed: int
+    """Examples consumed from the data stream (all processes)."""
+    history: list[dict[str, float]]
+    """Every evaluation so far."""
+    initial_items: dict[str, np.ndarray]
+    """Per-item values of the step-0 evaluation (what a resumed run's final items are paired against)."""
+
+
+def save_training_checkpoint(
+    root: str | os.PathLike,
+    progress: TrainingProgress,
+    *,
+    params: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    data_seed: int,
+    n_train: int,
+    world_size: int,
+    keep_last: int,
+) -> Path:
+    """Write a resumable checkpoint of a trainer at `progress.step` under `root` and prune old ones."""
+    path = save_checkpoint(
+        root,
+        progress.step,
+        tensors=params,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        rng=capture_rng_state(),
+        state={
+            "consumed": progress.consumed,
+            "data_seed": data_seed,
+            "n_train": n_train,
+            "world_size": world_size,
+            "history": progress.history,
+        },
+        items={INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in progress.initial_items.items()},
+    )
+    prune_checkpoints(root, keep_last)
+    return path
+
+
+def resume_training(
+    root: str | os.PathLike,
+    resume: str,
+    *,
+    params: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    data_seed: int,
+    n_train: int,
+) -> TrainingProgress | None:
+    """Restore the checkpoint that `checkpoint.resume` names (`auto`: the newest verified one under `root`,
+    `never`: none, else a path) into `params`, `optimizer`, `scheduler` and the RNGs; its progress, or None."""
+    if resume == "never":
+        return None
+    path = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path)
+    restore_training_state(checkpoint, params, optimizer, scheduler)
+    progress = TrainingProgress(
+        step=int(checkpoint.state["step"]),
+        consumed=int(checkpoint.state["consumed"]),
+        history=list(checkpoint.state.get("history", [])),
+        initial_items={
+            name.removeprefix(INITIAL_ITEMS): value.numpy()
+            for name, value in checkpoint.items.items()
+            if name.startswith(INITIAL_ITEMS)
+        },
+    )
+    if checkpoint.state.get("data_seed") != data_seed or checkpoint.state.get("n_train") != n_train:
+        raise CheckpointError(f"{path}: written for another data order (data seed / training set size differ)")
+    return progress
 
 
 def save_final_model(model, tokenizer, run_dir: str | os.PathLike) -> Path:

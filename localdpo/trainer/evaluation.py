@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import torch
 
@@ -16,6 +17,24 @@ from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, t
 from localdpo.losses import localized_dpo_loss, masked_sum
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer.modeling import pair_logps
+
+
+class EvaluationDue(NamedTuple):
+    """Whether a step evaluates, and whether that evaluation includes the task evaluation."""
+
+    evaluate: bool
+    task: bool
+
+
+def evaluation_due(eval_config, step: int, *, final: bool = False) -> EvaluationDue:
+    """The one schedule of evaluations (`EvalConfig`): every `every` steps, and every `task_every` steps when a
+    `task` is set, with the task evaluation on the `task_every` steps; step 0 (when `at_start`, which the caller
+    checks) and the `final` evaluation always include the task evaluation."""
+    task_step = bool(eval_config.task_every and step % eval_config.task_every == 0)
+    if final or step == 0:
+        return EvaluationDue(True, True)
+    every_step = bool(eval_config.every and step % eval_config.every == 0)
+    return EvaluationDue(every_step or (bool(eval_config.task) and task_step), task_step)
 
 
 def held_out_batches(
