@@ -28,7 +28,24 @@ def _pyplot():
 
 
 def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str = "task_accuracy") -> Path:
-    """Mean over seeds of `metric` at each evaluated step, one line per method, band = min..max over seeds."""
+    """Write `draw_accuracy_over_steps` as a PNG at `path`; returns the path."""
+    return _write(draw_accuracy_over_steps(records, metric=metric), path)
+
+
+def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
+    """Write `draw_accuracy_vs_drift` as a PNG at `path`; returns the path."""
+    return _write(draw_accuracy_vs_drift(rows), path)
+
+
+def _write(fig, path: Path) -> Path:
+    _save(fig, path)
+    _pyplot().close(fig)
+    return path
+
+
+def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "task_accuracy"):
+    """Figure: mean over seeds of `metric` (%) at each evaluated step, one line per method (labelled with it),
+    band = min..max over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -49,13 +66,12 @@ def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str
     if by_method:
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
-    """Final task accuracy against drift KL per method, with 95% intervals on both axes."""
+def draw_accuracy_vs_drift(rows: Sequence[SummaryRow]):
+    """Figure: final task accuracy (%) against drift KL, one point per method (labelled with it), with 95%
+    intervals on both axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by = {(r.method, r.metric): r.value for r in rows}
@@ -78,6 +94,4 @@ def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig

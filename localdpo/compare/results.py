@@ -16,7 +16,7 @@ def load_summary(out_dir: str | Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
-            if key not in ("method", "metric", "separated") and value != "":
+            if key not in ("method", "metric", "separated", "task", "phase") and value != "":
                 row[key] = float(value)
     return rows
 

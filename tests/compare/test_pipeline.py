@@ -18,6 +18,7 @@ def tiny_result(tmp_path_factory):
     return config, run_comparison(config)
 
 
+@pytest.mark.slow
 def test_every_file_is_written(tiny_result):
     config, result = tiny_result
     for name in (
@@ -35,6 +36,7 @@ def test_every_file_is_written(tiny_result):
         assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_results_table_is_well_formed(tiny_result):
     config, result = tiny_result
     lines = result.results_md.read_text().splitlines()
@@ -56,6 +58,7 @@ def test_results_table_is_well_formed(tiny_result):
     assert float(sft["ci_low"]) <= float(sft["mean"]) <= float(sft["ci_high"])
 
 
+@pytest.mark.slow
 def test_runs_share_items_and_start_from_the_same_model(tiny_result):
     config, result = tiny_result
     records = [json.loads(line) for line in (result.out_dir / "records.jsonl").read_text().splitlines()]
@@ -69,6 +72,7 @@ def test_runs_share_items_and_start_from_the_same_model(tiny_result):
     assert len(first_points) == 1
 
 
+@pytest.mark.slow
 def test_runs_are_logged_to_wandb_in_one_group(tiny_result):
     config, result = tiny_result
     runs = sorted(result.out_dir.glob("runs/*/wandb/offline-run-*"))
@@ -106,6 +110,7 @@ def _multiples_steers(path, split, n):
     save_steers(steers, path)
 
 
+@pytest.mark.slow
 def test_selection_then_final_runs_on_two_tasks(tmp_path):
     """Every grid point trains once and is scored on validation data only; the final runs use each variant's
     chosen point; each task gets its own tables; a pooled table pairs the runs across tasks."""
