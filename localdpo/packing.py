@@ -31,6 +31,7 @@ from localdpo.data import (
     REJECTED_INPUT_IDS,
     REJECTED_LOSS_MASK,
 )
+from localdpo.forward import has_prompt_learning_adapter, text_config
 
 PAD, SHARED, CHOSEN, REJECTED = -1, 0, 1, 2
 """Branch ids of packed tokens."""
@@ -46,14 +47,9 @@ class PackingUnsupportedError(ValueError):
     """The model cannot run packed pairs exactly; use the unpacked path."""
 
 
-def _text_config(model):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def sliding_window(model) -> int | None:
     """The attention window the model applies, or None (a packed row ignores it: checked against lengths)."""
-    config = _text_config(model)
+    config = text_config(model)
     if getattr(config, "use_sliding_window", True) is False:
         return None
     return getattr(config, "sliding_window", None)
@@ -61,7 +57,7 @@ def sliding_window(model) -> int | None:
 
 def check_packing_support(model) -> None:
     """Raise `PackingUnsupportedError` naming why `model` cannot run packed pairs exactly."""
-    config = _text_config(model)
+    config = text_config(model)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise PackingUnsupportedError(
@@ -74,10 +70,7 @@ def check_packing_support(model) -> None:
             f"attention implementation {implementation!r} does not honour a custom 4D mask; load the model with "
             f"attn_implementation in {sorted(MASKED_ATTENTION)} or use packing=False"
         )
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and any(
-        getattr(c, "is_prompt_learning", False) for c in peft_config.values()
-    ):
+    if has_prompt_learning_adapter(model):
         raise PackingUnsupportedError(
             "prompt-learning PEFT adapters prepend virtual tokens; use packing=False"
         )
@@ -417,7 +410,7 @@ def packed_pair_logps(
     _check_window(model, packed)
     device = next(model.parameters()).device
     packed = packed.to(device)
-    implementation = _text_config(model)._attn_implementation
+    implementation = text_config(model)._attn_implementation
     mask = packed.attention_mask_for(implementation, next(model.parameters()).dtype)
     need_chosen = packed.chosen_source >= 0  # (B, Tc)
     need_rejected = packed.rejected_source >= 0  # (B, Tr)
