@@ -14,9 +14,9 @@ from typing import NamedTuple
 import torch
 
 from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, trim_to_scored
+from localdpo.forward import pair_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
 from localdpo.tokenization import TokenizedSteer
-from localdpo.trainer.modeling import pair_logps
 
 
 class EvaluationDue(NamedTuple):
