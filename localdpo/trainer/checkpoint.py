@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from localdpo.fileintegrity import file_entry, read_manifest, verify_files
+from localdpo.fileio import fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -58,22 +59,6 @@ class Checkpoint:
 
 def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:06d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -122,18 +107,18 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
         files = {}
         for path in sorted(tmp.iterdir()):
-            _fsync_file(path)
+            fsync_file(path)
             files[path.name] = file_entry(path)
         manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync_file(tmp / MANIFEST)
-        _fsync_dir(tmp)
+        fsync_file(tmp / MANIFEST)
+        fsync_dir(tmp)
         if final.exists():  # a re-run of the same step: move the old one aside first
             old = root / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
