@@ -53,13 +53,6 @@ def test_multiples_prompt_space_holds_200_heldout_prompts():
         MUL.prompts(1, seed=0, split="test")
 
 
-def test_tasks_cli_lists_names(capsys):
-    from localdpo.cli import main
-
-    assert main(["tasks"]) == 0
-    assert capsys.readouterr().out.split() == list(TASKS)
-
-
 def test_three_splits_are_disjoint_and_the_heldout_split_did_not_move():
     """Validation takes 15 of the train share's 75 hash points; held-out keeps exactly its old points (< 25),
     so held-out results from before the validation split stay comparable."""
