@@ -7,6 +7,7 @@ manifest verifies was written completely.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 
@@ -17,6 +18,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_manifest(path: Path, error: type[Exception], *, missing: str) -> tuple[dict, dict]:
+    """`(manifest, its "files" mapping)` read from `path`; `error` naming the file when it is absent (`missing`
+    says why that happens) or unreadable."""
+    if not path.is_file():
+        raise error(f"{path}: missing ({missing})")
+    try:
+        manifest = json.loads(path.read_text())
+        return manifest, manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as reason:
+        raise error(f"{path}: unreadable manifest ({reason})") from None
 
 
 def file_entry(path: Path) -> dict:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import IO
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk."""
+    with Path(path).open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk, where the platform can."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # a platform that cannot open directories (Windows): the rename is still atomic
@@ -60,7 +67,7 @@ def atomic_open(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, temp_prefix: str | None = None) -> Path:

@@ -26,7 +26,7 @@ from localdpo.embedded import (
     embedded_gguf_path,
     embedded_tokenizer,
 )
-from localdpo.fileintegrity import file_entry, verify_files
+from localdpo.fileintegrity import file_entry, read_manifest, verify_files
 from localdpo.fileio import atomic_write_text
 
 DEFAULT_MODEL = EMBEDDED_MODEL_NAME
@@ -57,13 +57,7 @@ def verify_manifest(directory: str | os.PathLike) -> dict:
     """The manifest of `directory` after checking every listed file; `ModelCacheError` naming the bad file."""
     directory = Path(directory)
     path = directory / MANIFEST
-    if not path.is_file():
-        raise ModelCacheError(f"{path}: missing (conversion did not finish)")
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ModelCacheError(f"{path}: unreadable manifest ({error})") from None
+    manifest, files = read_manifest(path, ModelCacheError, missing="conversion did not finish")
     if manifest.get("version") != MANIFEST_VERSION:
         raise ModelCacheError(f"{path}: manifest version {manifest.get('version')} != {MANIFEST_VERSION}")
     if not files:

@@ -31,6 +31,7 @@ from localdpo.data import (
     REJECTED_INPUT_IDS,
     REJECTED_LOSS_MASK,
 )
+from localdpo.forward import has_prompt_learning_adapter, text_config
 
 PAD, SHARED, CHOSEN, REJECTED = -1, 0, 1, 2
 """Branch ids of packed tokens."""
@@ -46,14 +47,9 @@ class PackingUnsupportedError(ValueError):
     """The model cannot run packed pairs exactly; use the unpacked path."""
 
 
-def _text_config(model):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def sliding_window(model) -> int | None:
     """The attention window the model applies, or None (a packed row ignores it: checked against lengths)."""
-    config = _text_config(model)
+    config = text_config(model)
     if getattr(config, "use_sliding_window", True) is False:
         return None
     return getattr(config, "sliding_window", None)
@@ -61,7 +57,7 @@ def sliding_window(model) -> int | None:
 
 def check_packing_support(model) -> None:
     """Raise `PackingUnsupportedError` naming why `model` cannot run packed pairs exactly."""
-    config = _text_config(model)
+    config = text_config(model)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise PackingUnsupportedError(
@@ -74,10 +70,7 @@ def check_packing_support(model) -> None:
             f"attention implementation {implementation!r} does not honour a custom 4D mask; load the model with "
             f"attn_implementation in {sorted(MASKED_ATTENTION)} or use packing=False"
         )
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and any(
-        getattr(c, "is_prompt_learning", False) for c in peft_config.values()
-    ):
+    if has_prompt_learning_adapter(model):
         raise PackingUnsupportedError(
             "prompt-learning PEFT adapters prepend virtual tokens; use packing=False"
         )
@@ -195,6 +188,73 @@ def _kept_length(loss_mask: torch.Tensor, length: int, trim: bool) -> int:
     return int(scored[-1]) + 1 if scored.numel() else 0
 
 
+@dataclass(frozen=True)
+class PairLayout:
+    """One pair's segment of a packed row: `[shared][chosen tail][rejected tail]`, from `offset` of `row`."""
+
+    chosen_kept: int
+    """Chosen tokens kept (up to its last scored token when trimming): side positions 0..chosen_kept-1."""
+    rejected_kept: int
+    """Rejected tokens kept."""
+    prefix: torch.Tensor
+    """(shared,) int64: the common prefix, placed once."""
+    chosen_tail: torch.Tensor
+    """(ct,) int64: chosen's kept tokens after the prefix."""
+    rejected_tail: torch.Tensor
+    """(rt,) int64: rejected's kept tokens after the prefix."""
+
+    @property
+    def shared(self) -> int:
+        return self.prefix.numel()
+
+    @property
+    def length(self) -> int:
+        """Tokens of the segment: shared + ct + rt."""
+        return self.shared + self.chosen_tail.numel() + self.rejected_tail.numel()
+
+    def tokens(self) -> torch.Tensor:
+        """(length,) int64: the segment's token ids."""
+        return torch.cat([self.prefix, self.chosen_tail, self.rejected_tail])
+
+    def positions(self) -> torch.Tensor:
+        """(length,) int64: each token's position in its own side (the rejected tail restarts at `shared`)."""
+        shared, ct, rt = self.shared, self.chosen_tail.numel(), self.rejected_tail.numel()
+        return torch.cat([torch.arange(shared + ct), torch.arange(shared, shared + rt)])
+
+    def branches(self) -> torch.Tensor:
+        """(length,) int64: SHARED, CHOSEN or REJECTED for each token."""
+        shared, ct, rt = self.shared, self.chosen_tail.numel(), self.rejected_tail.numel()
+        return torch.tensor([SHARED] * shared + [CHOSEN] * ct + [REJECTED] * rt, dtype=torch.long)
+
+    def chosen_sources(self, start: int) -> torch.Tensor:
+        """(chosen_kept - 1,) int64: flat index of the hidden state predicting chosen token t = 1.., for a
+        segment starting at flat index `start`: column t - 1 (shared then chosen tail are contiguous)."""
+        t = torch.arange(1, max(self.chosen_kept, 1))  # a side with an empty span keeps nothing (n = 0)
+        return start + t - 1
+
+    def rejected_sources(self, start: int) -> torch.Tensor:
+        """(rejected_kept - 1,) int64: the same for rejected token t = 1..: column t - 1 inside the prefix, else
+        the rejected tail's column, past the chosen tail."""
+        t = torch.arange(1, max(self.rejected_kept, 1))
+        past_chosen = start + self.shared + self.chosen_tail.numel() + (t - 1 - self.shared)
+        return torch.where(t - 1 < self.shared, start + t - 1, past_chosen)
+
+
+def _pair_layout(
+    chosen: torch.Tensor, rejected: torch.Tensor, chosen_kept: int, rejected_kept: int
+) -> PairLayout:
+    """The layout of one pair from its unpadded sides (Shape: (Tc,), (Tr,)) and kept lengths."""
+    p = _common_prefix(chosen, rejected)
+    shared = min(p, max(chosen_kept, rejected_kept))
+    return PairLayout(
+        chosen_kept=chosen_kept,
+        rejected_kept=rejected_kept,
+        prefix=chosen[:shared],
+        chosen_tail=chosen[shared : max(chosen_kept, shared)],
+        rejected_tail=rejected[shared : max(rejected_kept, shared)],
+    )
+
+
 def _assign_rows(lengths: list[int], max_tokens: int | None, index: torch.Tensor) -> list[tuple[int, int]]:
     """(row, offset) of each segment: one per row, or first-fit decreasing into rows of `max_tokens`."""
     if max_tokens is None:
@@ -228,24 +288,34 @@ def pack_batch(
     `max_tokens=None` puts each pair on its own row; otherwise rows hold up to `max_tokens` tokens (a pair
     longer than that raises `ValueError`). `trim` drops each side's tokens after its last scored token
     (lossless under causal attention; their log-probs then come out 0).
+
+    Example (one pair, every token scored): chosen `[a b c X Y]`, rejected `[a b c Z W]`; the shared prefix
+    is `[a b c]` (`PairLayout`):
+
+        column          0  1  2  3  4  5  6
+        input_ids       a  b  c  X  Y  Z  W
+        branch          S  S  S  C  C  R  R
+        position_ids    0  1  2  3  4  3  4     the rejected tail restarts at 3, as in its own sequence
+
+    Token t of a side is predicted by the hidden state of its token t - 1: `chosen_source` is
+    `[-1, 0, 1, 2, 3]` and `rejected_source` `[-1, 0, 1, 2, 5]` (Z from c's column 2, W from Z's column 5,
+    not from Y's column 4); -1 = not predicted (the first token).
     """
     chosen, rejected = batch[CHOSEN_INPUT_IDS].cpu(), batch[REJECTED_INPUT_IDS].cpu()  # (B, Tc), (B, Tr)
     chosen_mask, rejected_mask = batch[CHOSEN_LOSS_MASK].cpu().bool(), batch[REJECTED_LOSS_MASK].cpu().bool()
     chosen_len = batch[CHOSEN_ATTENTION_MASK].cpu().bool().sum(-1).tolist()  # B ints
     rejected_len = batch[REJECTED_ATTENTION_MASK].cpu().bool().sum(-1).tolist()
     index = batch[INDEX].cpu() if INDEX in batch else torch.arange(chosen.shape[0])
-    pairs = []
-    for i in range(chosen.shape[0]):
-        n_c = _kept_length(chosen_mask[i], chosen_len[i], trim)
-        n_r = _kept_length(rejected_mask[i], rejected_len[i], trim)
-        p = _common_prefix(chosen[i, : chosen_len[i]], rejected[i, : rejected_len[i]])
-        shared = min(p, max(n_c, n_r))
-        chosen_tail, rejected_tail = (
-            chosen[i, shared : max(n_c, shared)],
-            rejected[i, shared : max(n_r, shared)],
+    layouts = [
+        _pair_layout(
+            chosen[i, : chosen_len[i]],
+            rejected[i, : rejected_len[i]],
+            _kept_length(chosen_mask[i], chosen_len[i], trim),
+            _kept_length(rejected_mask[i], rejected_len[i], trim),
         )
-        pairs.append((n_c, n_r, shared, chosen[i, :shared], chosen_tail, rejected_tail))
-    lengths = [shared + c.numel() + r.numel() for _, _, shared, _, c, r in pairs]
+        for i in range(chosen.shape[0])
+    ]
+    lengths = [layout.length for layout in layouts]
     placement = _assign_rows(lengths, max_tokens, index)
     rows = 1 + max(row for row, _ in placement)
     width = max([offset + n for (_, offset), n in zip(placement, lengths)] + [1])
@@ -257,27 +327,15 @@ def pack_batch(
     branch = torch.full((rows, width), PAD, dtype=torch.long)
     chosen_source = torch.full(chosen.shape, -1, dtype=torch.long)
     rejected_source = torch.full(rejected.shape, -1, dtype=torch.long)
-    for i, ((row, offset), (n_c, n_r, shared, prefix, chosen_tail, rejected_tail)) in enumerate(
-        zip(placement, pairs)
-    ):
-        ct, rt = chosen_tail.numel(), rejected_tail.numel()
-        segment = slice(offset, offset + shared + ct + rt)
-        input_ids[row, segment] = torch.cat([prefix, chosen_tail, rejected_tail])
-        position_ids[row, segment] = torch.cat(
-            [torch.arange(shared + ct), torch.arange(shared, shared + rt)]
-        )  # rejected tail restarts at `shared`
+    for i, ((row, offset), layout) in enumerate(zip(placement, layouts)):
+        segment = slice(offset, offset + layout.length)
+        input_ids[row, segment] = layout.tokens()
+        position_ids[row, segment] = layout.positions()
         pair_ids[row, segment] = i
-        branch[row, segment] = torch.tensor(
-            [SHARED] * shared + [CHOSEN] * ct + [REJECTED] * rt, dtype=torch.long
-        )
-        base = row * width + offset
-        # token t is predicted by the hidden state of side position t-1
-        t = torch.arange(1, max(n_c, 1))  # a side with an empty span keeps nothing (n = 0)
-        chosen_source[i, 1:n_c] = base + t - 1  # shared then chosen tail: contiguous
-        t = torch.arange(1, max(n_r, 1))
-        rejected_source[i, 1:n_r] = torch.where(
-            t - 1 < shared, base + t - 1, base + shared + ct + (t - 1 - shared)
-        )
+        branch[row, segment] = layout.branches()
+        start = row * width + offset  # flat index r·L + l of the segment's first column
+        chosen_source[i, 1 : layout.chosen_kept] = layout.chosen_sources(start)
+        rejected_source[i, 1 : layout.rejected_kept] = layout.rejected_sources(start)
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -352,7 +410,7 @@ def packed_pair_logps(
     _check_window(model, packed)
     device = next(model.parameters()).device
     packed = packed.to(device)
-    implementation = _text_config(model)._attn_implementation
+    implementation = text_config(model)._attn_implementation
     mask = packed.attention_mask_for(implementation, next(model.parameters()).dtype)
     need_chosen = packed.chosen_source >= 0  # (B, Tc)
     need_rejected = packed.rejected_source >= 0  # (B, Tr)

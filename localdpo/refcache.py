@@ -29,9 +29,7 @@ import torch
 
 from localdpo.data import (
     CHOSEN_ATTENTION_MASK,
-    CHOSEN_INPUT_IDS,
     REJECTED_ATTENTION_MASK,
-    REJECTED_INPUT_IDS,
     collate_pairs,
     pad_right,
 )
@@ -42,7 +40,7 @@ from localdpo.fingerprint import (
     tokenizer_fingerprint,
     weights_stamp,
 )
-from localdpo.forward import sequence_token_logps
+from localdpo.forward import pair_logps
 from localdpo.refstore import (
     FORMAT_VERSION,
     ContextStore,
@@ -115,6 +113,31 @@ def _model_device(model) -> torch.device:
     for parameter in model.parameters():
         return parameter.device
     return torch.device("cpu")
+
+
+def padded_pair_values(
+    values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    examples: Sequence[TokenizedSteer],
+    lengths: tuple[Sequence[int], Sequence[int]],
+    widths: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached `(chosen, rejected)` per-token log-probs (`ReferenceCache.get`) as two right-padded batch tensors.
+
+    Each side's row is cut to that row's token count in the batch (a batch trimmed to its scored tokens holds a
+    prefix of each sequence) and padded with 0 to the batch width; a row with fewer values raises.
+    Shape: lengths ([B], [B]), widths (Tc, Tr) -> ((B, Tc), (B, Tr)) float32.
+    """
+    sides = []
+    for position, side in enumerate(("chosen", "rejected")):
+        rows = [pair[position][: int(n)].float() for pair, n in zip(values, lengths[position])]
+        for row, n, example in zip(rows, lengths[position], examples):
+            if row.numel() != n:
+                raise ValueError(
+                    f"reference cache returned {row.numel()} {side} log-probs for steer {example.steer_id!r}, "
+                    f"expected {n}"
+                )
+        sides.append(pad_right(rows, 0.0, widths[position]))  # (B, T)
+    return sides[0], sides[1]
 
 
 class ReferenceCache:
@@ -363,16 +386,16 @@ class ReferenceCache:
     def _forward(self, batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Reference log-probs of both sides of `batch` in one forward: ([(Tc_i,)], [(Tr_i,)]) float32 CPU."""
         collated = collate_pairs(batch, pad_token_id=self.pad_token_id)
-        length = max(collated[CHOSEN_INPUT_IDS].shape[1], collated[REJECTED_INPUT_IDS].shape[1])
-        rows = list(collated[CHOSEN_INPUT_IDS]) + list(collated[REJECTED_INPUT_IDS])
-        masks = list(collated[CHOSEN_ATTENTION_MASK]) + list(collated[REJECTED_ATTENTION_MASK])
-        input_ids = pad_right(rows, self.pad_token_id, length).to(self.device)  # (2B, T)
-        attention_mask = pad_right(masks, False, length).to(self.device)  # (2B, T)
-        logps = sequence_token_logps(self.model, input_ids, attention_mask).float().cpu()  # (2B, T)
+        collated = {key: value.to(self.device) for key, value in collated.items()}
+        chosen, rejected = pair_logps(self.model, collated)  # (B, Tc), (B, Tr)
+        chosen, rejected = chosen.float().cpu(), rejected.float().cpu()
         self.stats.forward_passes += 1
-        if not bool(torch.isfinite(logps[attention_mask.cpu()]).all()):
+        finite = torch.cat(
+            [chosen[collated[CHOSEN_ATTENTION_MASK].cpu()], rejected[collated[REJECTED_ATTENTION_MASK].cpu()]]
+        )
+        if not bool(torch.isfinite(finite).all()):
             raise FloatingPointError("the reference model produced non-finite log-probs: nothing was cached")
-        n = len(batch)
-        chosen = [logps[j, : batch[j].chosen_ids.numel()].clone() for j in range(n)]
-        rejected = [logps[n + j, : batch[j].rejected_ids.numel()].clone() for j in range(n)]
-        return chosen, rejected
+        return (
+            [chosen[j, : e.chosen_ids.numel()].clone() for j, e in enumerate(batch)],
+            [rejected[j, : e.rejected_ids.numel()].clone() for j, e in enumerate(batch)],
+        )

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from localdpo.fileio import atomic_write_bytes
 from localdpo.fingerprint import content_hash
 from localdpo.paths import cache_root
 
@@ -41,7 +42,8 @@ FORMAT_VERSION = 1
 REFCACHE_ENV = "LOCALDPO_REFCACHE"
 CONTEXT_FILE = "context.json"
 SHARDS = "shards"
-INDEX = "index"
+INDEX_DIR = "index"
+"""Subdirectory of a context holding one JSON index file per shard (not the batch key `localdpo.data.INDEX`)."""
 _TMP_PREFIX = ".tmp."
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
@@ -89,17 +91,9 @@ class Record:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a uniquely named temporary file, fsync, then `os.replace`."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically (`localdpo.fileio`); the temporary file's name,
+    `.tmp.<host>.<pid>.<random>.tmp`, lets `stale_temp_files` find those of killed writers."""
+    atomic_write_bytes(path, data, temp_prefix=f"{_TMP_PREFIX}{_HOST}.{os.getpid()}.")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -182,7 +176,7 @@ class ContextStore:
 
     @property
     def index_dir(self) -> Path:
-        return self.directory / INDEX
+        return self.directory / INDEX_DIR
 
     def ensure(self, context: dict) -> None:
         """Create the directory (and `context.json`, first writer wins); remove dead writers' temp files."""
@@ -394,7 +388,7 @@ def summarize(cache_dir: Path) -> StoreSummary:
         info = json.loads((directory / CONTEXT_FILE).read_text(encoding="utf-8"))
         shards = entries = size = 0
         indexed = set()
-        for index_path in _listed(directory / INDEX, ".json"):
+        for index_path in _listed(directory / INDEX_DIR, ".json"):
             indexed.add(index_path.stem)
             try:
                 index = _read_index(index_path)
@@ -406,7 +400,7 @@ def summarize(cache_dir: Path) -> StoreSummary:
         shard_dir = directory / SHARDS
         if shard_dir.is_dir():
             summary.orphan_shards += [p for p in _listed(shard_dir, ".safetensors") if p.stem not in indexed]
-        for sub in (SHARDS, INDEX):
+        for sub in (SHARDS, INDEX_DIR):
             if (directory / sub).is_dir():
                 summary.temp_files += [
                     p for p in (directory / sub).iterdir() if p.name.startswith(_TMP_PREFIX)
@@ -430,7 +424,7 @@ def verify_store(
     """(intact, damaged) checks of every shard under `cache_dir`; `remove_damaged` deletes the damaged ones."""
     intact, damaged = [], []
     for directory in context_dirs(cache_dir):
-        for index_path in _listed(directory / INDEX, ".json"):
+        for index_path in _listed(directory / INDEX_DIR, ".json"):
             check = check_shard(index_path, directory / SHARDS)
             (damaged if check.problem else intact).append(check)
             if check.problem and remove_damaged:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from localdpo.forward import has_prompt_learning_adapter, text_config
+
 DEFAULT_CHUNK_SIZE = 1024
 """Rows of hidden states projected through the LM head at once (1024 × 49,152 fp32 logits = 192 MiB)."""
 
@@ -27,21 +29,12 @@ class SpanHeadUnsupportedError(ValueError):
     """The model's output head does something the span-only head does not reproduce."""
 
 
-def _text_config(model):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def _check_not_prompt_learning(model) -> None:
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict):
-        active = getattr(model, "active_adapter", None)
-        config = peft_config.get(active) if isinstance(active, str) else None
-        if config is not None and getattr(config, "is_prompt_learning", False):
-            raise SpanHeadUnsupportedError(
-                "prompt-learning PEFT adapters prepend virtual tokens in the wrapper's forward; "
-                "the span head calls the decoder directly: use span_head=False"
-            )
+    if has_prompt_learning_adapter(model):
+        raise SpanHeadUnsupportedError(
+            "prompt-learning PEFT adapters prepend virtual tokens in the wrapper's forward; "
+            "the span head calls the decoder directly: use span_head=False"
+        )
 
 
 def logit_transform(model) -> tuple[float, float | None]:
@@ -49,7 +42,7 @@ def logit_transform(model) -> tuple[float, float | None]:
 
     Raises `SpanHeadUnsupportedError` for output multipliers it does not know how to apply.
     """
-    config = _text_config(model)
+    config = text_config(model)
     for name in _UNHANDLED_LOGIT_ATTRIBUTES:
         if getattr(config, name, None) not in (None, 1, 1.0):
             raise SpanHeadUnsupportedError(

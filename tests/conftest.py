@@ -17,6 +17,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub on t
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "embedded" in item.keywords:  # loading the real model is slow: every such test is in `-m slow`
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")

@@ -20,7 +20,8 @@ def test_notebook_is_stored_without_outputs(name):
             )
 
 
-def execute(name: str, cwd: Path, env: dict[str, str]) -> None:
+def execute(name: str, cwd: Path, env: dict[str, str]):
+    """The notebook `name` executed in `cwd` with `env` set; returns it with its outputs."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -28,6 +29,7 @@ def execute(name: str, cwd: Path, env: dict[str, str]) -> None:
         NotebookClient(
             notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
         ).execute()
+        return notebook
     finally:
         for key, value in old.items():
             if value is None:
@@ -36,9 +38,30 @@ def execute(name: str, cwd: Path, env: dict[str, str]) -> None:
                 os.environ[key] = value
 
 
+def outputs(notebook, kind: str) -> list[str]:
+    """Every output of `kind` (`text/markdown`, `image/png`, `stream`), cell by cell, in order."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if kind == "stream" and output.output_type == "stream":
+                found.append(output.text)
+            elif kind in output.get("data", {}):
+                found.append(output.data[kind])
+    return found
+
+
+def rows(table: str) -> list[str]:
+    """The first cell of each body row of the first Markdown table in `table`."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [line.split("|")[1].strip() for line in lines[start + 2 : end]]
+
+
+@pytest.mark.slow
 def test_notebooks_run_on_the_tiny_preset(tmp_path):
     ablations = tmp_path / "ablations"
-    execute(
+    notebook = execute(
         "ablations.ipynb",
         tmp_path,
         {
@@ -50,4 +73,27 @@ def test_notebooks_run_on_the_tiny_preset(tmp_path):
     for section in ("beta", "span_mode", "loss_type", "lora"):
         assert (ablations / section / "results.md").is_file(), section
     assert len(list(ablations.glob("steers_*/results.md"))) == 3
-    execute("results.ipynb", tmp_path, {"LOCALDPO_RESULTS": str(ablations / "beta")})
+    tables = outputs(notebook, "text/markdown")
+    losses = ["sigmoid", "ipo", "hinge", "robust(0.1)", "apo_zero", "apo_down", "dpop", "cal_dpo", "sigmoid+sft"]
+    expected = [
+        ["beta=0.05", "beta=0.1", "beta=0.5"],
+        ["divergent", "to_end", "completion"],
+        losses,
+        *[[f"sft ({n} steers)", f"ldpo ({n} steers)"] for n in _steer_counts(ablations)],
+        ["sft full", "ldpo full", "sft lora", "ldpo lora"],
+    ]
+    assert len(tables) == len(expected)
+    for table, labels in zip(tables, expected):
+        assert [row for row in rows(table) if row != "base"][: len(labels)] == labels, table
+    assert outputs(notebook, "stream")[0].startswith("preset tiny: 1 seeds, steers in ")
+
+    results = execute("results.ipynb", tmp_path, {"LOCALDPO_RESULTS": str(ablations / "beta")})
+    summary, agreement = outputs(results, "text/markdown")
+    assert [row for row in rows(summary) if row != "base"][:3] == ["beta=0.05", "beta=0.1", "beta=0.5"]
+    assert set(rows(agreement)) == {"beta=0.05", "beta=0.1", "beta=0.5"}
+    assert len(outputs(results, "image/png")) >= 2  # the two saved plots (and the curves figure)
+    assert any(text.startswith("3 runs read from W&B offline files") for text in outputs(results, "stream"))
+
+
+def _steer_counts(ablations: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("steers_")) for p in ablations.glob("steers_*") if p.is_dir())

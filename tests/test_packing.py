@@ -120,6 +120,19 @@ def test_layout_by_hand():
     assert packed.packed_tokens == 8 and packed.unpacked_tokens == 11
 
 
+def test_pack_batch_docstring_example():
+    """The worked example of `pack_batch`'s docstring: chosen [a b c X Y], rejected [a b c Z W]."""
+    a, b, c, X, Y, Z, W = 10, 11, 12, 20, 21, 30, 31
+    batch = collate_pairs([_pair([a, b, c, X, Y], [a, b, c, Z, W], [1] * 5, [1] * 5)], pad_token_id=0)
+    packed = pack_batch(batch, pad_token_id=0)
+    S, C, R = SHARED, CHOSEN, REJECTED
+    assert packed.input_ids.tolist() == [[a, b, c, X, Y, Z, W]]
+    assert packed.branch.tolist() == [[S, S, S, C, C, R, R]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 4]]
+    assert packed.chosen_source.tolist() == [[-1, 0, 1, 2, 3]]
+    assert packed.rejected_source.tolist() == [[-1, 0, 1, 2, 5]]
+
+
 def test_trim_drops_tokens_after_last_scored_and_padding_is_inert():
     """A resynced divergent span: chosen [1 2 X s], rejected [1 2 Y Z s u]; nothing after each span is kept."""
     pair = _pair([1, 2, 10, 50], [1, 2, 20, 21, 50, 60], [0, 0, 1, 0], [0, 0, 1, 1, 0, 0])

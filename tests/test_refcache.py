@@ -423,6 +423,7 @@ def _wait_for(path, process, seconds=180):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_build_killed_with_sigkill_resumes_and_verifies(tiny, tmp_path):
     model, tokenizer = tiny
     steers = make_steers(8)
@@ -444,6 +445,7 @@ def test_a_build_killed_with_sigkill_resumes_and_verifies(tiny, tmp_path):
     assert_matches_direct(model, examples, cache.get(examples))
 
 
+@pytest.mark.slow
 def test_two_processes_write_concurrently_and_a_reader_sees_both(tiny, tmp_path):
     model, tokenizer = tiny
     steers = make_steers(8)

@@ -135,6 +135,29 @@ def test_temp_files_of_dead_processes_are_removed(tmp_path):
     assert not stale.exists() and live.exists() and foreign.exists()
 
 
+def test_a_write_killed_mid_way_leaves_a_temp_file_that_stale_detection_names(tmp_path, monkeypatch):
+    """The writer's own temporary name carries host and pid: what `stale_temp_files` reads back."""
+    import os
+
+    from localdpo import fileio
+    from localdpo.refstore import _HOST, _atomic_write
+
+    seen = []
+
+    def killed(tmp, target):
+        seen.append(os.path.basename(tmp))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_write(tmp_path / "x.safetensors", b"data")
+    (name,) = seen
+    assert name.startswith(f".tmp.{_HOST}.{os.getpid()}.") and name.endswith(".tmp")
+    assert list(tmp_path.iterdir()) == []  # the writer removed its temporary file
+    (tmp_path / name.replace(f".{os.getpid()}.", ".999999999.")).write_bytes(b"partial")
+    assert [p.name.split(".")[2:4] for p in stale_temp_files(tmp_path)] == [[_HOST, "999999999"]]
+
+
 def test_clear_removes_only_context_directories(tmp_path):
     _store(tmp_path).write([_record([1, 2, 3])])
     (tmp_path / "notes.txt").write_text("mine")

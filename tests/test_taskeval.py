@@ -67,27 +67,3 @@ def test_evaluate_with_tiny_model_uses_heldout_prompts(smol_tokenizer):
 def test_empty_prompt_list_is_an_error():
     with pytest.raises(ValueError, match="no prompts"):
         evaluate_task(None, None, "addition", prompts=[])
-
-
-def test_eval_cli_on_a_local_model_dir_writes_json(tmp_path, smol_tokenizer, capsys):
-    from localdpo.cli import main
-
-    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    out = tmp_path / "eval.json"
-    argv = [
-        "eval",
-        "--task",
-        "multiples",
-        "--model",
-        str(tmp_path / "model"),
-        "--n",
-        "2",
-        "--max-new-tokens",
-        "4",
-    ]
-    assert main(argv + ["--out", str(out), "--threads", "1"]) == 0
-    report = json.loads(out.read_text())
-    assert report["model"] == str(tmp_path / "model") and report["results"]["multiples"]["n"] == 2
-    assert "multiples" in capsys.readouterr().out

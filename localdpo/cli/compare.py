@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "compare localized DPO, SFT and DPO on the same steers (several seeds, results table and plots)"
 
@@ -31,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from localdpo.compare.config import load_compare_config, preset_path
     from localdpo.compare.pipeline import run_comparison
+    from localdpo.config import ConfigError
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    path = args.config or preset_path(args.preset or "cpu")
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out_dir={args.out}")
@@ -44,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"steers.train_file={args.steers}")
     if args.heldout_steers:
         overrides.append(f"steers.heldout_file={args.heldout_steers}")
-    config = load_compare_config(path, overrides)
+    try:
+        config = load_compare_config(args.config or preset_path(args.preset or "cpu"), overrides)
+    except ConfigError as error:  # a mistake in the config or an override: one line, exit status 2
+        print(f"localdpo compare: {error}", file=sys.stderr)
+        return 2
     if args.with_sft_full:
         config.variants.setdefault("sft_full", ["method=sft_full"])
     variants = args.variants.split(",") if args.variants else None

@@ -1,14 +1,14 @@
 """Configuration of a comparison: one starting model, one or more tasks, several methods and seeds.
 
 A preset is a YAML file in `localdpo/compare/presets/` (`cpu`, `gpu`, `tiny`); `--config FILE` reads any
-other. `run:` is a `RunConfig` mapping shared by every run (`localdpo.trainer.config`); each variant adds
+other, through the same config layer as a training config (`localdpo.config`: typed `key=value` overrides,
+unknown keys listed). `run:` is a `RunConfig` mapping shared by every run (`localdpo.trainer.config`); each variant adds
 its own `key=value` overrides, so the methods differ only in what those overrides say. `select:` gives each
 variant a grid of hyperparameters chosen on the validation prompts before the final runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from localdpo.trainer.config import ConfigError, RunConfig, apply_override, from_dict, validate
+from localdpo.config import ConfigError, build, read_yaml, save_config
+from localdpo.trainer.config import RunConfig, TaskSplit, apply_override, from_dict, validate
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -142,7 +143,7 @@ class CompareConfig:
             name = f"{label}-" + "-".join(p.replace("=", "") for p in point or []) if point else label
             config.run_dir = str(self.task_dir(task) / "select" / name)
             config.wandb.name = f"{prefix}/select/{name}"
-            config.eval.task_split = "validation"
+            config.eval.task_split = TaskSplit.VALIDATION
             config.eval.task_n = self.select.validation_prompts if self.select else 0
             config.eval.at_start = False
             config.eval.every = 0
@@ -150,70 +151,46 @@ class CompareConfig:
         else:
             config.run_dir = str(self.task_dir(task) / "runs" / f"{label}-seed{seed}")
             config.wandb.name = f"{prefix}/{label}/seed{seed}"
-            config.eval.task_split = "heldout"
+            config.eval.task_split = TaskSplit.HELDOUT
             config.eval.task_n = self.steers.heldout_prompts
         return validate(config)
 
 
-def _coerce_compare(data: dict[str, Any], source: str) -> CompareConfig:
-    names = {f.name for f in dataclasses.fields(CompareConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(names))}")
-    values = dict(data)
-    if "steers" in values:
-        steer_names = {f.name for f in dataclasses.fields(SteerSource)}
-        bad = sorted(set(values["steers"] or {}) - steer_names)
-        if bad:
-            raise ConfigError(
-                f"{source}: unknown key 'steers.{bad[0]}'; valid: {', '.join(sorted(steer_names))}"
-            )
-        values["steers"] = SteerSource(**(values["steers"] or {}))
-    if values.get("select") is not None:
-        select = values["select"]
-        select_names = {f.name for f in dataclasses.fields(SelectConfig)}
-        bad = sorted(set(select) - select_names) if isinstance(select, dict) else ["<not a mapping>"]
-        if bad:
-            raise ConfigError(f"{source}: unknown key 'select.{bad[0]}'; valid: {', '.join(sorted(select_names))}")
-        grids = [select.get("grid") or {}, *(select.get("variants") or {}).values()]
-        if not all(isinstance(g, dict) and all(isinstance(v, list) and v for v in g.values()) for g in grids):
-            raise ConfigError(f"{source}: select grids must map a key to a non-empty list of values")
-        values["select"] = SelectConfig(**select)
-    if "variants" in values:
-        variants = values["variants"]
-        if not isinstance(variants, dict) or not all(isinstance(v, list) for v in variants.values()):
-            raise ConfigError(f"{source}: 'variants' must map a label to a list of key=value overrides")
-    config = CompareConfig(**values)
+def validate_compare(config: CompareConfig) -> CompareConfig:
+    """`config` after checking the rules across its fields (and building every run's config once, so a bad
+    variant fails now, not after an hour); `ConfigError` naming the key otherwise."""
+    from_dict(config.run or {}, RunConfig, "run.")  # unknown `run:` keys named from the comparison's root
+    grids = [config.select.grid, *config.select.variants.values()] if config.select is not None else []
+    if not all(all(values for values in grid.values()) for grid in grids):
+        raise ConfigError("select grids must map a key to a non-empty list of values")
     if config.baseline not in config.variants:
-        raise ConfigError(
-            f"{source}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"
-        )
+        raise ConfigError(f"baseline {config.baseline!r} is not one of the variants {list(config.variants)}")
     if not config.seeds:
-        raise ConfigError(f"{source}: 'seeds' is empty")
+        raise ConfigError("'seeds' is empty")
     if not config.tasks:
-        raise ConfigError(f"{source}: 'task' is empty")
+        raise ConfigError("'task' is empty")
     from localdpo.tasks import TASKS
 
     for task in config.tasks:
         if task not in TASKS:
-            raise ConfigError(f"{source}: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     for key in ("train_file", "heldout_file", "validation_file"):
         value = getattr(config.steers, key)
         if len(config.tasks) > 1 and value and "{task}" not in value:
             raise ConfigError(
-                f"{source}: steers.{key}={value!r} holds one task's steers; with several tasks put "
+                f"steers.{key}={value!r} holds one task's steers; with several tasks put "
                 "'{task}' in the file name (one file per task)"
             )
     if config.select is not None:
         unknown = sorted(set(config.select.variants) - set(config.variants))
         if unknown:
-            raise ConfigError(f"{source}: select.variants names {unknown[0]!r}, not one of {list(config.variants)}")
-    for label in config.variants:  # fail now, not after an hour
+            raise ConfigError(f"select.variants names {unknown[0]!r}, not one of {list(config.variants)}")
+    for label in config.variants:
         for point in config.select.points(label) if config.select else [[]]:
             try:
                 config.run_config(label, config.seeds[0], point=point, selection=config.select is not None)
             except ConfigError as error:
-                raise ConfigError(f"{source}: variant {label!r} {' '.join(point)}: {error}") from None
+                raise ConfigError(f"variant {label!r} {' '.join(point)}: {error}") from None
     return config
 
 
@@ -228,35 +205,16 @@ def preset_path(name: str) -> Path:
 def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = None) -> CompareConfig:
     """A `CompareConfig` from YAML, with `key=value` overrides (`seeds=[0,1]`, `run.train.max_steps=10`, ...)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"comparison config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
-    for key in ("train_file", "heldout_file", "validation_file"):
+    data = read_yaml(path, "comparison config")
+    steers = data.get("steers")
+    for key in ("train_file", "heldout_file", "validation_file") if isinstance(steers, dict) else ():
         # a steer file named in a config is looked for next to the config first (presets ship theirs)
-        value = (data.get("steers") or {}).get(key)
-        if value and not Path(value).is_absolute() and (path.parent / value).is_file():
-            data["steers"][key] = str(path.parent / value)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        try:
-            node[leaf] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
-    return _coerce_compare(data, str(path))
+        value = steers.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).is_file():
+            steers[key] = str(path.parent / value)
+    return build(CompareConfig, data, overrides or [], validate=validate_compare, source=path)
 
 
-def save_compare_config(config: CompareConfig, path: Path) -> None:
-    from localdpo.fileio import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+def save_compare_config(config: CompareConfig, path: Path) -> Path:
+    """Write the resolved comparison config as YAML, atomically."""
+    return save_config(config, path)

@@ -124,7 +124,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     split (when `select:` is set), train every variant for every seed, evaluate on the held-out split, write
     results and plots; with several tasks, also a table pooled over the tasks."""
     from localdpo.trainer.device import resolve_device
-    from localdpo.trainer.drift import DriftSet, load_drift_prompts
+    from localdpo.trainer.drift import DriftSet
     from localdpo.trainer.modeling import load_base_model
 
     started = time.perf_counter()
@@ -147,10 +147,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     model.to(device)
     drift = None
     if probe.eval.drift:
-        prompts = load_drift_prompts(probe.eval.drift_prompts)[: probe.eval.drift_num_prompts]
-        drift = DriftSet.build(
-            model, tokenizer, prompts, max_new_tokens=probe.eval.drift_max_new_tokens, device=device
-        )
+        drift = DriftSet.for_eval(model, tokenizer, probe.eval, device=device)
     shared = _Shared(model, tokenizer, device, drift)
 
     records: list[RunRecord] = []

@@ -14,6 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from localdpo.compare.report import RunRecord, SummaryRow
+from localdpo.fileio import atomic_open
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write `fig` as a PNG, atomically."""
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
 
 
 def _pyplot():
@@ -34,14 +41,17 @@ METHOD_STYLES: dict[str, tuple[str, str]] = {
     "ldpo+sft": ("#2ca02c", "D"),
     "dpo": ("#d62728", "v"),
     "sft_full": ("#9467bd", "P"),
+    "sft_completion": ("#17becf", "p"),
+    "ldpo_apo_zero": ("#8c564b", "X"),
+    "ldpo_dpop": ("#e377c2", "*"),
 }
 _OTHER_STYLES: tuple[tuple[str, str], ...] = (
-    ("#8c564b", "X"),
-    ("#e377c2", "*"),
     ("#bcbd22", "h"),
-    ("#17becf", "p"),
     ("#000000", "<"),
     ("#aec7e8", ">"),
+    ("#ffbb78", "d"),
+    ("#98df8a", "8"),
+    ("#ff9896", "H"),
 )
 
 
@@ -53,23 +63,24 @@ def method_style(method: str) -> tuple[str, str]:
 
 
 def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str = "task_accuracy") -> Path:
-    """Mean over seeds of `metric` at each evaluated step, one line per method, band = min..max over seeds."""
-    return _save(draw_accuracy_over_steps(records, metric=metric), path)
+    """Write `draw_accuracy_over_steps` as a PNG at `path`; returns the path."""
+    return _write(draw_accuracy_over_steps(records, metric=metric), path)
 
 
 def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
-    """Final task accuracy against drift KL per method, with 95% intervals on both axes."""
-    return _save(draw_accuracy_vs_drift(rows), path)
+    """Write `draw_accuracy_vs_drift` as a PNG at `path`; returns the path."""
+    return _write(draw_accuracy_vs_drift(rows), path)
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
+def _write(fig, path: Path) -> Path:
+    _save(fig, path)
     _pyplot().close(fig)
     return path
 
 
 def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "task_accuracy"):
-    """The figure `accuracy_over_steps` saves."""
+    """Figure: mean over seeds of `metric` (%) at each evaluated step, one line per method (labelled with it),
+    band = min..max over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -95,7 +106,8 @@ def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "tas
 
 
 def draw_accuracy_vs_drift(rows: Sequence[SummaryRow]):
-    """The figure `accuracy_vs_drift` saves."""
+    """Figure: final task accuracy (%) against drift KL, one point per method (labelled with it), with 95%
+    intervals on both axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by = {(r.method, r.metric): r.value for r in rows}

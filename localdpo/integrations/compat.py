@@ -13,7 +13,7 @@ import importlib.metadata
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-# Same ranges as pyproject.toml (tests/test_integrations_compat.py checks that they agree).
+# Same ranges as pyproject.toml (tests/integrations/test_compat.py checks that they agree).
 SUPPORTED_VERSIONS: dict[str, str] = {
     "trl": ">=1.16,<1.17",
     "transformers": ">=5.0,<5.24",

@@ -26,18 +26,16 @@ check_versions(("transformers",), integration="localdpo.integrations.hf")
 from transformers import Trainer  # noqa: E402
 
 from localdpo.data import (  # noqa: E402
-    CHOSEN_ATTENTION_MASK,
     CHOSEN_INPUT_IDS,
     CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
     REJECTED_INPUT_IDS,
     REJECTED_LOSS_MASK,
     collate_pairs,
-    pad_right,
     trim_to_scored,
 )
-from localdpo.forward import sequence_token_logps  # noqa: E402
+from localdpo.forward import pair_logps  # noqa: E402
 from localdpo.losses import LossType, PreferenceLossOutput, localized_dpo_loss, loss_combination  # noqa: E402
+from localdpo.refcache import padded_pair_values  # noqa: E402
 from localdpo.steers import Steer  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
 
@@ -125,41 +123,22 @@ class SteerPairCollator:
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
         if self.reference_cache is not None:
-            values = self.reference_cache.get(examples)
-            for side, key, ids_key, position in (
-                ("chosen", REF_CHOSEN_LOGPS, CHOSEN_INPUT_IDS, 0),
-                ("rejected", REF_REJECTED_LOGPS, REJECTED_INPUT_IDS, 1),
-            ):
-                rows = []
-                for example, pair in zip(examples, values):
-                    length = getattr(example, f"{side}_ids").numel()
-                    row = pair[position].to(torch.float32)
-                    if row.shape != (length,):
-                        raise ValueError(
-                            f"reference cache returned {tuple(row.shape)} {side} log-probs for steer "
-                            f"{example.steer_id!r}, whose {side} side has {length} tokens"
-                        )
-                    rows.append(row)
-                batch[key] = pad_right(rows, 0.0, batch[ids_key].shape[1])  # (B, T)
+            batch[REF_CHOSEN_LOGPS], batch[REF_REJECTED_LOGPS] = padded_pair_values(  # (B, Tc), (B, Tr)
+                self.reference_cache.get(examples),
+                examples,
+                lengths=([e.chosen_ids.numel() for e in examples], [e.rejected_ids.numel() for e in examples]),
+                widths=(batch[CHOSEN_INPUT_IDS].shape[1], batch[REJECTED_INPUT_IDS].shape[1]),
+            )
         return batch
 
 
 def stacked_pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of both sides in one forward (chosen and rejected rows stacked).
+    """Per-token log-probs of both sides in one forward (chosen and rejected rows stacked): the package's one
+    plain forward, `localdpo.forward.pair_logps`.
 
     Shape: batch chosen (B, Tc), rejected (B, Tr) -> ((B, Tc), (B, Tr)) float32.
     """
-    chosen_ids, rejected_ids = batch[CHOSEN_INPUT_IDS], batch[REJECTED_INPUT_IDS]
-    length = max(chosen_ids.shape[1], rejected_ids.shape[1])
-
-    def widen(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, length - x.shape[1]))  # (B, T); pad is masked out
-
-    input_ids = torch.cat([widen(chosen_ids), widen(rejected_ids)])  # (2B, T)
-    attention_mask = torch.cat([widen(batch[CHOSEN_ATTENTION_MASK]), widen(batch[REJECTED_ATTENTION_MASK])])
-    logps = sequence_token_logps(model, input_ids, attention_mask)  # (2B, T)
-    chosen, rejected = logps.chunk(2)  # (B, T) each
-    return chosen[:, : chosen_ids.shape[1]], rejected[:, : rejected_ids.shape[1]]
+    return pair_logps(model, batch)
 
 
 def _is_peft(model) -> bool:

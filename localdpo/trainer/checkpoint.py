@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from localdpo.fileintegrity import file_entry, verify_files
+from localdpo.fileintegrity import file_entry, read_manifest, verify_files
+from localdpo.fileio import fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -57,22 +59,6 @@ class Checkpoint:
 
 def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:06d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -121,18 +107,18 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
         files = {}
         for path in sorted(tmp.iterdir()):
-            _fsync_file(path)
+            fsync_file(path)
             files[path.name] = file_entry(path)
         manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync_file(tmp / MANIFEST)
-        _fsync_dir(tmp)
+        fsync_file(tmp / MANIFEST)
+        fsync_dir(tmp)
         if final.exists():  # a re-run of the same step: move the old one aside first
             old = root / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -143,13 +129,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of checkpoint `path` after checking every file's size and sha256; `CheckpointError` if not."""
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{manifest_path}: missing (the checkpoint was not finished)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{manifest_path}: unreadable ({error})") from None
+    manifest, files = read_manifest(manifest_path, CheckpointError, missing="the checkpoint was not finished")
     if manifest.get("version") != FORMAT_VERSION or not manifest.get("complete"):
         raise CheckpointError(
             f"{manifest_path}: version {manifest.get('version')} / complete={manifest.get('complete')}"
@@ -192,6 +172,90 @@ def restore_training_state(
     optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
     restore_rng_state(checkpoint.rng)
+
+
+INITIAL_ITEMS = "initial/"
+"""Checkpoint item-name prefix of the step-0 per-item evaluation values."""
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run stands, besides weights, optimizer and RNG: what a trainer checkpoint restores."""
+
+    step: int
+    consumed: int
+    """Examples consumed from the data stream (all processes)."""
+    history: list[dict[str, float]]
+    """Every evaluation so far."""
+    initial_items: dict[str, np.ndarray]
+    """Per-item values of the step-0 evaluation (what a resumed run's final items are paired against)."""
+
+
+def save_training_checkpoint(
+    root: str | os.PathLike,
+    progress: TrainingProgress,
+    *,
+    params: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    data_seed: int,
+    n_train: int,
+    world_size: int,
+    keep_last: int,
+) -> Path:
+    """Write a resumable checkpoint of a trainer at `progress.step` under `root` and prune old ones."""
+    path = save_checkpoint(
+        root,
+        progress.step,
+        tensors=params,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        rng=capture_rng_state(),
+        state={
+            "consumed": progress.consumed,
+            "data_seed": data_seed,
+            "n_train": n_train,
+            "world_size": world_size,
+            "history": progress.history,
+        },
+        items={INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in progress.initial_items.items()},
+    )
+    prune_checkpoints(root, keep_last)
+    return path
+
+
+def resume_training(
+    root: str | os.PathLike,
+    resume: str,
+    *,
+    params: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    data_seed: int,
+    n_train: int,
+) -> TrainingProgress | None:
+    """Restore the checkpoint that `checkpoint.resume` names (`auto`: the newest verified one under `root`,
+    `never`: none, else a path) into `params`, `optimizer`, `scheduler` and the RNGs; its progress, or None."""
+    if resume == "never":
+        return None
+    path = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path)
+    restore_training_state(checkpoint, params, optimizer, scheduler)
+    progress = TrainingProgress(
+        step=int(checkpoint.state["step"]),
+        consumed=int(checkpoint.state["consumed"]),
+        history=list(checkpoint.state.get("history", [])),
+        initial_items={
+            name.removeprefix(INITIAL_ITEMS): value.numpy()
+            for name, value in checkpoint.items.items()
+            if name.startswith(INITIAL_ITEMS)
+        },
+    )
+    if checkpoint.state.get("data_seed") != data_seed or checkpoint.state.get("n_train") != n_train:
+        raise CheckpointError(f"{path}: written for another data order (data seed / training set size differ)")
+    return progress
 
 
 def save_final_model(model, tokenizer, run_dir: str | os.PathLike) -> Path:

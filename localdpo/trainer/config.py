@@ -2,29 +2,69 @@
 
 `load_config("ldpo_cpu.yaml", ["optim.lr=1e-5", "method=dpo"])` reads the file, applies the overrides
 (dotted keys, values parsed to the field's type) and validates the result. Unknown keys raise
-`ConfigError` listing the valid ones.
+`ConfigError` listing the valid ones. The parsing is the package's one config layer, `localdpo.config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from localdpo import config as config_layer
+from localdpo.config import (  # noqa: F401  (the config layer, re-exported for `localdpo.trainer.config` users)
+    ConfigError,
+    apply_override,
+    coerce,
+    get_value,
+    save_config,
+    to_dict,
+)
 from localdpo.losses import LossType, loss_combination
 from localdpo.tokenization import SpanMode
 from localdpo.trainer.methods import Method
 
 
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names the key (and the file when there is one)."""
+class OnTooLong(str, Enum):
+    """What happens to a steer whose scored tokens do not fit `data.max_length`."""
+
+    ERROR = "error"
+    SKIP = "skip"
+
+
+class ReferenceSource(str, Enum):
+    """Where the reference log-probs come from."""
+
+    CACHE = "cache"
+    """Computed once from the starting model and stored (`localdpo.refcache`)."""
+    LIVE = "live"
+    """A frozen copy of the starting model (or the LoRA model with its adapter off), run every step."""
+
+
+class Precision(str, Enum):
+    """Compute precision of the forward passes (master weights stay fp32)."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class TaskSplit(str, Enum):
+    """Prompt split a task accuracy is measured on."""
+
+    VALIDATION = "validation"
+    HELDOUT = "heldout"
+
+
+class WandbMode(str, Enum):
+    """W&B mode; `auto` is online only when the user configured W&B."""
+
+    AUTO = "auto"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
 
 
 @dataclass
@@ -37,7 +77,7 @@ class DataConfig:
     """Fraction of the train steers held out (seeded by `train.data_seed`) when there is no `eval_steers`."""
     max_length: int | None = 512
     """Token limit per side (`localdpo.tokenize_steer`); only unscored tail tokens are ever cut."""
-    on_too_long: str = "skip"
+    on_too_long: OnTooLong = OnTooLong.SKIP
     """`skip` (counted and reported) or `error` for steers whose scored tokens do not fit `max_length`."""
 
 
@@ -95,7 +135,7 @@ class LossConfig:
     sft_weight: float = 0.0
     """Shorthand for adding the `sft` term: `loss.sft_weight=λ` is `loss_type=[<types>, sft]`,
     `loss_weights=[<weights>, λ]`; 0 = off."""
-    reference: str = "cache"
+    reference: ReferenceSource = ReferenceSource.CACHE
     """Reference log-probs from `cache` (computed once from the starting model) or a `live` frozen model."""
 
     @property
@@ -142,7 +182,7 @@ class TrainConfig:
     """Seed of the data order and the eval split; None = `seed`."""
     device: str = "auto"
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
-    precision: str = "auto"
+    precision: Precision = Precision.AUTO
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `bf16` (autocast) or `fp32`; master weights stay fp32."""
     packing: bool = True
     """Pack each pair's shared prefix once (`localdpo.packing`, preference methods; falls back to the
@@ -182,7 +222,7 @@ class EvalConfig:
     """Held-out task prompts generated per task evaluation."""
     task_seed: int = 1234
     """Seed of the held-out task prompts."""
-    task_split: str = "heldout"
+    task_split: TaskSplit = TaskSplit.HELDOUT
     """Prompt split the task accuracy is measured on: `heldout`, or `validation` when choosing
     hyperparameters (`localdpo compare`'s `select:`), so the held-out split is never read for a choice."""
     task_max_new_tokens: int | None = None
@@ -209,7 +249,7 @@ class CheckpointConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "auto"
+    mode: WandbMode = WandbMode.AUTO
     """`auto` (online when WANDB_MODE=online or WANDB_API_KEY is set, else offline), `online`, `offline`, `disabled`."""
     project: str = "localdpo"
     """W&B project."""
@@ -260,21 +300,9 @@ class RunConfig:
         return self.train.seed if self.train.data_seed is None else self.train.data_seed
 
 
-_CHOICES = {
-    "data.on_too_long": ("error", "skip"),
-    "loss.reference": ("cache", "live"),
-    "eval.task_split": ("validation", "heldout"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "wandb.mode": ("auto", "online", "offline", "disabled"),
-}
-
-
 def validate(config: RunConfig) -> RunConfig:
     """`config` after checking cross-field rules; `ConfigError` naming the key otherwise."""
-    for key, choices in _CHOICES.items():
-        value = get_value(config, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    config_layer.enum_fields(config)
     method, span = config.method, config.span_mode
     if span not in method.allowed_span_modes:
         allowed = ", ".join(m.value for m in method.allowed_span_modes)
@@ -335,177 +363,19 @@ def validate(config: RunConfig) -> RunConfig:
     return config
 
 
-# ---------------------------------------------------------------- dicts, YAML and key=value overrides
-
-
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def valid_keys(cls=RunConfig, prefix: str = "") -> list[str]:
     """Every dotted key of the config (leaves only)."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            keys += valid_keys(tp, f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _optional_inner(tp) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-_NULLS = ("null", "none", "~", "")
-_TRUES, _FALSES = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def coerce(value: Any, tp, key: str) -> Any:
-    """`value` (from YAML, or a `key=value` string) converted to the field type `tp`; `ConfigError` if it cannot be."""
-    inner, optional = _optional_inner(tp)
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NULLS):
-        if optional:
-            return None
-        raise ConfigError(f"{key}: may not be null")
-    try:
-        if isinstance(inner, type) and issubclass(inner, Enum):
-            try:
-                return inner(value)
-            except ValueError:
-                choices = ", ".join(m.value for m in inner)
-                raise ConfigError(f"{key}={value!r}: expected one of {choices}") from None
-        if inner is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUES:
-                return True
-            if text in _FALSES:
-                return False
-            raise ConfigError(f"{key}={value!r}: expected true or false")
-        if inner is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if inner is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if inner is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-        if typing.get_origin(inner) is list:
-            (item_type,) = typing.get_args(inner)
-            if isinstance(value, str):
-                value = (
-                    yaml.safe_load(value)
-                    if value.strip().startswith("[")
-                    else [v for v in value.split(",") if v]
-                )
-            if not isinstance(value, list):
-                value = [value]  # a scalar is a one-item list (`loss_type: dpop`)
-            return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-    except ConfigError:
-        raise
-    except (ValueError, TypeError):
-        raise ConfigError(f"{key}={value!r}: expected {getattr(inner, '__name__', inner)}") from None
-    raise ConfigError(f"{key}: unsupported field type {tp}")
+    return config_layer.valid_keys(cls, prefix)
 
 
 def from_dict(data: dict[str, Any], cls=RunConfig, prefix: str = "") -> Any:
-    """A config dataclass from a nested dict; unknown keys raise `ConfigError` listing the valid ones."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'; valid keys: {', '.join(valid_keys(cls, prefix))}"
-            )
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(value or {}, tp, f"{prefix}{key}.")
-        else:
-            kwargs[key] = coerce(value, tp, prefix + key)
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (enums as their values): what YAML and W&B get."""
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, Enum):
-            value = value.value
-        elif isinstance(value, list):
-            value = [v.value if isinstance(v, Enum) else v for v in value]
-        out[f.name] = value
-    return out
-
-
-def get_value(config: Any, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def apply_override(config: RunConfig, item: str) -> None:
-    """Set one `dotted.key=value` on `config` in place, parsing the value to the field's type."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
-    key, value = item.split("=", 1)
-    key = key.strip()
-    if key not in valid_keys():
-        raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys())}")
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        node = getattr(node, part)
-    setattr(node, leaf, coerce(value, _hints(type(node))[leaf], key))
+    """A config dataclass (default `RunConfig`) from a nested dict; unknown keys raise `ConfigError`."""
+    return config_layer.from_dict(data, cls, prefix)
 
 
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
     """The validated config from a YAML file (or the defaults when `path` is None) plus `key=value` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {error}") from None
-    try:
-        config = from_dict(data)
-        for item in overrides:
-            apply_override(config, item)
-        return validate(config)
-    except ConfigError as error:
-        if path is not None:
-            raise ConfigError(f"{path}: {error}") from None
-        raise
-
-
-def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    data = config_layer.read_yaml(path) if path is not None else {}
+    return config_layer.build(RunConfig, data, overrides, validate=validate, source=path)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ def init_distributed(device_type: str) -> DistInfo:
     if world_size <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return info
 
 
@@ -50,7 +50,7 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device) -> dict[st
         return values
     keys = sorted(values)
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return {k: float(v) / info.world_size for k, v in zip(keys, tensor.tolist())}
 
 
@@ -59,7 +59,7 @@ def all_reduce_sum(value: float, info: DistInfo, device) -> float:
     if not info.enabled:
         return value
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return float(tensor.item())
 
 

@@ -107,6 +107,15 @@ class DriftSet:
         return sum(int(r.shape[0]) for r in self.ref_logits)
 
     @classmethod
+    def for_eval(cls, reference_model, tokenizer, eval_config, *, device=None) -> DriftSet:
+        """The drift set an `EvalConfig` asks for: its prompts (`drift_prompts`, first `drift_num_prompts`)
+        continued for `drift_max_new_tokens` by the reference."""
+        prompts = load_drift_prompts(eval_config.drift_prompts)[: eval_config.drift_num_prompts]
+        return cls.build(
+            reference_model, tokenizer, prompts, max_new_tokens=eval_config.drift_max_new_tokens, device=device
+        )
+
+    @classmethod
     @torch.no_grad()
     def build(
         cls, reference_model, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, device=None

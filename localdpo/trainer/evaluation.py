@@ -9,13 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import torch
 
 from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, trim_to_scored
+from localdpo.forward import pair_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
 from localdpo.tokenization import TokenizedSteer
-from localdpo.trainer.modeling import pair_logps
+
+
+class EvaluationDue(NamedTuple):
+    """Whether a step evaluates, and whether that evaluation includes the task evaluation."""
+
+    evaluate: bool
+    task: bool
+
+
+def evaluation_due(eval_config, step: int, *, final: bool = False) -> EvaluationDue:
+    """The one schedule of evaluations (`EvalConfig`): every `every` steps, and every `task_every` steps when a
+    `task` is set, with the task evaluation on the `task_every` steps; step 0 (when `at_start`, which the caller
+    checks) and the `final` evaluation always include the task evaluation."""
+    task_step = bool(eval_config.task_every and step % eval_config.task_every == 0)
+    if final or step == 0:
+        return EvaluationDue(True, True)
+    every_step = bool(eval_config.every and step % eval_config.every == 0)
+    return EvaluationDue(every_step or (bool(eval_config.task) and task_step), task_step)
 
 
 def held_out_batches(
@@ -223,7 +242,7 @@ def evaluate_policy(
             seed=config.eval.task_seed,
             batch_size=config.eval.task_batch_size or config.eval.batch_size,
             max_new_tokens=config.eval.task_max_new_tokens,
-            split=config.eval.task_split,
+            split=config.eval.task_split.value,
         )
         metrics.update(task_result)
         items.update(task_items)

@@ -13,13 +13,15 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from localdpo.trainer.config import RunConfig, to_dict
+from localdpo.fileio import atomic_write_text
+from localdpo.trainer.config import RunConfig, WandbMode, to_dict
 
 
-def resolve_mode(mode: str) -> str:
+def resolve_mode(mode: WandbMode | str) -> str:
     """`online`, `offline` or `disabled` for a configured mode (`auto` looks at the environment)."""
-    if mode != "auto":
-        return mode
+    mode = WandbMode(mode)
+    if mode is not WandbMode.AUTO:
+        return mode.value
     env = os.environ.get("WANDB_MODE", "").lower()
     if env in ("online", "offline", "disabled"):
         return env
@@ -66,9 +68,7 @@ class RunLogger:
             for line in self.metrics_path.read_text().splitlines()
             if line and json.loads(line)["step"] <= step
         ]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         with self.metrics_path.open("a") as handle:

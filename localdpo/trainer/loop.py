@@ -38,8 +38,8 @@ from localdpo.trainer.distributed import (
     rank_slice,
     stream_indices,
 )
-from localdpo.trainer.drift import DriftSet, load_drift_prompts
-from localdpo.trainer.evaluation import evaluate_policy, held_out_batches
+from localdpo.trainer.drift import DriftSet
+from localdpo.trainer.evaluation import evaluate_policy, evaluation_due, held_out_batches
 from localdpo.trainer.methods import method_loss, sft_mask
 from localdpo.trainer.modeling import (
     PolicyForward,
@@ -49,11 +49,14 @@ from localdpo.trainer.modeling import (
     trainable_tensors,
 )
 from localdpo.trainer.optim import build_optimizer
-from localdpo.trainer.reference import EvalReference, LiveReference, build_reference, eval_reference_for
+from localdpo.trainer.reference import (
+    CachedReference,
+    EvalReference,
+    LiveReference,
+    build_reference,
+    eval_reference_for,
+)
 from localdpo.trainer.steerdata import prepare_steers
-
-INITIAL_ITEMS = "initial/"
-"""Checkpoint key prefix of the step-0 per-item evaluation values."""
 
 
 @dataclass
@@ -92,15 +95,36 @@ class Trainer:
         self.config = validate(config)
         self._given_model, self.tokenizer = model, tokenizer
         self._given_train, self._given_eval = train_steers, eval_steers
-        self.reference_cache, self.drift_set = reference_cache, drift_set
-        self.eval_reference = eval_reference
         self.run_dir = config.resolved_run_dir
+        self._is_setup = False
+        # runtime (`_setup_runtime`)
+        self.device: torch.device | None = None
+        self.dist: DistInfo | None = None
+        self.autocast_dtype: torch.dtype | None = None
+        # data (`_setup_data`): tokenized steers (train in the run's span mode, eval in `eval.span_mode`)
+        self.train_examples: list[TokenizedSteer] = []
+        self.eval_examples: list[TokenizedSteer] = []
+        self.tokenize_reports: Any = None
+        # reference (`_setup_reference`, `_setup_policy`): all from the starting weights, before any step
+        self.reference: CachedReference | LiveReference | None = None
+        self.reference_cache = reference_cache
+        self.drift_set = drift_set
+        self.eval_reference = eval_reference
+        # policy (`_setup_policy`): the trained model and its training forward (one module, so DDP wraps all)
+        self.model = None
+        self.policy_forward: PolicyForward | None = None
+        # optimizer (`_setup_optimizer`)
+        self.params: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.ddp_forward = None
+        """`policy_forward`, wrapped in `DistributedDataParallel` under DDP."""
+        # progress (restored by `_resume`)
         self.step = 0
         self.consumed = 0
         self.history: list[dict[str, float]] = []
         self.train_log: list[dict[str, float]] = []
         self.logger = None
-        self._is_setup = False
         # Per-item values (held-out steers, drift prompts, task prompts) of the latest, the step-0 and the
         # final evaluation: what comparisons pair across methods (`localdpo.compare`).
         self.last_eval_items: dict[str, Any] = {}
@@ -110,14 +134,32 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> Trainer:
-        """Load everything, build the reference and drift set from the starting model, restore a checkpoint."""
+        """Load everything, build the reference and drift set from the starting model, restore a checkpoint.
+
+        The steps run in this order, each needing the ones before it: the reference and the drift set are
+        computed from the starting weights before dropout is turned off and LoRA is added, and the optimizer
+        exists before a checkpoint restores its state.
+        """
+        self._setup_runtime()
+        base = self._setup_starting_model()
+        self._setup_data()
+        self._setup_reference(base)
+        self._setup_policy(base)
+        self._setup_optimizer()
+        self._resume()
+        self._setup_logging()
+        self._is_setup = True
+        return self
+
+    def _setup_runtime(self) -> None:
+        """Device, process group, compute precision, global torch settings and seeds."""
         cfg = self.config
         if cfg.checkpoint.resume == "never" and ckpt.list_checkpoints(self.checkpoint_root):
             raise ConfigError(
                 f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
             )
         self.device = resolve_device(cfg.train.device)
-        self.dist: DistInfo = init_distributed(self.device.type)
+        self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -128,8 +170,29 @@ class Trainer:
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
 
-        base = self._load_model()
-        self._load_data()
+    def _setup_starting_model(self):
+        """The starting model in float32 (a copy of the given one, or loaded) and its tokenizer, on the device."""
+        if self._given_model is not None:
+            if self.tokenizer is None:
+                raise ValueError("pass the tokenizer together with the model")
+            base = copy.deepcopy(self._given_model).float()
+        else:
+            base, self.tokenizer = load_base_model(self.config, self.tokenizer)
+            base = base.float()
+        return base
+
+    def _setup_data(self) -> None:
+        """Tokenized train and held-out steers (the split, the span modes, over-long steers skipped or refused)."""
+        self.train_examples, self.eval_examples, self.tokenize_reports = prepare_steers(
+            self.config, self.tokenizer, self._given_train, self._given_eval
+        )
+
+    def _setup_reference(self, base) -> None:
+        """The training reference and the drift set, from the starting weights `base`.
+
+        A live reference of a LoRA model is the policy with its adapter off: `_setup_policy` builds it.
+        """
+        cfg = self.config
         base.to(self.device)
         self.reference, self.reference_cache = build_reference(
             cfg,
@@ -143,15 +206,12 @@ class Trainer:
             cache=self.reference_cache,
         )
         if cfg.eval.drift and self.drift_set is None:
-            prompts = load_drift_prompts(cfg.eval.drift_prompts)[: cfg.eval.drift_num_prompts]
-            self.drift_set = DriftSet.build(
-                base,
-                self.tokenizer,
-                prompts,
-                max_new_tokens=cfg.eval.drift_max_new_tokens,
-                device=self.device,
-            )
+            self.drift_set = DriftSet.for_eval(base, self.tokenizer, cfg.eval, device=self.device)
 
+    def _setup_policy(self, base) -> None:
+        """The trained model from `base` (dropout off, LoRA, gradient checkpointing), its training forward, the
+        LoRA live reference, and the held-out steers' reference (this forward on the starting weights)."""
+        cfg = self.config
         if (
             cfg.model.disable_dropout
             if cfg.model.disable_dropout is not None
@@ -164,13 +224,11 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.to(self.device)
         self.model.train()
-        # The whole training forward (fast path included) is one module, so DDP's forward wraps all of it.
         self.policy_forward = self._policy_forward(self.model)
         if self.reference is None:  # live reference of a LoRA model: the model with its adapter off
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
             )
-        # The held-out steers' reference: this forward on the starting weights (before any step or restore).
         self.eval_reference = eval_reference_for(
             self.model,
             self.policy_forward,
@@ -180,6 +238,10 @@ class Trainer:
             batch_size=cfg.eval.batch_size,
             given=self.eval_reference,
         )
+
+    def _setup_optimizer(self) -> None:
+        """AdamW and its schedule over the trainable tensors; the DDP wrapper of the training forward."""
+        cfg = self.config
         self.params = trainable_tensors(self.model)
         self.optimizer, self.scheduler = build_optimizer(
             list(self.params.values()), cfg.optim, max_steps=cfg.train.max_steps, device=self.device
@@ -191,15 +253,15 @@ class Trainer:
             self.ddp_forward = DistributedDataParallel(
                 self.policy_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self._resume()
+
+    def _setup_logging(self) -> None:
+        """Rank 0: the run directory, the resolved config and the metrics logger (from the resumed step)."""
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(self.config, self.run_dir / "config.yaml")
             from localdpo.trainer.logging import RunLogger
 
-            self.logger = RunLogger(cfg, self.run_dir, resume_step=self.step)
-        self._is_setup = True
-        return self
+            self.logger = RunLogger(self.config, self.run_dir, resume_step=self.step)
 
     def _eval_batches(self):
         return held_out_batches(
@@ -215,70 +277,45 @@ class Trainer:
             model, packing=train.packing, span_head=train.span_head, pad_token_id=self.tokenizer.pad_token_id
         )
 
-    def _load_model(self):
-        if self._given_model is not None:
-            if self.tokenizer is None:
-                raise ValueError("pass the tokenizer together with the model")
-            return copy.deepcopy(self._given_model).float()
-        model, self.tokenizer = load_base_model(self.config, self.tokenizer)
-        return model.float()
-
-    def _load_data(self) -> None:
-        self.train_examples, self.eval_examples, self.tokenize_reports = prepare_steers(
-            self.config, self.tokenizer, self._given_train, self._given_eval
-        )
-
     # ------------------------------------------------------------------ checkpoints
 
     @property
     def checkpoint_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def _progress(self) -> ckpt.TrainingProgress:
+        return ckpt.TrainingProgress(self.step, self.consumed, self.history, self.initial_items)
+
     def _resume(self) -> None:
-        cfg = self.config
-        mode = cfg.checkpoint.resume
-        if mode == "never":
-            return
-        path = ckpt.latest_checkpoint(self.checkpoint_root) if mode == "auto" else Path(mode)
-        if path is None:
-            return
-        state = ckpt.load_checkpoint(path)
-        ckpt.restore_training_state(state, self.params, self.optimizer, self.scheduler)
-        self.step, self.consumed = int(state.state["step"]), int(state.state["consumed"])
-        self.history = list(state.state.get("history", []))
-        self.initial_items = {
-            name.removeprefix(INITIAL_ITEMS): value.numpy()
-            for name, value in state.items.items()
-            if name.startswith(INITIAL_ITEMS)
-        }
-        if state.state.get("data_seed") != self.config.data_seed or state.state.get("n_train") != len(
-            self.train_examples
-        ):
-            raise ckpt.CheckpointError(
-                f"{path}: written for another data order (data seed / training set size differ)"
-            )
+        """Restore the checkpoint `checkpoint.resume` names, if any (`localdpo.trainer.checkpoint.resume_training`)."""
+        progress = ckpt.resume_training(
+            self.checkpoint_root,
+            self.config.checkpoint.resume,
+            params=self.params,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            data_seed=self.config.data_seed,
+            n_train=len(self.train_examples),
+        )
+        if progress is not None:
+            self.step, self.consumed = progress.step, progress.consumed
+            self.history, self.initial_items = progress.history, progress.initial_items
 
     def save_checkpoint(self) -> Path | None:
         """Write a resumable checkpoint of the current step (rank 0) and prune old ones."""
         path = None
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(
+            path = ckpt.save_training_checkpoint(
                 self.checkpoint_root,
-                self.step,
-                tensors=self.params,
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                rng=ckpt.capture_rng_state(),
-                state={
-                    "consumed": self.consumed,
-                    "data_seed": self.config.data_seed,
-                    "n_train": len(self.train_examples),
-                    "world_size": self.dist.world_size,
-                    "history": self.history,
-                },
-                items={INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in self.initial_items.items()},
+                self._progress(),
+                params=self.params,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                data_seed=self.config.data_seed,
+                n_train=len(self.train_examples),
+                world_size=self.dist.world_size,
+                keep_last=self.config.checkpoint.keep_last,
             )
-            ckpt.prune_checkpoints(self.checkpoint_root, self.config.checkpoint.keep_last)
         if self.dist.enabled:
             torch.distributed.barrier()
         return path
@@ -417,9 +454,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['train/loss']:.4f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
             done = self.step == cfg.train.max_steps
-            eval_due = bool(cfg.eval.every and self.step % cfg.eval.every == 0)
-            task_due = bool(cfg.eval.task and cfg.eval.task_every and self.step % cfg.eval.task_every == 0)
-            if not done and (eval_due or task_due):
+            if not done and evaluation_due(cfg.eval, self.step).evaluate:
                 self._evaluate_and_log(final=False)
             if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or done):
                 self.save_checkpoint()
@@ -489,8 +524,7 @@ class Trainer:
         return {"step": self.step, **metrics}
 
     def _evaluate_and_log(self, *, final: bool) -> dict[str, float]:
-        cfg = self.config
-        task = final or self.step == 0 or bool(cfg.eval.task_every and self.step % cfg.eval.task_every == 0)
+        task = evaluation_due(self.config.eval, self.step, final=final).task
         # Evaluation must not consume training randomness (a resumed run skips evaluations already logged).
         python_state = random.getstate()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):

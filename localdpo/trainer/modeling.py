@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_INPUT_IDS, REJECTED_ATTENTION_MASK, REJECTED_INPUT_IDS
-from localdpo.forward import sequence_token_logps
+from localdpo.forward import pair_logps
 from localdpo.models import TINY_MODEL, peft_wrapping
 from localdpo.trainer.config import RunConfig
 
@@ -60,43 +59,14 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def pair_logps(
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    *,
-    need_rejected: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs of both sides of a collated batch, in one forward of the 2B rows (chosen only if not `need_rejected`).
-
-    The single switch point of the training forward: a faster packed / span-only forward replaces this.
-
-    Shape: batch chosen (B, Tc), rejected (B, Tr) -> (B, Tc), (B, Tr) float32.
-    """
-    chosen_ids, chosen_attn = batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK]
-    if not need_rejected:
-        return sequence_token_logps(model, chosen_ids, chosen_attn), None
-    rejected_ids, rejected_attn = batch[REJECTED_INPUT_IDS], batch[REJECTED_ATTENTION_MASK]
-    tc, tr = chosen_ids.shape[1], rejected_ids.shape[1]
-    length = max(tc, tr)
-    ids = torch.cat(
-        [nn.functional.pad(chosen_ids, (0, length - tc)), nn.functional.pad(rejected_ids, (0, length - tr))]
-    )  # (2B, T)
-    attn = torch.cat(
-        [nn.functional.pad(chosen_attn, (0, length - tc)), nn.functional.pad(rejected_attn, (0, length - tr))]
-    )  # (2B, T)
-    logps = sequence_token_logps(model, ids, attn)  # (2B, T)
-    batch_size = chosen_ids.shape[0]
-    return logps[:batch_size, :tc], logps[batch_size:, :tr]  # (B, Tc), (B, Tr)
-
-
 class PolicyForward(nn.Module):
     """The training forward as one module, so DistributedDataParallel can wrap it whole.
 
     DDP sets up its gradient all-reduce in its own `forward`; the fast path calls the decoder and the LM head
     separately, so it must run inside the wrapped module's forward, not around it. `forward(batch, score_mask)`
-    gives per-token log-probs in `collate_pairs`' layout: both sides through `localdpo.packing.pair_token_logps`
-    (packing and/or span head, each with its fallback) or one forward of the 2B rows; the chosen side alone when
-    `score_mask` (the positions the loss reads) is given, through the span head when it is on.
+    gives per-token log-probs in `collate_pairs`' layout through the one pair forward, `localdpo.forward.pair_logps`,
+    with the fast paths this model can run; the chosen side alone when `score_mask` (the positions the loss
+    reads) is given.
     """
 
     def __init__(self, model: nn.Module, *, packing: bool, span_head: bool, pad_token_id: int):
@@ -115,24 +85,11 @@ class PolicyForward(nn.Module):
 
         Shape: batch chosen (B, Tc), rejected (B, Tr); score_mask (B, Tc) bool -> (B, Tc), (B, Tr) float32.
         """
-        if score_mask is not None:
-            if self.span_head:
-                from localdpo.span_head import span_token_logps
-
-                chosen = span_token_logps(
-                    self.model, batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK], score_mask
-                )  # (B, Tc)
-                return chosen, None
-            return pair_logps(self.model, batch, need_rejected=False)
-        if self.packing or self.span_head:
-            from localdpo.packing import pair_token_logps
-
-            chosen, rejected, _, _ = pair_token_logps(
-                self.model,
-                batch,
-                packing=self.packing,
-                span_head=self.span_head,
-                pad_token_id=self.pad_token_id,
-            )
-            return chosen, rejected  # (B, Tc), (B, Tr)
-        return pair_logps(self.model, batch, need_rejected=True)
+        return pair_logps(
+            self.model,
+            batch,
+            packing=self.packing,
+            span_head=self.span_head,
+            pad_token_id=self.pad_token_id,
+            score_mask=score_mask,
+        )  # (B, Tc), (B, Tr) | None

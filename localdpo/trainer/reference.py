@@ -12,9 +12,9 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from localdpo.data import pad_right
+from localdpo.refcache import ReferenceCache, padded_pair_values
 from localdpo.tokenization import TokenizedSteer
-from localdpo.trainer.config import ConfigError, RunConfig
+from localdpo.trainer.config import RunConfig
 from localdpo.trainer.distributed import DistInfo
 
 
@@ -34,18 +34,14 @@ class CachedReference:
         """Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids."""
         from localdpo.data import CHOSEN_ATTENTION_MASK, REJECTED_ATTENTION_MASK
 
-        values = self.cache.get(list(examples))
-        sides = []
-        for side, key in ((0, CHOSEN_ATTENTION_MASK), (1, REJECTED_ATTENTION_MASK)):
-            lengths = batch[key].sum(-1).tolist()
-            rows = [pair[side][: int(n)].float() for pair, n in zip(values, lengths)]
-            for row, n, example in zip(rows, lengths, examples):
-                if row.numel() != n:
-                    raise ValueError(
-                        f"reference cache returned {row.numel()} log-probs for steer {example.steer_id!r}, expected {n}"
-                    )
-            sides.append(pad_right(rows, 0.0, batch[key].shape[1]).to(device, non_blocking=True))  # (B, T)
-        return sides[0], sides[1]
+        masks = batch[CHOSEN_ATTENTION_MASK], batch[REJECTED_ATTENTION_MASK]  # (B, Tc), (B, Tr)
+        chosen, rejected = padded_pair_values(
+            self.cache.get(list(examples)),
+            examples,
+            lengths=(masks[0].sum(-1).tolist(), masks[1].sum(-1).tolist()),
+            widths=(masks[0].shape[1], masks[1].shape[1]),
+        )
+        return chosen.to(device, non_blocking=True), rejected.to(device, non_blocking=True)
 
 
 class LiveReference:
@@ -172,12 +168,6 @@ def reference_cache_for(
 ):
     """The `ReferenceCache` of starting model `model` for runs of `config`: computed in the runs' autocast dtype
     (so a policy equal to its reference has margins of exactly 0), at their max_length, under `cache_dir`."""
-    try:
-        from localdpo.refcache import ReferenceCache
-    except ModuleNotFoundError as error:
-        raise ConfigError(
-            f"loss.reference=cache needs localdpo.refcache ({error}); use loss.reference=live"
-        ) from None
     return ReferenceCache(
         model,
         tokenizer,

@@ -37,7 +37,7 @@ def _tokenize(
         tokenizer,
         max_length=config.data.max_length,
         span_mode=span_mode,
-        on_too_long=config.data.on_too_long,
+        on_too_long=config.data.on_too_long.value,
     )
     reports[what] = report
     return examples

@@ -1,4 +1,10 @@
+"""`localdpo eval`: task accuracy of a local model directory, written as JSON."""
+
+import json
+
 import pytest
+
+from localdpo.models import tiny_model
 
 
 def test_unknown_task_is_one_line_before_loading_a_model(one_line_error):
@@ -29,3 +35,27 @@ def test_bad_device_is_one_line(one_line_error):
     if not torch.cuda.is_available():
         line = one_line_error("eval", "--task", "addition", "--model", "tiny", "--device", "cuda")
         assert line == "localdpo eval: --device cuda: CUDA is not available on this machine; use --device cpu"
+
+
+def test_eval_cli_on_a_local_model_dir_writes_json(tmp_path, smol_tokenizer, capsys):
+    from localdpo.cli import main
+
+    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval.json"
+    argv = [
+        "eval",
+        "--task",
+        "multiples",
+        "--model",
+        str(tmp_path / "model"),
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
+    assert main(argv + ["--out", str(out), "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(tmp_path / "model") and report["results"]["multiples"]["n"] == 2
+    assert "multiples" in capsys.readouterr().out

@@ -1,3 +1,8 @@
+"""`localdpo tasks`: the registered task names, one a line."""
+
+from localdpo.tasks import TASKS
+
+
 def test_lists_every_task(cli):
     status, out, _ = cli("tasks")
     assert status == 0
@@ -10,3 +15,10 @@ def test_unknown_option_is_a_usage_error(cli):
     with pytest.raises(SystemExit) as caught:  # argparse's own usage error
         cli("tasks", "--nope")
     assert caught.value.code == 2
+
+
+def test_tasks_cli_lists_names(capsys):
+    from localdpo.cli import main
+
+    assert main(["tasks"]) == 0
+    assert capsys.readouterr().out.split() == list(TASKS)

@@ -1,32 +1,8 @@
 import csv
 
-import numpy as np
+from localdpo.compare.report import markdown_tables, summarize, write_csv, write_markdown
 
-from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
-from localdpo.compare.report import RunRecord, markdown_tables, summarize, write_csv, write_markdown
-
-
-def records():
-    rng = np.random.default_rng(0)
-    out = [RunRecord("base", 0, {"task_accuracy": np.zeros(40), "drift_kl": np.zeros(40)})]
-    for seed in range(3):
-        out.append(
-            RunRecord(
-                "sft",
-                seed,
-                {"task_accuracy": (rng.random(40) < 0.3).astype(float), "drift_kl": rng.random(40) * 0.1},
-                history=[{"step": 0, "task_accuracy": 0.0}, {"step": 10, "task_accuracy": 0.3}],
-            )
-        )
-        out.append(
-            RunRecord(
-                "ldpo",
-                seed,
-                {"task_accuracy": np.ones(40), "drift_kl": rng.random(40) * 0.1 + 1.0},
-                history=[{"step": 0, "task_accuracy": 0.0}, {"step": 10, "task_accuracy": 1.0}],
-            )
-        )
-    return out
+from .conftest import records
 
 
 def test_summary_pairs_against_baseline_and_writes_files(tmp_path):
@@ -55,10 +31,3 @@ def test_summary_pairs_against_baseline_and_writes_files(tmp_path):
     assert len(table_rows) == 6 and table_rows[0]["method"] == "base"
     write_markdown(rows, tmp_path / "results.md", baseline="sft", title="t", notes=["3 seeds"])
     assert (tmp_path / "results.md").read_text().startswith("# t\n")
-
-
-def test_plots_are_written(tmp_path):
-    recs = records()
-    rows = summarize(recs, n_boot=200)
-    for path in (accuracy_over_steps(recs, tmp_path / "a.png"), accuracy_vs_drift(rows, tmp_path / "b.png")):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -162,3 +162,30 @@ def test_a_loss_list_survives_save_and_load(tmp_path):
     path = save_config(config, tmp_path / "config.yaml")
     assert "- apo_zero" in path.read_text()
     assert load_config(path).loss.combination == [(LossType.APO_ZERO, 1.0), (LossType.SFT, 0.2)]
+
+
+def test_closed_choices_are_enums_and_save_as_plain_strings(tmp_path):
+    from dataclasses import replace
+
+    from localdpo.trainer.config import OnTooLong, Precision, ReferenceSource, TaskSplit, WandbMode, validate
+
+    config = load_config(
+        None,
+        ["loss.reference=live", "train.precision=fp32", "wandb.mode=disabled", "data.on_too_long=error"]
+        + ["eval.task_split=validation"],
+    )
+    assert config.loss.reference is ReferenceSource.LIVE and config.train.precision is Precision.FP32
+    assert config.wandb.mode is WandbMode.DISABLED and config.data.on_too_long is OnTooLong.ERROR
+    assert config.eval.task_split is TaskSplit.VALIDATION
+    saved = yaml.safe_load(save_config(config, tmp_path / "config.yaml").read_text())
+    assert (saved["loss"]["reference"], saved["train"]["precision"], saved["eval"]["task_split"]) == (
+        "live",
+        "fp32",
+        "validation",
+    )
+    # a value set from code as a plain string is checked and made the member by `validate`
+    config.loss = replace(config.loss, reference="cache")
+    assert validate(config).loss.reference is ReferenceSource.CACHE
+    config.train.precision = "fp16"
+    with pytest.raises(ConfigError, match=r"train.precision='fp16': expected one of auto, bf16, fp32"):
+        validate(config)

@@ -48,6 +48,7 @@ def _train_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows if "train/loss" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ldpo", "sft"])
 def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, method):
     env = dict(os.environ, WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")

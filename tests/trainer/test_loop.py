@@ -6,8 +6,6 @@ import torch
 
 from localdpo.models import tiny_model
 from localdpo.trainer import ConfigError, Trainer, run_training
-from localdpo.trainer.optim import lr_factor
-from localdpo.trainer.steerdata import split_steers
 
 from .conftest import make_steers, tiny_config
 
@@ -212,18 +210,6 @@ def test_clear_errors(tmp_path, tiny):
     _run(tmp_path, tiny, "checkpoint.every=1", "train.max_steps=1")
     with pytest.raises(ConfigError, match="checkpoint.resume=never"):
         _run(tmp_path, tiny, "checkpoint.resume=never")
-
-
-def test_lr_schedule_and_split():
-    assert [lr_factor(s, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) for s in (0, 1)] == [0.5, 1.0]
-    assert lr_factor(2, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == 1.0
-    assert lr_factor(6, warmup_steps=2, max_steps=10, min_lr_ratio=0.0) == pytest.approx(
-        0.5
-    )  # half-way: cos(pi/2)
-    assert lr_factor(10, warmup_steps=2, max_steps=10, min_lr_ratio=0.1) == pytest.approx(0.1)
-    train, held = split_steers(STEERS, 0.25, seed=3)
-    assert len(train) == 9 and len(held) == 3 and not {s.id for s in train} & {s.id for s in held}
-    assert split_steers(STEERS, 0.25, seed=3) == (train, held)
 
 
 def test_task_accuracy_is_logged_at_start_every_and_end(tmp_path, tiny):

@@ -94,6 +94,7 @@ def _final_loss(run_dir: Path) -> float:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_is_bitwise_equal(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     max_steps = 10

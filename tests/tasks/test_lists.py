@@ -1,11 +1,8 @@
-"""Checkers and correctors on hand-written outputs, in the forms SmolLM2-135M-Instruct really writes."""
+"""`localdpo.tasks.lists`: the list tasks' checkers and correctors on hand-written outputs."""
 
-import pytest
-
-from localdpo.tasks import SPLITS, TASKS, MistakeKind, Verdict, get_task, resolve_tasks, split_of
+from localdpo.tasks import MistakeKind, Verdict, get_task
 from localdpo.tasks.parsing import NUMBER, WORD, find_lists
 
-ADD = get_task("addition")
 RUN = get_task("running_sum")
 MUL = get_task("multiples")
 SORT = get_task("sort_words")
@@ -13,87 +10,6 @@ SORT = get_task("sort_words")
 
 def apply(output, mistake, correction):
     return output[: mistake.start] + correction.text + output[mistake.end :]
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def test_find_lists_inline_numbered_bullets():
-    (inline,) = find_lists("The first 3 multiples of 7 are 7, 14, and 21.", NUMBER)
-    assert [i.text for i in inline.items] == ["7", "14", "21"]
-    assert inline.style == "inline" and inline.separator == ", "
-    text = "Here:\n1. 12\n2. 18\n\n3. 24\nDone"
-    (numbered,) = find_lists(text, NUMBER)
-    assert [i.text for i in numbered.items] == ["12", "18", "24"]
-    assert [text[i.start : i.end] for i in numbered.items] == ["12", "18", "24"]
-    assert numbered.separator == "\n4. "
-    (bullets,) = find_lists("Sorted:\n- river\n- pencil", WORD)
-    assert [i.text for i in bullets.items] == ["river", "pencil"] and bullets.separator == "\n- "
-
-
-def test_find_lists_ignores_single_numbers_and_decimals():
-    assert find_lists("The first 8 multiples of 3 is 15.", NUMBER) == []
-    assert find_lists("values 1.5, 2.5", NUMBER) == []
-
-
-# ---------------------------------------------------------------- addition
-
-
-def test_addition_prompt_and_answer():
-    prompt = ADD.build(874, "+", 404)
-    assert prompt.id == "addition/874+404"
-    assert prompt.answer == ("1278",)
-    assert ADD.build(513, "-", 434).answer == ("79",)
-
-
-@pytest.mark.parametrize(
-    "output",
-    [
-        "874 + 404 = 1278",
-        "To solve this equation, we can use the equation 874 + 404 = 1278.\n\nThis equation represents",
-        "The answer is 874 + 404 = 1,278.",
-    ],
-)
-def test_addition_right(output):
-    assert ADD.check(ADD.build(874, "+", 404), output).verdict is Verdict.CORRECT
-
-
-def test_addition_wrong_inside_sentence_points_at_result_and_corrects_it():
-    prompt = ADD.build(874, "+", 404)
-    output = "To solve this equation, we can use the equation 874 + 404 = 1688.\n\nThis"
-    judgement = ADD.check(prompt, output)
-    assert judgement.verdict is Verdict.WRONG
-    mistake = judgement.mistake
-    start = len("To solve this equation, we can use the equation 874 + 404 = ")  # 60
-    assert (mistake.start, mistake.end, mistake.found, mistake.item) == (start, start + 4, "1688", 0)
-    assert not judgement.first_item_correct
-    correction = ADD.correct(prompt, output, mistake)
-    assert apply(output, mistake, correction).endswith("874 + 404 = 1278.\n\nThis")
-
-
-def test_addition_judges_first_equation_with_the_prompt_operands():
-    prompt = ADD.build(591, "-", 258)
-    judgement = ADD.check(prompt, "First 2 + 2 = 4, then 591 - 258 = 258 + 258 = 591")
-    assert judgement.mistake.found == "258" and judgement.mistake.expected == "333"
-    assert judgement.mistake.start == len("First 2 + 2 = 4, then 591 - 258 = ")
-
-
-def test_addition_truncated_and_garbage_are_uncheckable():
-    prompt = ADD.build(513, "-", 434)
-    cut = "The equation 513 - 434 = 7"
-    assert ADD.check(prompt, cut, complete=False).verdict is Verdict.UNCHECKABLE
-    assert ADD.check(prompt, cut, complete=True).verdict is Verdict.WRONG  # the model ended there
-    for garbage in [
-        "To solve this equation, we need to isolate the variable",
-        "",
-        "513 - 434",
-        "434 - 513 = -79",
-    ]:
-        judgement = ADD.check(prompt, garbage)
-        assert judgement.verdict is Verdict.UNCHECKABLE and judgement.mistake is None, garbage
-
-
-# ---------------------------------------------------------------- running_sum
 
 
 def test_running_sum_prompt():
@@ -154,9 +70,6 @@ def test_running_sum_truncated_and_garbage():
         assert RUN.check(prompt, garbage).verdict is Verdict.UNCHECKABLE, garbage
 
 
-# ---------------------------------------------------------------- multiples
-
-
 def test_multiples_right_inline_and_numbered():
     prompt = MUL.build(7, 5)
     assert prompt.answer == ("7", "14", "21", "28", "35") and prompt.id == "multiples/k=7,n=5"
@@ -213,9 +126,6 @@ def test_multiples_truncated_and_garbage():
     assert MUL.check(prompt, cut, complete=False).verdict is Verdict.UNCHECKABLE
     assert MUL.check(prompt, "The first 8 multiples of 9 are 9, 18, 27, 36", complete=False).reason
     assert MUL.check(prompt, "Multiples are numbers.").verdict is Verdict.UNCHECKABLE
-
-
-# ---------------------------------------------------------------- sort_words
 
 
 def test_sort_words_right_any_case_and_form():
@@ -290,64 +200,6 @@ def test_sort_words_truncated_and_garbage():
     assert SORT.check(prompt, "Alphabetical order is useful.").verdict is Verdict.UNCHECKABLE
 
 
-# ---------------------------------------------------------------- prompts and splits
-
-
-def test_registry():
-    assert set(TASKS) >= {"addition", "running_sum", "multiples", "sort_words"}
-    assert [t.name for t in resolve_tasks("all")] == list(TASKS)
-    assert [t.name for t in resolve_tasks(["multiples", "addition", "multiples"])] == [
-        "multiples",
-        "addition",
-    ]
-    with pytest.raises(KeyError, match="known tasks"):
-        get_task("nope")
-
-
-@pytest.mark.parametrize("name", list(TASKS))
-def test_prompts_are_seeded_distinct_and_in_their_split(name):
-    task = TASKS[name]
-    a = task.prompts(40, seed=3, split="heldout")
-    assert a == task.prompts(40, seed=3, split="heldout")
-    assert a != task.prompts(40, seed=4, split="heldout")
-    assert len({p.id for p in a}) == 40
-    assert all(split_of(p.id) == "heldout" for p in a)
-    for prompt in a:  # the stored answer is what the checker accepts
-        assert task.check(prompt, ", ".join(prompt.answer)).verdict is Verdict.CORRECT or name == "addition"
-
-
-@pytest.mark.parametrize("name", list(TASKS))
-def test_no_heldout_prompt_in_training_prompts_of_any_seed(name):
-    task = TASKS[name]
-    heldout = {p.id for seed in range(3) for p in task.prompts(150, seed=seed, split="heldout")}
-    train = {p.id for seed in range(3) for p in task.prompts(150, seed=seed, split="train")}
-    assert heldout and train and not heldout & train
-
-
-def test_split_is_a_stable_hash():
-    assert split_of("multiples/k=7,n=5") == split_of("multiples/k=7,n=5")
-    fractions = [split_of(f"x/{i}") for i in range(4000)].count("heldout") / 4000
-    assert 0.22 < fractions < 0.28
-    assert [split_of(f"x/{i}", 1) for i in range(50)] != [split_of(f"x/{i}", 0) for i in range(50)]
-
-
-def test_multiples_prompt_space_holds_200_heldout_prompts():
-    assert len(MUL.prompts(200, seed=0, split="heldout")) == 200
-    with pytest.raises(ValueError):
-        MUL.prompts(5000, seed=0, split="heldout")
-    with pytest.raises(ValueError, match="split"):
-        MUL.prompts(1, seed=0, split="test")
-
-
-def test_word_runs_followed_by_more_words_are_no_list():
-    """Regression: "Alphabetically, the words are: eagle, ..." was judged as the list ["Alphabetically", "the"]."""
-    prompt = SORT.build(["eagle", "lemon", "window", "apple"])
-    output = "Alphabetically, the words in order are: eagle, lemon, window, apple."
-    mistake = SORT.check(prompt, output).mistake
-    assert (mistake.item, mistake.found) == (0, "eagle")
-    assert [i.text for i in find_lists("3, 2, 5 are the values", NUMBER)[0].items] == ["3", "2", "5"]
-
-
 def test_partial_restatement_of_the_input_is_not_judged_yet():
     prompt = RUN.build([3, 2, 5, 2, 8])
     assert RUN.check(prompt, "The running totals of 3, 2, 5,", complete=False).verdict is Verdict.UNCHECKABLE
@@ -355,27 +207,3 @@ def test_partial_restatement_of_the_input_is_not_judged_yet():
         RUN.check(prompt, "The running totals of 3, 2, 5, 2, 8 are 3, 5, 9,", complete=False).mistake.found
         == "9"
     )
-
-
-def test_tasks_cli_lists_names(capsys):
-    from localdpo.cli import main
-
-    assert main(["tasks"]) == 0
-    assert capsys.readouterr().out.split() == list(TASKS)
-
-
-def test_three_splits_are_disjoint_and_the_heldout_split_did_not_move():
-    """Validation takes 15 of the train share's 75 hash points; held-out keeps exactly its old points (< 25),
-    so held-out results from before the validation split stay comparable."""
-    import hashlib
-
-    task = get_task("addition")
-    by_split = {split: {p.id for p in task.prompts(150, seed=0, split=split)} for split in SPLITS}
-    assert all(len(ids) == 150 for ids in by_split.values())
-    for a, b in (("train", "validation"), ("train", "heldout"), ("validation", "heldout")):
-        assert not by_split[a] & by_split[b], (a, b)
-    for i in range(3000):
-        old_heldout = int.from_bytes(hashlib.sha256(f"0:x/{i}".encode()).digest()[:8], "big") % 100 < 25
-        assert (split_of(f"x/{i}") == "heldout") == old_heldout
-    shares = [split_of(f"x/{i}") for i in range(4000)]
-    assert 0.12 < shares.count("validation") / 4000 < 0.18

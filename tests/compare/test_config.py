@@ -1,0 +1,55 @@
+"""Comparison configs go through the one config layer: typed overrides, unknown keys listed, saved resolved."""
+
+import pytest
+
+from localdpo.compare.config import CompareConfig, load_compare_config, preset_path, save_compare_config
+from localdpo.config import ConfigError
+from localdpo.trainer.config import TaskSplit
+
+
+def test_bad_comparison_configs_are_clear():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        preset_path("nope")
+    with pytest.raises(ConfigError, match="baseline 'x' is not one of the variants"):
+        load_compare_config(preset_path("tiny"), ["baseline=x"])
+    with pytest.raises(ConfigError, match="unknown config key 'loss.betta'"):
+        load_compare_config(preset_path("tiny"), ["variants={sft: [method=sft], b: [loss.betta=1]}"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml: unknown config key 'steers.trainfile'; valid keys: name, task"):
+        load_compare_config(preset_path("tiny"), ["steers.trainfile=x.jsonl"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'run.train.stepz'; valid keys: run.train.max_steps, "):
+        load_compare_config(preset_path("tiny"), ["run.train.stepz=3"])
+    with pytest.raises(ConfigError, match=r"seeds\[1\]='b': expected int"):
+        load_compare_config(preset_path("tiny"), ["seeds=[0,b]"])
+    with pytest.raises(ConfigError, match="select grids must map a key to a non-empty list"):
+        load_compare_config(preset_path("tiny"), ["select={grid: {optim.lr: []}}"])
+    with pytest.raises(ConfigError, match="comparison config not found"):
+        load_compare_config(preset_path("tiny").with_name("missing.yaml"))
+
+
+def test_overrides_are_typed_and_the_saved_config_round_trips(tmp_path):
+    config = load_compare_config(
+        preset_path("tiny"),
+        [
+            "task=[addition,multiples]",
+            "steers.train_file=/steers/{task}_train.jsonl",
+            "steers.heldout_file=/steers/{task}_heldout.jsonl",
+            "seeds=[3]",
+            "run.train.max_steps=5",
+            "select.grid={optim.lr: [1.0e-3, 1.0e-5]}",
+            "select.variants={ldpo: {loss.beta: [0.1, 0.5]}}",
+        ],
+    )
+    assert config.tasks == ["addition", "multiples"] and config.seeds == [3]
+    assert config.run["train"] == {"max_steps": 5, "batch_size": 2, "progress": False}
+    assert config.select.points("ldpo") == [
+        ["optim.lr=0.001", "loss.beta=0.1"],
+        ["optim.lr=0.001", "loss.beta=0.5"],
+        ["optim.lr=1.0e-05", "loss.beta=0.1"],
+        ["optim.lr=1.0e-05", "loss.beta=0.5"],
+    ]
+    run = config.run_config("ldpo", 3, task="multiples", point=config.select.points("ldpo")[0], selection=True)
+    assert run.eval.task_split is TaskSplit.VALIDATION and run.train.max_steps == 5 and run.loss.beta == 0.1
+    assert config.run_config("ldpo", 3).eval.task_split is TaskSplit.HELDOUT
+    path = save_compare_config(config, tmp_path / "compare_config.yaml")
+    again = load_compare_config(path)
+    assert isinstance(again, CompareConfig) and again == config
