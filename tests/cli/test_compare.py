@@ -30,9 +30,7 @@ def test_malformed_config_and_override_are_one_line(one_line_error, tmp_path):
     assert one_line_error("compare", "--config", listed) == (
         f"localdpo compare: {listed}: expected a mapping of keys, got list"
     )
-    assert one_line_error("compare", "--preset", "tiny", "seeds=[0,") == (
-        "localdpo compare: override 'seeds=[0,': the value is not valid YAML"
-    )
+    assert one_line_error("compare", "--preset", "tiny", "seeds=[0,").endswith(": seeds='[0,': expected list")
 
 
 @pytest.mark.parametrize(
