@@ -204,7 +204,8 @@ def test_bad_localized_loss_is_refused_at_construction(
 
 def test_dpop_needs_its_lambda(model_dirs, smol_tokenizer, tmp_path):
     plain = DPOConfig(
-        output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True, report_to=[], loss_type=["dpop"]
+        output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True, report_to=[], loss_type=["dpop"],
+        activation_checkpointing=False,
     )
     with pytest.raises(ValueError, match="LocalizedDPOConfig"):
         LocalizedDPOTrainer(
