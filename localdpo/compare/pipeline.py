@@ -166,7 +166,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     return ComparisonResult(out, records, results_md, results_csv, plots, seconds)
 
 
-def _train(config: CompareConfig, run_config, shared: _Shared, steers, eval_steers, cache, eval_reference):
+def _train(run_config, shared: _Shared, steers, eval_steers, cache, eval_reference):
     from localdpo.trainer import Trainer
 
     trainer = Trainer(
@@ -196,7 +196,7 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, train, va
         for point in config.select.points(label):
             run_config = config.run_config(label, seed, task=task, point=point, selection=True)
             _log(f"[{task}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps")
-            trainer, result = _train(config, run_config, shared, train, validation, cache, eval_reference)
+            trainer, result = _train(run_config, shared, train, validation, cache, eval_reference)
             eval_reference = trainer.eval_reference
             metrics = result.history[-1] if result.history else {}
             grid_point = GridPoint(label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")})
@@ -255,9 +255,7 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
                 f"[{task}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
                 f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
             )
-            trainer, result = _train(
-                config, run_config, shared, train_steers, heldout_steers, cache, eval_reference
-            )
+            trainer, result = _train(run_config, shared, train_steers, heldout_steers, cache, eval_reference)
             eval_reference = trainer.eval_reference
             history = _history(result.history)
             if base_items is None and trainer.initial_items:
