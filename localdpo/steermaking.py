@@ -46,7 +46,7 @@ class GenerationConfig:
     top_p: float = 1.0
     """Nucleus sampling threshold (ignored when greedy)."""
     batch_size: int = 32
-    """Prompts per `generate` call (left-padded)."""
+    """Prompts decoded together (left-padded)."""
     share_prefix: bool = True
     """Run the tokens all prompts of a batch start with (chat template, task wording) once, not per row."""
 
@@ -69,10 +69,11 @@ def render_chat(tokenizer, user_text: str) -> str:
 
 
 class _StopRows:
-    """Per-row stopping criterion for `generate`: a row stops `delay` tokens after `should_stop(index, text)`.
+    """A row stops `delay` tokens after `should_stop(index, text)` first returns True for its new tokens.
 
-    Rows stopped this way are recorded in `stopped_at` (new tokens kept), because `generate` pads them
-    with the pad token, which is EOS for SmolLM2 and would otherwise read as a finished answer.
+    Used as a `generate` stopping criterion (sampling) and by `_greedy_decode`. Rows stopped this way are
+    recorded in `stopped_at` (new tokens kept), because `generate` pads them with the pad token, which is EOS
+    for SmolLM2 and would otherwise read as a finished answer.
     """
 
     def __init__(self, tokenizer, rows: list[int], width: int, should_stop, delay: int):
@@ -81,22 +82,125 @@ class _StopRows:
         self.triggered: dict[int, int] = {}
         self.stopped_at: dict[int, int] = {}
 
+    def check(self, row: int, new_tokens: list[int]) -> bool:
+        """Whether `row` stops now, with `new_tokens` generated so far."""
+        if row in self.stopped_at:
+            return True
+        steps = len(new_tokens)
+        text = None if row in self.triggered else self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        if text is not None and self.should_stop(self.rows[row], text):
+            self.triggered[row] = steps
+        if row in self.triggered and steps - self.triggered[row] >= self.delay:
+            self.stopped_at[row] = steps
+            return True
+        return False
+
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        steps = input_ids.shape[1] - self.width
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
         new_tokens = input_ids[:, self.width :].tolist()  # one device-to-host copy per step
-        for row, index in enumerate(self.rows):
-            if row in self.stopped_at:
-                done[row] = True
-                continue
-            if row not in self.triggered:
-                text = self.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-                if self.should_stop(index, text):
-                    self.triggered[row] = steps
-            if row in self.triggered and steps - self.triggered[row] >= self.delay:
-                self.stopped_at[row] = steps
-                done[row] = True
-        return done
+        done = [self.check(row, tokens) for row, tokens in enumerate(new_tokens)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (B,)
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _greedy_decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache,
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    stopper: _StopRows | None,
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of left-padded rows, `(new token ids, ended with EOS)` per row.
+
+    The tokens `model.generate` picks greedily, computed only for rows still running: a row that ends (EOS,
+    `stopper`, or `max_new_tokens`) leaves the batch, its KV-cache rows with it, so each decoding step costs
+    what its running rows cost. Positions come from the attention mask as in `generate`. `cache` holds the
+    first `cache.get_seq_length()` columns of every row already (or is empty).
+    """
+    from localdpo.forward import returned_cache
+
+    device = input_ids.device
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # (B, T)
+    done_columns = cache.get_seq_length()
+    step_ids = input_ids[:, done_columns:]  # (B, T - cached)
+    step_positions = positions[:, done_columns:]
+    running = list(range(input_ids.shape[0]))  # batch row of each running row
+    new_tokens: list[list[int]] = [[] for _ in running]
+    results: list[tuple[list[int], bool] | None] = [None] * len(running)
+    last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    for _ in range(max_new_tokens):
+        output = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            use_cache=True,
+            **kv_cache_kwargs(cache),
+            **last_only,
+        )
+        cache = returned_cache(output)
+        next_ids = output.logits[:, -1, :].float().argmax(-1)  # (B_running,)
+        keep = []
+        for slot, (row, token) in enumerate(zip(running, next_ids.tolist())):
+            new_tokens[row].append(token)
+            if stopper is not None and stopper.check(row, new_tokens[row]):
+                results[row] = (new_tokens[row], False)
+            elif token in eos_ids:
+                results[row] = (new_tokens[row][:-1], True)
+            else:
+                keep.append(slot)
+        if not keep:
+            break
+        if len(keep) < len(running):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attention_mask, next_ids = attention_mask[index], next_ids[index]
+            step_positions = step_positions[index]
+            running = [running[slot] for slot in keep]
+        step_ids = next_ids[:, None]  # (B_running, 1)
+        step_positions = step_positions[:, -1:] + 1
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(running), 1))], dim=1)
+    for row, result in enumerate(results):
+        if result is None:  # max_new_tokens reached
+            results[row] = (new_tokens[row], False)
+    return results  # type: ignore[return-value]
+
+
+def _sample(
+    model, input_ids, attention_mask, cache, config: GenerationConfig, eos_ids: set[int], pad_id: int, stopper
+) -> list[tuple[list[int], bool]]:
+    """Sampled continuations (`model.generate`, temperature and top-p), `(new token ids, ended with EOS)` per row."""
+    from transformers import StoppingCriteriaList
+
+    width = input_ids.shape[1]
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids),
+        stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=None,
+        max_new_tokens=config.max_new_tokens,
+        use_cache=True,
+        **(kv_cache_kwargs(cache) if cache.get_seq_length() else {}),
+    )  # (B, width + new)
+    rows = []
+    for row, new in enumerate(output[:, width:].tolist()):
+        if stopper is not None and row in stopper.stopped_at:
+            rows.append((new[: stopper.stopped_at[row]], False))
+        else:
+            cut = next((j for j, token in enumerate(new) if token in eos_ids), None)
+            rows.append((new, False) if cut is None else (new[:cut], True))
+    return rows
 
 
 @torch.no_grad()
@@ -116,11 +220,12 @@ def generate_answers(
 
     Prompts are batched by rendered length so padding stays small. `should_stop(i, partial_text)`, when
     given, ends answer i `stop_delay` tokens after it first returns True (that answer has
-    `complete=False`); a batch ends when all its rows have. Sampling (temperature > 0) draws from
-    `torch.manual_seed(seed + batch index)`; the global RNG state is restored afterwards.
+    `complete=False`). Greedy decoding computes only the rows still running (`_greedy_decode`); sampling
+    runs `model.generate` and draws from `torch.manual_seed(seed + batch index)`; the global RNG state is
+    restored afterwards.
     """
     from tqdm.auto import tqdm
-    from transformers import StoppingCriteriaList
+    from transformers import DynamicCache
 
     rendered = [render_chat(tokenizer, text) for text in user_texts]
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
@@ -131,11 +236,6 @@ def generate_answers(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     sampling = config.temperature > 0
-    kwargs = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens, "use_cache": True}
-    if sampling:
-        kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
     results: list[Generation | None] = [None] * len(encoded)
     rng_state = torch.random.get_rng_state()
     was_training = model.training
@@ -159,33 +259,34 @@ def generate_answers(
                 input_ids[row, width - len(own) :] = torch.tensor(own)
                 attention_mask[row, :shared] = 1
                 attention_mask[row, width - len(own) :] = 1
-            cache_kwargs = {}
+            cache = DynamicCache()
             if shared:
-                from transformers import DynamicCache
-
-                cache = DynamicCache()
                 model(input_ids=input_ids[:1, :shared].to(device), use_cache=True, **kv_cache_kwargs(cache))
                 cache.batch_repeat_interleave(len(batch))
-                cache_kwargs = kv_cache_kwargs(cache)
             stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
             if sampling:
                 torch.manual_seed(seed + batch_index)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                pad_token_id=pad_id,
-                eos_token_id=sorted(eos_ids),
-                stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
-                **cache_kwargs,
-                **kwargs,
-            )  # (B, width + new)
-            for row, i in enumerate(batch):
-                new = output[row, width:].tolist()
-                if stopper is not None and row in stopper.stopped_at:
-                    ids, complete = new[: stopper.stopped_at[row]], False
-                else:
-                    cut = next((j for j, token in enumerate(new) if token in eos_ids), None)
-                    ids, complete = (new, False) if cut is None else (new[:cut], True)
+                rows = _sample(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    cache,
+                    config,
+                    eos_ids,
+                    pad_id,
+                    stopper,
+                )
+            else:
+                rows = _greedy_decode(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    cache,
+                    max_new_tokens=config.max_new_tokens,
+                    eos_ids=eos_ids,
+                    stopper=stopper,
+                )
+            for i, (ids, complete) in zip(batch, rows):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 results[i] = Generation(text, complete, len(ids) + complete)
             bar.update(len(batch))

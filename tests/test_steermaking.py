@@ -59,6 +59,55 @@ def test_shared_prefix_prefill_changes_no_answer(tiny):
     assert len({a.text for a in shared}) > 1
 
 
+def _generate_reference(model, tokenizer, text: str, max_new_tokens: int) -> list[int]:
+    """Greedy new tokens of one unpadded prompt by transformers' own `generate`, up to its first EOS."""
+    ids = tokenizer(render_chat(tokenizer, text), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    eos = model.generation_config.eos_token_id
+    out = model.generate(
+        ids,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.eos_token_id,
+    )[0, ids.shape[1] :].tolist()
+    eos = set(eos if isinstance(eos, list) else [eos])
+    return out[: next((j + 1 for j, t in enumerate(out) if t in eos), len(out))]
+
+
+def test_greedy_answers_equal_transformers_generate_as_rows_finish(tiny, monkeypatch):
+    """Rows leave the batch when they end (EOS here): every answer is still the tokens `generate` picks for
+    its prompt alone, and no decoding step runs rows that have ended."""
+    model, tokenizer = tiny
+    texts = [p.text for p in get_task("addition").prompts(6, seed=0)] + PROMPTS
+    free = [_generate_reference(model, tokenizer, t, 10) for t in texts]
+    # Declare a token that some answers say (not all) an end-of-turn token, so rows end at different steps.
+    rows_saying = {t: sum(t in ids[:-1] for ids in free) for ids in free for t in ids[:-1]}
+    stop_token = max((t for t, n in rows_saying.items() if n < len(texts)), key=rows_saying.get)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, stop_token])
+    expected = [_generate_reference(model, tokenizer, t, 10) for t in texts]
+    ended = [len(ids) < 10 or ids[-1] == stop_token for ids in expected]
+    assert 1 < sum(ended) < len(texts)  # some rows end early, others run on
+    rows_per_step = []
+    forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        rows_per_step.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    answers = generate_answers(
+        model, tokenizer, texts, GenerationConfig(max_new_tokens=10, batch_size=8), progress=False
+    )
+    for answer, ids in zip(answers, expected):
+        complete = ids[-1] in (tokenizer.eos_token_id, stop_token)
+        assert answer == Generation(
+            tokenizer.decode(ids[: len(ids) - complete], skip_special_tokens=True), complete, len(ids)
+        )
+    # The prefill of the shared prompt prefix (1 row), then one forward per step over the running rows only.
+    running = [sum(len(ids) > step for ids in expected) for step in range(10)]
+    assert rows_per_step == [1] + [r for r in running if r]
+
+
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
     model, tokenizer = tiny
     config = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0)
