@@ -10,8 +10,12 @@ HELP = "compare localized DPO, SFT and DPO on the same steers (several seeds, re
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
+    from localdpo.compare.config import preset_names
+
     source.add_argument(
-        "--preset", default=None, help="cpu (default), gpu or tiny: localdpo/compare/presets/NAME.yaml"
+        "--preset",
+        default=None,
+        help=f"{', '.join(preset_names())} (default cpu): localdpo/compare/presets/NAME.yaml",
     )
     source.add_argument("--config", default=None, help="a comparison YAML file")
     parser.add_argument("--out", default=None, help="output directory (default outputs/compare-<name>)")

@@ -194,11 +194,15 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
     return config
 
 
+def preset_names() -> list[str]:
+    """The shipped comparison presets (`localdpo/compare/presets/NAME.yaml`)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
 def preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown preset {name!r}; presets: {available}")
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
     return path
 
 

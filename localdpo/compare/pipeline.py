@@ -199,7 +199,9 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, train, va
             trainer, result = _train(run_config, shared, train, validation, cache, eval_reference)
             eval_reference = trainer.eval_reference
             metrics = result.history[-1] if result.history else {}
-            grid_point = GridPoint(label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")})
+            grid_point = GridPoint(
+                label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
+            )
             grid_point.run_dir = str(result.run_dir)
             candidates.append(grid_point)
             del trainer
@@ -238,9 +240,7 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
 
     grid_points, chosen = [], {}
     if config.select is not None:
-        grid_points, chosen = _select(
-            config, task, labels, shared, train_steers, validation_steers, cache
-        )
+        grid_points, chosen = _select(config, task, labels, shared, train_steers, validation_steers, cache)
 
     records: list[RunRecord] = []
     base_items, base_point = None, None
@@ -282,7 +282,15 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
     write_csv(rows, results_csv, baseline=config.baseline, task=task, selection=grid_points)
     seconds = time.perf_counter() - started
     notes = _notes(
-        config, task, records, steer_summaries, len(train_steers), len(heldout_steers), seconds, shared.device
+        config,
+        task,
+        records,
+        steer_summaries,
+        len(train_steers),
+        len(heldout_steers),
+        seconds,
+        shared.device,
+        chosen,
     )
     selection_md = ""
     if config.select is not None:
@@ -320,12 +328,16 @@ def pooled_records(records: list[RunRecord]) -> list[RunRecord]:
         if any(p is None for p in parts):
             continue
         keys = set.intersection(*(set(p.items) for p in parts))
-        items = {k: np.concatenate([np.asarray(p.items[k], dtype=np.float64) for p in parts]) for k in sorted(keys)}
+        items = {
+            k: np.concatenate([np.asarray(p.items[k], dtype=np.float64) for p in parts]) for k in sorted(keys)
+        }
         pooled.append(RunRecord(method, seed, items, task="+".join(tasks)))
     return pooled
 
 
-def _write_pooled(config: CompareConfig, records, results_md: Path, results_csv: Path, seconds, device) -> None:
+def _write_pooled(
+    config: CompareConfig, records, results_md: Path, results_csv: Path, seconds, device
+) -> None:
     pooled = pooled_records(records)
     rows = summarize(pooled, baseline=config.baseline)
     write_csv(rows, results_csv, baseline=config.baseline, task="+".join(config.tasks))
@@ -347,17 +359,26 @@ def _write_pooled(config: CompareConfig, records, results_md: Path, results_csv:
     )
 
 
-def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, device) -> list[str]:
+def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
+    """The learning rate and beta the final runs of `labels` trained with: one pair, or each variant's own."""
+    values = {}
+    for label in labels:
+        point = chosen[label].point if label in chosen else []
+        run = config.run_config(label, config.seeds[0], task=task, point=point)
+        values[label] = f"lr {run.optim.lr:g}, beta {run.loss.beta:g}"
+    if len(set(values.values())) == 1 and not chosen:
+        return f"the same {next(iter(values.values()))}."
+    where = "chosen on the validation split (below)" if chosen else "set per variant"
+    return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
+
+
+def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, device, chosen) -> list[str]:
     run = config.run_config(config.baseline, config.seeds[0], task=task)
     n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
     notes = [
         f"Seeds {config.seeds}; every variant trained {run.train.max_steps} steps x {run.train.batch_size} steers "
         f"(x{run.train.grad_accum} accumulation) from the same weights, at "
-        + (
-            "its own hyperparameters chosen on the validation split (below)."
-            if config.select is not None
-            else f"lr {run.optim.lr}, beta {run.loss.beta}."
-        ),
+        + _training_hyperparameters(config, task, [r.method for r in records if r.method != "base"], chosen),
         f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy mistakes "
         f"(train and held-out prompts are disjoint by a fixed hash of each prompt).",
         f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy and "
@@ -400,7 +421,13 @@ def _write_records(records: list[RunRecord], grid_points, path: Path) -> None:
         for r in records
     ]
     rows += [
-        {"phase": "selection", "method": p.label, "overrides": p.point, "run_dir": p.run_dir, "metrics": p.metrics}
+        {
+            "phase": "selection",
+            "method": p.label,
+            "overrides": p.point,
+            "run_dir": p.run_dir,
+            "metrics": p.metrics,
+        }
         for p in grid_points
     ]
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -177,3 +177,27 @@ def replace_meta(steer, prompt_id):
     from dataclasses import replace
 
     return replace(steer, id=prompt_id, meta={**steer.meta, "prompt_id": prompt_id, "split": "validation"})
+
+
+def test_results_notes_name_each_variants_own_learning_rate():
+    """The table's note states the hyperparameters the final runs used: one pair when every variant shares
+    it, else each variant's (set in its overrides, or chosen on the validation split)."""
+    from localdpo.compare.pipeline import _training_hyperparameters
+    from localdpo.compare.selection import GridPoint
+
+    shared = load_compare_config(preset_path("tiny"), ["variants={sft: [method=sft], ldpo: [method=ldpo]}"])
+    assert (
+        _training_hyperparameters(shared, "addition", ["sft", "ldpo"], {}) == "the same lr 0.001, beta 0.1."
+    )
+    own = load_compare_config(
+        preset_path("tiny"),
+        ["variants={sft: [method=sft], ldpo: [method=ldpo, optim.lr=5.0e-06, loss.beta=0.5]}"],
+    )
+    assert _training_hyperparameters(own, "addition", ["sft", "ldpo"], {}) == (
+        "its own hyperparameters, set per variant: sft lr 0.001, beta 0.1; ldpo lr 5e-06, beta 0.5."
+    )
+    chosen = {"sft": GridPoint("sft", ["optim.lr=3.0e-05"]), "ldpo": GridPoint("ldpo", ["optim.lr=1.0e-06"])}
+    assert _training_hyperparameters(shared, "addition", ["sft", "ldpo"], chosen) == (
+        "its own hyperparameters, chosen on the validation split (below): sft lr 3e-05, beta 0.1; "
+        "ldpo lr 1e-06, beta 0.1."
+    )
