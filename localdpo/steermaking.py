@@ -102,9 +102,12 @@ class _StopRows:
 
 
 def _takes_logits_to_keep(model) -> bool:
+    """Whether the model (or, under a peft wrapper, which passes it on, its base model) computes logits for
+    the last positions only when asked."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _greedy_decode(
