@@ -38,3 +38,19 @@ def test_temporary_file_is_hidden_in_the_same_directory_until_the_rename(tmp_pat
 def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_open(tmp_path / "a", "a"):
         pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    """A result file must be readable as a plain `open` would make it (not mkstemp's owner-only 0600), and
+    rewriting a file keeps the permissions its owner gave it."""
+    old = os.umask(0o027)
+    try:
+        assert (atomic_write_text(tmp_path / "new.md", "x").stat().st_mode & 0o777) == 0o640
+        os.umask(0o022)
+        assert (atomic_write_text(tmp_path / "other.md", "x").stat().st_mode & 0o777) == 0o644
+        (tmp_path / "kept.md").write_text("old")
+        (tmp_path / "kept.md").chmod(0o600)
+        assert (atomic_write_text(tmp_path / "kept.md", "new").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
