@@ -108,6 +108,37 @@ def test_greedy_answers_equal_transformers_generate_as_rows_finish(tiny, monkeyp
     assert rows_per_step == [1] + [r for r in running if r]
 
 
+def test_an_answer_that_ends_while_a_stop_is_pending_is_complete(tiny, monkeypatch):
+    """A row told to stop a few tokens later that says end-of-turn first has ended its answer: complete, its
+    tokens up to the end-of-turn, whatever the other rows of its batch still do."""
+    model, tokenizer = tiny
+    texts = [p.text for p in get_task("addition").prompts(6, seed=0)] + PROMPTS
+    free = [_generate_reference(model, tokenizer, t, 10) for t in texts]
+    row, end = next((i, ids.index(t)) for i, ids in enumerate(free) for t in ids[2:6] if ids.count(t) == 1)
+    stop_token = free[row][end]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, stop_token])
+    trigger_at = (
+        end - 1
+    )  # the stop is asked for 1 token before the end-of-turn, to take effect 5 tokens later
+
+    trigger_text = tokenizer.decode(free[row][:trigger_at], skip_special_tokens=True)
+
+    def should_stop(index, text):
+        return index == row and text.startswith(trigger_text)
+
+    answers = generate_answers(
+        model,
+        tokenizer,
+        texts,
+        GenerationConfig(max_new_tokens=10, batch_size=8),
+        should_stop=should_stop,
+        stop_delay=5,
+        progress=False,
+    )
+    assert answers[row].complete and answers[row].num_tokens == end + 1
+    assert answers[row].text == tokenizer.decode(free[row][:end], skip_special_tokens=True)
+
+
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
     model, tokenizer = tiny
     config = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0)
