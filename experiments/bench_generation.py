@@ -20,6 +20,7 @@ from localdpo.models import load_model
 from localdpo.steermaking import (
     STOP_AFTER_TOKENS,
     GenerationConfig,
+    _generate_with_transformers,
     _StopRows,
     generate_answers,
     render_chat,
@@ -30,8 +31,10 @@ from localdpo.tasks import get_task
 
 @torch.no_grad()
 def generate_with_transformers(model, tokenizer, texts, max_new_tokens, should_stop, delay):
-    """The baseline: one left-padded batch through `model.generate`, rows stopped by `_StopRows` (computed to
-    the end of the batch), answers cut as `generate_answers` did before its own decoder."""
+    """The baseline: one left-padded batch through `model.generate` (greedy), rows stopped by the same rule,
+    answers cut as `generate_answers` did before its own decoder."""
+    from transformers import DynamicCache
+
     encoded = [tokenizer(render_chat(tokenizer, t), add_special_tokens=False)["input_ids"] for t in texts]
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
@@ -40,29 +43,18 @@ def generate_with_transformers(model, tokenizer, texts, max_new_tokens, should_s
     for row, ids in enumerate(encoded):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
-    eos = {tokenizer.eos_token_id}
     stopper = _StopRows(tokenizer, list(range(len(encoded))), width, should_stop, delay)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        pad_token_id=pad,
-        eos_token_id=sorted(eos),
-        stopping_criteria=[stopper],
-        do_sample=False,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        max_new_tokens=max_new_tokens,
-    )  # (B, T + new)
-    answers = []
-    for row, new in enumerate(output[:, width:].tolist()):
-        if row in stopper.stopped_at:
-            ids, complete = new[: stopper.stopped_at[row]], False
-        else:
-            cut = next((j for j, token in enumerate(new) if token in eos), None)
-            ids, complete = (new, False) if cut is None else (new[:cut], True)
-        answers.append((tokenizer.decode(ids, skip_special_tokens=True), complete))
-    return answers
+    rows = _generate_with_transformers(
+        model,
+        input_ids,
+        attention_mask,
+        DynamicCache(),
+        GenerationConfig(max_new_tokens=max_new_tokens),
+        {tokenizer.eos_token_id},
+        pad,
+        stopper,
+    )
+    return [(tokenizer.decode(ids, skip_special_tokens=True), complete) for ids, complete in rows]
 
 
 def main() -> None:

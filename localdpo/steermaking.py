@@ -175,12 +175,15 @@ def _greedy_decode(
     return results  # type: ignore[return-value]
 
 
-def _sample(
+def _generate_with_transformers(
     model, input_ids, attention_mask, cache, config: GenerationConfig, eos_ids: set[int], pad_id: int, stopper
 ) -> list[tuple[list[int], bool]]:
-    """Sampled continuations (`model.generate`, temperature and top-p), `(new token ids, ended with EOS)` per row."""
+    """Continuations by `model.generate` (sampled with temperature and top-p, or greedy at temperature 0, every
+    row computed to the end of the batch), `(new token ids, ended with EOS)` per row. `generate_answers` uses
+    it to sample; `experiments/bench_generation.py` measures `_greedy_decode` against it."""
     from transformers import StoppingCriteriaList
 
+    sampling = config.temperature > 0
     width = input_ids.shape[1]
     output = model.generate(
         input_ids=input_ids,
@@ -188,9 +191,9 @@ def _sample(
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids),
         stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
-        do_sample=True,
-        temperature=config.temperature,
-        top_p=config.top_p,
+        do_sample=sampling,
+        temperature=config.temperature if sampling else None,
+        top_p=config.top_p if sampling else None,
         top_k=None,
         max_new_tokens=config.max_new_tokens,
         use_cache=True,
@@ -269,7 +272,7 @@ def generate_answers(
             stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
             if sampling:
                 torch.manual_seed(seed + batch_index)
-                rows = _sample(
+                rows = _generate_with_transformers(
                     model,
                     input_ids.to(device),
                     attention_mask.to(device),

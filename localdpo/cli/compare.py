@@ -9,9 +9,9 @@ HELP = "compare localized DPO, SFT and DPO on the same steers (several seeds, re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
     from localdpo.compare.config import preset_names
 
+    source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--preset",
         default=None,
