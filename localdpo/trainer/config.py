@@ -263,6 +263,8 @@ class WandbConfig:
     """Where the wandb/ folder goes; None = run_dir."""
 
 
+    verbose: bool = False
+    """Show W&B's own terminal output (banner, run history and summary); False = one line per run: where it is."""
 @dataclass
 class RunConfig:
     """Everything a training run needs; `method` picks the loss, the rest is shared by every method."""

@@ -3,6 +3,10 @@
 Mode `auto` logs online only when the user configured W&B (`WANDB_MODE=online` or `WANDB_API_KEY`), else
 offline: the run is written under `<dir>/wandb/offline-run-*` and can be uploaded later with `wandb sync`.
 `disabled` turns W&B off. Every run also writes `metrics.jsonl` in its run_dir, whatever the W&B mode.
+
+W&B's own terminal output (its banner, then a run history and summary of dozens of lines at `finish()`) is
+silenced unless `wandb.verbose` is true; instead each run prints one line saying where it is and how to
+upload it (`run_line`), so a comparison's own progress lines stay readable.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from typing import Any
 
 from localdpo.fileio import atomic_write_text
 from localdpo.trainer.config import RunConfig, WandbMode, to_dict
+
+
+def run_line(mode: str, run_path: Path, url: str | None = None) -> str:
+    """The one terminal line about a finished W&B run: where its files are and how to upload them, or its URL."""
+    if mode == "online":
+        return f"W&B: run at {url or run_path}"
+    return f"W&B: offline run saved; upload it with: wandb sync {run_path}"
 
 
 def resolve_mode(mode: WandbMode | str) -> str:
@@ -42,6 +53,7 @@ class RunLogger:
         elif resume_step:
             self._truncate_after(resume_step)
         self.run = None
+        self.verbose = config.wandb.verbose
         if self.mode != "disabled":
             import wandb
 
@@ -57,6 +69,7 @@ class RunLogger:
                 config=to_dict(config),
                 job_type=config.method.value,
                 reinit="create_new",
+                settings=None if self.verbose else wandb.Settings(silent=True),
             )
 
     def _truncate_after(self, step: int) -> None:
@@ -87,9 +100,13 @@ class RunLogger:
         return Path(self.run.dir).parent if self.run is not None else None
 
     def finish(self) -> None:
+        """Close the W&B run and, unless W&B speaks for itself (`wandb.verbose`), print `run_line`."""
         if self.run is not None:
+            line = run_line(self.mode, self.run_path, self.run.url if self.mode == "online" else None)
             self.run.finish()
             self.run = None
+            if not self.verbose:
+                print(line, flush=True)
 
 
 def _records(path: Path):

@@ -1,11 +1,12 @@
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from localdpo.models import tiny_model
 from localdpo.trainer import Trainer
-from localdpo.trainer.logging import read_offline_run, resolve_mode
+from localdpo.trainer.logging import read_offline_run, resolve_mode, run_line
 
 from .conftest import make_steers, tiny_config
 
@@ -85,3 +86,40 @@ def test_auto_mode_follows_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode("auto") == "disabled"
     assert resolve_mode("offline") == "offline"
+
+
+def test_run_line_says_where_the_run_is_and_how_to_upload_it():
+    path = Path("runs/ldpo-seed0/wandb/offline-run-1")
+    assert run_line("offline", path) == f"W&B: offline run saved; upload it with: wandb sync {path}"
+    assert (
+        run_line("online", path, "https://wandb.ai/u/p/runs/x") == "W&B: run at https://wandb.ai/u/p/runs/x"
+    )
+
+
+def _wandb_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "wandb" in line.lower() or "w&b" in line.lower()]
+
+
+def test_offline_runs_print_one_line_each_not_wandbs_history_and_summary(tmp_path, smol_tokenizer, capfd):
+    """Regression: `make compare` printed W&B's banner and its dozens-of-lines run summary after every run."""
+    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    for name in ("a", "b"):
+        config = tiny_config(tmp_path / name, "wandb.mode=offline", "train.max_steps=2")
+        Trainer(
+            config, model=model, tokenizer=tokenizer, train_steers=STEERS[:4], eval_steers=STEERS[4:6]
+        ).run()
+    captured = capfd.readouterr()
+    lines = _wandb_lines(captured.out + captured.err)
+    runs = [next((tmp_path / name / "wandb").glob("offline-run-*")) for name in ("a", "b")]
+    assert lines == [f"W&B: offline run saved; upload it with: wandb sync {run}" for run in runs]
+
+
+def test_verbose_shows_wandbs_own_output(tmp_path, smol_tokenizer, capfd, monkeypatch):
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
+    config = tiny_config(tmp_path / "run", "wandb.mode=offline", "wandb.verbose=true", "train.max_steps=2")
+    Trainer(config, model=model, tokenizer=tokenizer, train_steers=STEERS[:4], eval_steers=STEERS[4:6]).run()
+    captured = capfd.readouterr()
+    lines = _wandb_lines(captured.out + captured.err)
+    assert len(lines) > 5 and all(line.startswith("wandb:") for line in lines)
+    assert any("wandb sync" in line for line in lines)
