@@ -18,7 +18,7 @@ import torch
 
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
-from localdpo.compare.report import RunRecord, summarize, write_csv, write_markdown
+from localdpo.compare.report import RunRecord, intervals_note, summarize, write_csv, write_markdown
 from localdpo.fileio import atomic_write_text
 from localdpo.steers import Steer, load_steers, save_steers
 
@@ -346,6 +346,7 @@ def _write_pooled(
         f"Pooled over the tasks {config.tasks}: each run's held-out items of every task side by side, so the "
         f"paired difference against `{config.baseline}` weighs each task by its number of items; per-task "
         "tables are in each task's folder.",
+        intervals_note(config.baseline),
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]
@@ -373,6 +374,8 @@ def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
 
 
 def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, device, chosen) -> list[str]:
+    from localdpo.compare.selection import edge_note
+
     run = config.run_config(config.baseline, config.seeds[0], task=task)
     n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
     notes = [
@@ -384,13 +387,14 @@ def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, 
         f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy and "
         "chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || policy) on "
         "unrelated chat prompts (per-prompt means).",
-        "Intervals: 95% two-level bootstrap (seeds, then items); 'not separated' means the paired interval of the "
-        f"difference against `{config.baseline}` contains 0: the data cannot tell those two apart.",
+        intervals_note(config.baseline),
         "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
         "every margin is exactly 0 there (policy = reference): ties count as not preferred.",
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]
+    if chosen:
+        notes.append(edge_note(chosen, {label: config.select.points(label) for label in chosen}))
     if steer_summaries:
         notes.append(
             "Steer yield: "

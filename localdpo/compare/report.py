@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from localdpo.compare.stats import Interval, interval, paired_difference
+from localdpo.compare.stats import (
+    Interval,
+    SeedTest,
+    holm_adjusted,
+    interval,
+    paired_difference,
+    paired_seed_test,
+)
 from localdpo.fileio import atomic_open, atomic_write_text
 
 
@@ -29,6 +36,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("drift_kl", "drift KL", False),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
+PRIMARY_METRIC = "task_accuracy"
+"""The metric whose comparisons with the baseline form the Holm-corrected family (held-out task accuracy)."""
+STARTING_MODEL = "base"
+"""Method label of the untrained starting model: a reference row, not a variant of the Holm family."""
+FAMILY_ALPHA = 0.05
+"""Family-wise error rate of the Holm correction."""
 
 
 @dataclass
@@ -57,7 +70,22 @@ class SummaryRow:
     n_seeds: int
     n_items: int
     difference: Interval | None
-    """Paired difference against the baseline method (None for the baseline itself)."""
+    """Paired difference against the baseline method, two-level bootstrap interval (None for the baseline)."""
+    seed_test: SeedTest | None = None
+    """Seed-level paired t test of the same difference (S - 1 df); None for the baseline or with one seed."""
+    holm_p: float | None = None
+    """Holm-adjusted p-value of `seed_test` within the family (variants against the baseline on
+    `PRIMARY_METRIC`); None outside the family."""
+
+    @property
+    def separated(self) -> bool:
+        """Both intervals of the difference exclude 0 (an undefined seed-level interval does not)."""
+        return (
+            self.difference is not None
+            and self.seed_test is not None
+            and self.difference.excludes(0.0)
+            and self.seed_test.interval.excludes(0.0)
+        )
 
 
 def stack_items(records: Sequence[RunRecord], method: str, metric: str) -> np.ndarray | None:
@@ -72,7 +100,8 @@ def stack_items(records: Sequence[RunRecord], method: str, metric: str) -> np.nd
 
 
 def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: int = 2000) -> list[SummaryRow]:
-    """Mean and 95% interval per method and metric, and the paired difference against `baseline`."""
+    """Mean and 95% interval per method and metric; the paired difference against `baseline` with both its
+    intervals (two-level bootstrap, seed-level t); Holm-adjusted p-values over the variants on `PRIMARY_METRIC`."""
     methods = list(dict.fromkeys(r.method for r in records))
     rows: list[SummaryRow] = []
     for method in methods:
@@ -81,9 +110,10 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
             if values is None:
                 continue
             base = stack_items(records, baseline, metric.key) if method != baseline else None
-            difference = None
+            difference, seed_test = None, None
             if base is not None and (base.shape == values.shape or 1 in (base.shape[0], values.shape[0])):
                 difference = paired_difference(values, base, n_boot=n_boot)
+                seed_test = paired_seed_test(values, base)
             rows.append(
                 SummaryRow(
                     method,
@@ -92,9 +122,25 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
                     values.shape[0],
                     values.shape[1],
                     difference,
+                    seed_test,
                 )
             )
+    family = holm_family(rows)
+    if family:
+        adjusted = holm_adjusted([row.seed_test.p_value for row in family])  # (m,)
+        holm_p = {(row.method, row.metric): float(p) for row, p in zip(family, adjusted)}
+        rows = [replace(row, holm_p=holm_p.get((row.method, row.metric))) for row in rows]
     return rows
+
+
+def holm_family(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
+    """The rows whose seed-level p-values Holm corrects together: every variant (not `STARTING_MODEL`) compared
+    with the baseline on `PRIMARY_METRIC` that has a seed-level test (two seeds or more)."""
+    return [
+        row
+        for row in rows
+        if row.metric == PRIMARY_METRIC and row.method != STARTING_MODEL and row.seed_test is not None
+    ]
 
 
 def write_csv(
@@ -106,7 +152,11 @@ def write_csv(
     selection: Sequence | None = None,
 ) -> None:
     """The summary rows (`phase` final) and, when given, every selection run's validation metrics (`phase`
-    selection: one row per grid point and metric, `method` = variant and its grid point)."""
+    selection: one row per grid point and metric, `method` = variant and its grid point).
+
+    Difference columns: `diff_ci_*` the two-level bootstrap interval, `diff_t_*` the seed-level t interval and
+    `diff_t_p` its two-sided p-value (blank with one seed), `separated` whether both intervals exclude 0,
+    `holm_p` the Holm-adjusted p-value (only on the family's rows: variants on `PRIMARY_METRIC`)."""
     header = [
         "method",
         "metric",
@@ -118,26 +168,44 @@ def write_csv(
         f"diff_vs_{baseline}",
         "diff_ci_low",
         "diff_ci_high",
+        "diff_t_low",
+        "diff_t_high",
+        "diff_t_p",
         "separated",
+        "holm_p",
         "task",
         "phase",
     ]
     lines = []
     for row in rows:
-        d = row.difference
-        lines.append(
-            [row.method, row.metric, row.value.mean, row.value.low, row.value.high, row.n_seeds, row.n_items]
-            + ([d.mean, d.low, d.high, d.excludes(0.0)] if d else ["", "", "", ""])
-            + [task, "final"]
-        )
+        v = row.value
+        line = {
+            "method": row.method,
+            "metric": row.metric,
+            "mean": v.mean,
+            "ci_low": v.low,
+            "ci_high": v.high,
+        }
+        line.update(n_seeds=row.n_seeds, n_items=row.n_items, task=task, phase="final")
+        if row.difference is not None:
+            d = row.difference
+            line.update({f"diff_vs_{baseline}": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high})
+            line["separated"] = row.separated
+        if row.seed_test is not None:
+            t = row.seed_test
+            line.update(diff_t_low=t.interval.low, diff_t_high=t.interval.high, diff_t_p=t.p_value)
+        if row.holm_p is not None:
+            line["holm_p"] = row.holm_p
+        lines.append(line)
     for point in selection or []:
         method = f"{point.label} [{' '.join(point.point)}]"
         for key, value in point.metrics.items():
-            lines.append([method, f"validation_{key.removeprefix('eval/')}", value, "", "", 1, "", "", "", "", ""])
-            lines[-1] += [task, "selection"]
+            metric = f"validation_{key.removeprefix('eval/')}"
+            lines.append({"method": method, "metric": metric, "mean": value, "n_seeds": 1})
+            lines[-1].update(task=task, phase="selection")
     with atomic_open(path, newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
+        writer = csv.DictWriter(handle, fieldnames=header, restval="")
+        writer.writeheader()
         writer.writerows(lines)
 
 
@@ -145,15 +213,66 @@ def _cell(interval_: Interval, metric: Metric) -> str:
     return interval_.format(digits=1, scale=100) if metric.percent else interval_.format(digits=4)
 
 
-def _verdict(difference: Interval, metric: Metric) -> str:
-    if not difference.excludes(0.0):
+def _verdict(row: SummaryRow, metric: Metric) -> str:
+    """`better` / `worse` only where both intervals of the difference exclude 0, else `not separated`."""
+    if not row.separated:
         return "not separated"
-    better = (difference.mean > 0) == metric.higher_is_better
+    better = (row.difference.mean > 0) == metric.higher_is_better
     return "better" if better else "worse"
 
 
+def _difference_cell(row: SummaryRow, metric: Metric) -> str:
+    """`mean [bootstrap] t [seed-level t] verdict`; the t interval is undefined with one seed."""
+    if row.seed_test is None:
+        t = "t undefined (1 seed)"
+    elif metric.percent:
+        t = "t " + row.seed_test.interval.format_bounds(digits=1, scale=100)
+    else:
+        t = "t " + row.seed_test.interval.format_bounds(digits=4)
+    return f"{_cell(row.difference, metric)} {t} {_verdict(row, metric)}"
+
+
+def holm_summary(rows: Sequence[SummaryRow], *, baseline: str) -> str:
+    """One sentence: which variants' differences against `baseline` on `PRIMARY_METRIC` survive Holm's
+    correction at family-wise `FAMILY_ALPHA` (seed-level paired t p-values), with m and each adjusted p."""
+    label = METRICS_BY_KEY[PRIMARY_METRIC].label
+    family = [row for row in holm_family(rows) if row.holm_p is not None]
+    if not family:
+        return (
+            f"Holm correction on {label}: not applied (no variant has a seed-level test against `{baseline}`; "
+            "it needs two seeds or more)."
+        )
+    df = ", ".join(sorted({str(row.seed_test.n_seeds - 1) for row in family}))
+    listed = "; ".join(
+        f"`{row.method}` p {row.seed_test.p_value:.3g}, adjusted {row.holm_p:.3g}"
+        for row in sorted(family, key=lambda r: r.holm_p)
+    )
+    survivors = [f"`{row.method}`" for row in family if row.holm_p <= FAMILY_ALPHA]
+    verdict = {0: "none survives", 1: f"{''.join(survivors)} survives"}.get(
+        len(survivors), f"{', '.join(survivors)} survive"
+    )
+    return (
+        f"Holm correction over the m = {len(family)} variant{'s' * (len(family) != 1)} compared with `{baseline}` "
+        f"on {label} (seed-level "
+        f"paired t test, {df} df): at family-wise {FAMILY_ALPHA:g}, {verdict} ({listed})."
+    )
+
+
+def intervals_note(baseline: str) -> str:
+    """The results note on what the intervals and verdicts mean."""
+    return (
+        "Intervals: 95%. Each value: two-level bootstrap (seeds, then items). Each paired difference against "
+        f"`{baseline}`: the bootstrap interval and a seed-level Student t interval (the per-seed mean differences, "
+        "S-1 df; undefined with one seed), since a bootstrap over a few seeds sees few distinct seed draws (10 for "
+        "3 seeds). 'better' / 'worse' only where both exclude 0; 'not separated' otherwise: the data cannot tell "
+        "those two apart. The Holm line corrects the seed-level p-values on task accuracy for the number of "
+        f"variants compared with `{baseline}`."
+    )
+
+
 def markdown_tables(rows: Sequence[SummaryRow], *, baseline: str) -> str:
-    """The results table (mean [95% interval]) and the paired differences against the baseline, with verdicts."""
+    """The results table (mean [95% interval]) and the paired differences against the baseline (both intervals,
+    verdicts), then the Holm correction of the primary metric's family."""
     methods = list(dict.fromkeys(r.method for r in rows))
     metrics = [m for m in METRICS if any(r.metric == m.key for r in rows)]
     by = {(r.method, r.metric): r for r in rows}
@@ -167,7 +286,9 @@ def markdown_tables(rows: Sequence[SummaryRow], *, baseline: str) -> str:
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Paired difference against `{baseline}` (same seeds, same held-out items): mean [95% interval], verdict.",
+        f"Paired difference against `{baseline}` (same seeds, same held-out items): mean [95% two-level bootstrap "
+        "interval] t [95% seed-level t interval over the per-seed mean differences, S-1 df], verdict: better or "
+        "worse only where both intervals exclude 0.",
         "",
     ]
     lines += ["| method | " + " | ".join(m.label for m in metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
@@ -180,13 +301,21 @@ def markdown_tables(rows: Sequence[SummaryRow], *, baseline: str) -> str:
             if row is None or row.difference is None:
                 cells.append("n/a")
             else:
-                cells.append(f"{_cell(row.difference, m)} {_verdict(row.difference, m)}")
+                cells.append(_difference_cell(row, m))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if PRIMARY_METRIC in {m.key for m in metrics}:
+        lines += ["", holm_summary(rows, baseline=baseline)]
     return "\n".join(lines) + "\n"
 
 
 def write_markdown(
-    rows: Sequence[SummaryRow], path: Path, *, baseline: str, title: str, notes: Sequence[str], extra: str = ""
+    rows: Sequence[SummaryRow],
+    path: Path,
+    *,
+    baseline: str,
+    title: str,
+    notes: Sequence[str],
+    extra: str = "",
 ) -> None:
     """`results.md`: the tables, the notes, then `extra` (e.g. the selection table)."""
     text = (

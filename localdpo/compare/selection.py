@@ -3,6 +3,9 @@
 Score of a grid point (one run, first seed, evaluated once at its end on validation data only), compared in
 order: higher validation task accuracy; then higher validation preference accuracy; then lower chosen-span
 NLL on the validation steers; then lower drift KL; a full tie keeps the earlier grid point (the grid's order).
+
+A chosen value that is the first or last of its key's grid values (grids are written in ascending order) is on
+the grid's edge: the best value may lie beyond the grid, and the tables say so.
 """
 
 from __future__ import annotations
@@ -53,6 +56,42 @@ def choose(points: Sequence[GridPoint]) -> GridPoint:
     return best
 
 
+def edge_values(points: Sequence[Sequence[str]], chosen: Sequence[str]) -> list[str]:
+    """The `key=value` overrides of `chosen` that are the first or last value of their key among `points` (one
+    variant's grid points in grid order, as `SelectConfig.points` gives them), for keys with more than one value.
+
+    E.g. points [[lr=1], [lr=2], [lr=3]]: chosen [lr=1] -> [lr=1]; chosen [lr=2] -> [].
+    """
+    values: dict[str, list[str]] = {}  # key -> its `key=value` items, in order of first appearance
+    for point in points:
+        for item in point:
+            seen = values.setdefault(item.split("=", 1)[0], [])
+            if item not in seen:
+                seen.append(item)
+    edges = []
+    for item in chosen:
+        seen = values.get(item.split("=", 1)[0], [])
+        if len(seen) > 1 and item in (seen[0], seen[-1]):
+            edges.append(item)
+    return edges
+
+
+def edge_note(chosen: dict[str, GridPoint], grids: dict[str, Sequence[Sequence[str]]]) -> str:
+    """One sentence for a results note: the variants whose chosen value lies on its grid's edge (`edge_values`
+    of `chosen[label].point` among `grids[label]`, each variant's grid points), or that none does."""
+    marked = []
+    for label, point in chosen.items():
+        edges = edge_values(grids.get(label, []), point.point)
+        if edges:
+            marked.append(f"`{label}` ({' '.join(edges)})")
+    if not marked:
+        return "No variant's chosen value lies on the edge of its grid."
+    return (
+        "Chosen on the edge of the grid (the best value may lie beyond it, so that variant may not have trained "
+        "at its best): " + ", ".join(marked) + "."
+    )
+
+
 def _fmt(value: float | None, percent: bool) -> str:
     if value is None or math.isnan(value):
         return "n/a"
@@ -60,13 +99,18 @@ def _fmt(value: float | None, percent: bool) -> str:
 
 
 def selection_table(points: Sequence[GridPoint], chosen: dict[str, GridPoint]) -> str:
-    """Markdown: every grid point's validation scores, the chosen point of each variant in bold."""
+    """Markdown: every grid point's validation scores, the chosen point of each variant in bold, marked where a
+    chosen value lies on its grid's edge (`edge_values`)."""
     lines = [
         "| variant | grid point | val. task accuracy (%) | val. pref. acc. (%) | val. chosen-span NLL | drift KL | chosen |",
         "|---|---|---|---|---|---|---|",
     ]
+    any_edge = False
     for point in points:
         picked = chosen.get(point.label) is point
+        grid = [p.point for p in points if p.label == point.label]
+        edges = edge_values(grid, point.point) if picked else []
+        any_edge = any_edge or bool(edges)
         cells = [
             _fmt(point.metrics.get("eval/task_accuracy"), True),
             _fmt(point.metrics.get("eval/preference_accuracy"), True),
@@ -74,5 +118,11 @@ def selection_table(points: Sequence[GridPoint], chosen: dict[str, GridPoint]) -
             _fmt(point.metrics.get("eval/drift_kl"), False),
         ]
         where = " ".join(point.point) or "(as written)"
-        lines.append(f"| {point.label} | {where} | " + " | ".join(cells) + f" | {'**yes**' if picked else ''} |")
+        mark = ("**yes**" + (f", on the grid's edge ({' '.join(edges)})" if edges else "")) if picked else ""
+        lines.append(f"| {point.label} | {where} | " + " | ".join(cells) + f" | {mark} |")
+    if any_edge:
+        lines += [
+            "",
+            "On the grid's edge: the chosen value is the first or last of its grid; the best may lie beyond it.",
+        ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,10 @@
 import csv
 
-from localdpo.compare.report import markdown_tables, summarize, write_csv, write_markdown
+import numpy as np
+import pytest
+
+from localdpo.compare.report import RunRecord, markdown_tables, summarize, write_csv, write_markdown
+from localdpo.compare.results import load_summary
 
 from .conftest import records
 
@@ -31,3 +35,65 @@ def test_summary_pairs_against_baseline_and_writes_files(tmp_path):
     assert len(table_rows) == 6 and table_rows[0]["method"] == "base"
     write_markdown(rows, tmp_path / "results.md", baseline="sft", title="t", notes=["3 seeds"])
     assert (tmp_path / "results.md").read_text().startswith("# t\n")
+
+
+def _spread_seeds_records():
+    """`sft` right on no item; `spread` right on 10, 20 and 80 of 200 items in seeds 0, 1, 2 (per-seed
+    differences 0.05, 0.10, 0.40). The bootstrap's lowest resamples (every seed drawn = seed 0) still sit near
+    0.05 > 0, but the seed-level t interval, 0.183 +- 4.303 * 0.189 / sqrt(3) = [-0.287, 0.654], contains 0."""
+    out = []
+    for seed, right in enumerate((10, 20, 80)):
+        out.append(RunRecord("sft", seed, {"task_accuracy": np.zeros(200)}))
+        out.append(RunRecord("spread", seed, {"task_accuracy": (np.arange(200) < right).astype(float)}))
+    return out
+
+
+def test_a_difference_the_bootstrap_separates_but_the_seed_t_interval_does_not_is_not_separated(tmp_path):
+    rows = summarize(_spread_seeds_records(), baseline="sft", n_boot=1000)
+    spread = next(r for r in rows if r.method == "spread")
+    assert spread.difference.low > 0
+    assert spread.seed_test.interval.low == pytest.approx(-0.287, abs=1e-3)
+    assert spread.seed_test.interval.high == pytest.approx(0.654, abs=1e-3)
+    assert not spread.separated
+    row = [
+        line for line in markdown_tables(rows, baseline="sft").splitlines() if line.startswith("| spread |")
+    ][-1]
+    assert row.endswith("t [-28.7, 65.4] not separated |")
+    write_csv(rows, tmp_path / "results.csv", baseline="sft")
+    csv_row = next(r for r in load_summary(tmp_path) if r["method"] == "spread")
+    assert csv_row["separated"] == "False" and csv_row["diff_ci_low"] > 0
+    assert (
+        csv_row["diff_t_low"] == pytest.approx(-0.287, abs=1e-3) and csv_row["holm_p"] == csv_row["diff_t_p"]
+    )
+
+
+def test_holm_line_names_the_variants_that_survive_and_leaves_out_the_starting_model():
+    """Family (m = 2): `steady` (per-seed differences 0.50, 0.50, 0.51: p 4.4e-5) and `spread` (0.05, 0.10,
+    0.40: t = 0.183 / 0.109 = 1.68, 2 df, p 0.235); `base` is a reference row, not a variant. Holm: 4.4e-5
+    against 0.05/2 rejects (adjusted 2 * 4.4e-5 = 8.8e-5), then 0.235 against 0.05/1 does not (adjusted 0.235)."""
+    recs = _spread_seeds_records() + [RunRecord("base", 0, {"task_accuracy": np.zeros(200)})]
+    for seed, right in enumerate((100, 100, 102)):
+        recs.append(RunRecord("steady", seed, {"task_accuracy": (np.arange(200) < right).astype(float)}))
+    rows = summarize(recs, baseline="sft", n_boot=200)
+    by = {r.method: r for r in rows}
+    assert by["base"].seed_test is not None and by["base"].holm_p is None and by["sft"].holm_p is None
+    assert by["steady"].holm_p == pytest.approx(2 * 4.385e-5, rel=1e-3)
+    assert by["spread"].holm_p == pytest.approx(0.2354, abs=1e-4)
+    assert markdown_tables(rows, baseline="sft").splitlines()[-1] == (
+        "Holm correction over the m = 2 variants compared with `sft` on task accuracy (seed-level paired t test, "
+        "2 df): at family-wise 0.05, `steady` survives (`steady` p 4.39e-05, adjusted 8.77e-05; `spread` p 0.235, "
+        "adjusted 0.235)."
+    )
+
+
+def test_one_seed_has_no_seed_level_interval_and_no_verdict():
+    recs = [
+        RunRecord("sft", 0, {"task_accuracy": np.zeros(50)}),
+        RunRecord("ldpo", 0, {"task_accuracy": np.ones(50)}),
+    ]
+    rows = summarize(recs, baseline="sft", n_boot=200)
+    ldpo = next(r for r in rows if r.method == "ldpo")
+    assert ldpo.difference.low == 1.0 and ldpo.seed_test is None and not ldpo.separated
+    table = markdown_tables(rows, baseline="sft")
+    assert "| ldpo | 100.0 [100.0, 100.0] t undefined (1 seed) not separated |" in table
+    assert table.splitlines()[-1].startswith("Holm correction on task accuracy: not applied")
