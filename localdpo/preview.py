@@ -164,6 +164,16 @@ def summary_lines(preview: Preview) -> list[str]:
         f"{len(preview.steers) - len(refused)} steers will train; "
         f"{len(skipped)} rows skipped as invalid, {len(refused)} steers refused"
     ]
+    tokenized = [item for item in preview.steers if item.tokenized is not None]
+    empty = {
+        side: [item.steer.id for item in tokenized if scored_count(item.tokenized, side) == 0]
+        for side in SIDES
+    }
+    lines.append(
+        f"{len(empty['chosen'])} with an empty chosen span (nothing for SFT to learn), "
+        f"{len(empty['rejected'])} with an empty rejected span (no negative signal for localized DPO)"
+    )
+    lines.extend(f"  empty {side} span: {steer_id}" for side in SIDES for steer_id in empty[side][:20])
     lines.extend(f"  skipped: {message}" for _, message in skipped)
     lines.extend(f"  refused: {item.steer.id}: {item.refused}" for item in refused)
     return lines

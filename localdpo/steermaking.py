@@ -346,6 +346,7 @@ def steer_from_mistake(
         chosen=correction.text,
         chosen_complete=correction.ends_answer,
         rejected_complete=rejected_complete,
+        replaces=mistake.end - mistake.start,
         id=f"{prompt.id}#{(meta or {}).get('seed', 0)}",
         meta={
             "task": task.name,

@@ -26,6 +26,7 @@ STEER_FIELDS = (
     "chosen",
     "chosen_complete",
     "rejected_complete",
+    "replaces",
     "id",
     "meta",
 )
@@ -70,6 +71,10 @@ class Steer:
     """The correction ends the answer: the end-of-turn token is appended to `chosen`."""
     rejected_complete: bool = False
     """The rejected text ends the answer too (whole-answer preference rows); steers leave this False."""
+    replaces: int | None = None
+    """Characters at the start of `rejected` that the correction replaces: the mistake itself, as its maker
+    knew it (a task checker in `make-steers`); what follows is the model's run-on. None: not known, the span
+    rule finds the edit's extent from the tokens alone."""
     id: str | None = None
     """Stable identifier; caches and results point back to it."""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +121,14 @@ def validate_steer(steer: Steer) -> None:
     for name in ("chosen_complete", "rejected_complete"):
         if not isinstance(getattr(steer, name), bool):
             raise SteerValidationError(name, f"expected a bool, got {type(getattr(steer, name)).__name__}")
+    if steer.replaces is not None and (
+        isinstance(steer.replaces, bool)
+        or not isinstance(steer.replaces, int)
+        or not 0 <= steer.replaces <= len(steer.rejected)
+    ):
+        raise SteerValidationError(
+            "replaces", f"expected null or a character count in [0, {len(steer.rejected)}], got {steer.replaces!r}"
+        )
     if steer.id is not None and not isinstance(steer.id, str):
         raise SteerValidationError("id", f"expected a string, got {type(steer.id).__name__}")
     if not isinstance(steer.meta, dict):

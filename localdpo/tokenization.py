@@ -34,6 +34,11 @@ class SpanMode(str, Enum):
     """The whole assistant output (prefix + continuation): what standard DPO scores."""
 
 
+MIN_REJOIN_TOKENS = 2
+"""Agreeing tokens that end chosen and reappear in rejected needed to take them as a rejoin on their own
+(a rejoin may then empty one span); one agreeing token is taken only where both spans stay non-empty."""
+
+
 class SteerTooLongError(ValueError):
     """A steer's scored tokens do not fit in `max_length`."""
 
@@ -55,16 +60,35 @@ def divergent_span(
     rejected_ids: Sequence[int] | torch.Tensor,
     *,
     resync: bool = True,
+    replaced_end: int | None = None,
 ) -> tuple[int, int, int, int]:
     """Half-open spans `(chosen_start, chosen_end, rejected_start, rejected_end)` of the edit.
 
-    Both spans start at p, the length of the common prefix. With `resync`, the longest suffix of chosen's
-    tail `chosen[p:]` that also occurs in rejected's tail (first occurrence, at j) is where the correction
-    rejoins the original: the chosen span ends where that suffix begins, the rejected span at p + j, and
-    what rejected wrote after it is not part of the steer. Without such a suffix, or with `resync=False`
-    (span mode `to_end`), each span runs to its side's end. One span may be empty (insertion or deletion).
+    The rule in one sentence: both spans start at the first differing token, and the correction rejoins the
+    original where the longest run of tokens that ends chosen reappears in rejected's tail, provided that
+    run is at least two tokens long, or is one token that leaves neither span empty; otherwise both spans
+    run to their ends.
 
-    Example: chosen `[a b X s t]`, rejected `[a b Y Z s t u v]` -> `(2, 3, 2, 4)`: `[X]` against `[Y Z]`.
+    In steps: p is the length of the common prefix. With `resync`, the longest suffix S of chosen's tail
+    `chosen[p:]` that also occurs in rejected's tail `rejected[p:]` is the rejoin: the chosen span ends where
+    S begins, the rejected span where S first occurs (at p + j), and what rejected wrote after S is not part
+    of the steer. A rejoin of two or more tokens may leave one span empty (a true insertion or deletion). A
+    single agreeing token is weak evidence (digits and sub-word pieces coincide by chance), so it is taken
+    only at an occurrence that leaves both spans non-empty (the first such), never as an insertion or a
+    deletion. Without a rejoin, or with `resync=False` (span mode `to_end`), each span runs to its side's end.
+
+    `replaced_end` is where the mistake ends in rejected when its maker knew it (`Steer.replaces`, as a token
+    index; 0 when nothing was replaced, a pure insertion): the rejected span is then `[p, max(replaced_end,
+    p + 1))` (at least the token rejected wrote where chosen differs; empty for a pure insertion), and chosen
+    rejoins only with a suffix that rejected holds exactly there; the rest of rejected is the model's run-on.
+
+    Examples (one token per digit, as SmolLM2 splits them):
+    - chosen `[a b X s t]`, rejected `[a b Y Z s t u v]` -> `(2, 3, 2, 4)`: `[X]` against `[Y Z]`.
+    - insertion: chosen `[very big dog]`, rejected `[big dog runs fast]` -> `(0, 1, 0, 0)`: `[very]` alone.
+    - `217` against `275 - 2`: the tail `1 7` shares only `7` with `7 5 - 2`, and at its one occurrence
+      it would empty the rejected span, so no rejoin: `(1, 3, 1, 6)`, `1 7` against `7 5 - 2`.
+    - `1040` against `1000. This`: `0` occurs in the tail `0 0 .` twice; the first occurrence would empty
+      the rejected span, the second does not: `(2, 3, 2, 3)`, `4` against `0`.
     """
     chosen = chosen_ids.tolist() if isinstance(chosen_ids, torch.Tensor) else list(chosen_ids)
     rejected = rejected_ids.tolist() if isinstance(rejected_ids, torch.Tensor) else list(rejected_ids)
@@ -80,8 +104,11 @@ def divergent_span(
     while p < limit and chosen[p] == rejected[p]:
         p += 1
     chosen_tail, rejected_tail = chosen[p:], rejected[p:]
+    to_end = (p, len(chosen), p, len(rejected))
     if not resync or not chosen_tail or not rejected_tail:
-        return p, len(chosen), p, len(rejected)
+        return to_end
+    if replaced_end is not None:
+        return _anchored_span(chosen, rejected, p, replaced_end)
     # If a suffix of length k occurs in rejected's tail, so does every shorter one: binary search on k.
     low, high = 0, len(chosen_tail)
     while low < high:
@@ -90,10 +117,29 @@ def divergent_span(
             low = mid
         else:
             high = mid - 1
-    if low == 0:
-        return p, len(chosen), p, len(rejected)
-    j = _find_first(rejected_tail, chosen_tail[-low:])
-    return p, len(chosen) - low, p, p + j
+    if low >= MIN_REJOIN_TOKENS:
+        return p, len(chosen) - low, p, p + _find_first(rejected_tail, chosen_tail[-low:])
+    offset = len(chosen_tail) - 1
+    if low == 1 and 0 < offset < len(rejected_tail) and rejected_tail[offset] == chosen_tail[-1]:
+        # one agreeing token, at the same offset in both tails: a like-for-like substitution
+        return p, len(chosen) - 1, p, p + offset
+    return to_end
+
+
+def _anchored_span(
+    chosen: list[int], rejected: list[int], p: int, replaced_end: int
+) -> tuple[int, int, int, int]:
+    """`divergent_span` when the mistake's end in rejected is known: the longest suffix of chosen's tail
+    that rejected holds right at the rejected span's end is the rejoin (one token only if chosen keeps one)."""
+    rejected_end = p if replaced_end == 0 else min(len(rejected), max(replaced_end, p + 1))
+    rejoin = 0
+    for length in range(len(chosen) - p, 0, -1):
+        if rejected[rejected_end : rejected_end + length] == chosen[len(chosen) - length :]:
+            rejoin = length
+            break
+    if rejoin == len(chosen) - p and rejoin < MIN_REJOIN_TOKENS:
+        rejoin = 0  # one agreeing token never empties a span
+    return p, len(chosen) - rejoin, p, rejected_end
 
 
 def render_prompt(prompt: str | list[dict[str, str]], tokenizer) -> tuple[str, bool]:
@@ -150,28 +196,30 @@ def _mask_range(mask: torch.Tensor) -> tuple[int, int]:
 
 
 def _tokenize_side(
-    tokenizer, prompt_text: str, is_chat: bool, assistant_text: str, add_eos: bool
-) -> tuple[list[int], int]:
-    """Token ids of prompt + assistant text (+ EOS) and the index of the first token holding assistant text."""
+    tokenizer, prompt_text: str, is_chat: bool, assistant_text: str, add_eos: bool, mark: int | None = None
+) -> tuple[list[int], int, int | None]:
+    """Token ids of prompt + assistant text (+ EOS), the index of the first token holding assistant text, and
+    (for a character offset `mark` into the assistant text) the index of the first token that starts at or
+    after it (a token holding characters on both sides of `mark` lies before it)."""
     encoding = tokenizer(
         prompt_text + assistant_text,
         add_special_tokens=not is_chat,
         return_offsets_mapping=True,
     )
     ids = list(encoding["input_ids"])
+    offsets = encoding["offset_mapping"]
     boundary = len(prompt_text)
-    assistant_start = len(ids)
-    for index, (_, end) in enumerate(encoding["offset_mapping"]):
-        if end > boundary:
-            assistant_start = index
-            break
+    assistant_start = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
+    mark_index = None
+    if mark is not None:
+        mark_index = next((i for i, (start, _) in enumerate(offsets) if start >= boundary + mark), len(ids))
     if add_eos:
         if tokenizer.eos_token_id is None:
             raise ValueError(
                 "chosen_complete needs an end-of-turn token but the tokenizer has no eos_token_id"
             )
         ids.append(int(tokenizer.eos_token_id))
-    return ids, assistant_start
+    return ids, assistant_start, mark_index
 
 
 def _span_range(
@@ -212,15 +260,20 @@ def tokenize_steer(
     """
     span_mode = SpanMode(span_mode)
     prompt_text, is_chat = render_prompt(steer.prompt, tokenizer)
-    chosen_ids, chosen_start = _tokenize_side(
+    chosen_ids, chosen_start, _ = _tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.chosen, steer.chosen_complete
     )
-    rejected_ids, rejected_start = _tokenize_side(
-        tokenizer, prompt_text, is_chat, steer.prefix + steer.rejected, steer.rejected_complete
+    mark = None if steer.replaces is None else len(steer.prefix) + steer.replaces
+    rejected_ids, rejected_start, replaced_end = _tokenize_side(
+        tokenizer, prompt_text, is_chat, steer.prefix + steer.rejected, steer.rejected_complete, mark
     )
     if chosen_ids == rejected_ids:
         raise ValueError(f"steer {steer.id!r}: chosen and rejected tokenize to the same ids")
-    c_start, c_end, r_start, r_end = divergent_span(chosen_ids, rejected_ids, resync=True)
+    if steer.replaces == 0:
+        replaced_end = 0  # nothing replaced: a pure insertion
+    c_start, c_end, r_start, r_end = divergent_span(
+        chosen_ids, rejected_ids, resync=True, replaced_end=replaced_end
+    )
     p = c_start
     chosen_range = _span_range(span_mode, len(chosen_ids), chosen_start, c_start, c_end, p)
     rejected_range = _span_range(span_mode, len(rejected_ids), rejected_start, r_start, r_end, p)

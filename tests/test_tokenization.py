@@ -1,7 +1,12 @@
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 
 from localdpo import Steer, SteerTooLongError, divergent_span, tokenize_steer
+from localdpo.steers import load_steers
 from localdpo.tokenization import SpanMode, tokenize_steers
 
 EXAMPLE = Steer(
@@ -34,6 +39,37 @@ def tokens(tokenizer, ids, mask):
 )
 def test_divergent_span_examples(chosen, rejected, expected):
     assert divergent_span(chosen.split(), rejected.split()) == expected
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "expected"),
+    [
+        # the issue's rows (digits are single tokens): one coincidental digit never ends a span
+        ("2 1 7", "2 7 5 - _ 2", (1, 3, 1, 6)),  # 217 / 275 - 2: [1 7] against [7 5 - _ 2], not [1] / []
+        ("1 4 0 9", "1 9 0 1 . nn", (1, 4, 1, 6)),  # 1409 / 1901.: [4 0 9] against [9 0 1 . nn]
+        ("1 0 4 0", "1 0 0 0 . This is", (2, 3, 2, 3)),  # 1040 / 1000.: [4] against [0], like for like
+        ("4 3", "4 2 3 - _ 3", (1, 2, 1, 6)),  # 43 / 423 - 3: [3] against [2 3 - _ 3], not [] / [2]
+        ("very big dog", "big dog runs fast .", (0, 1, 0, 0)),  # a true insertion: [very] alone
+        ("1 9 9 + 1", "2 0 1", (0, 5, 0, 3)),  # no agreeing tail at all: both run to their ends
+    ],
+)
+def test_one_agreeing_token_never_empties_a_span(chosen, rejected, expected):
+    assert divergent_span(chosen.split(), rejected.split()) == expected
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "replaced_end", "expected"),
+    [
+        ("4 3", "4 2 3 - _ 3", 3, (1, 2, 1, 3)),  # 43 / 423 - 3 with 423 known: [3] against [2 3]
+        ("3 2 7", "2 7 0 . This", 3, (0, 3, 0, 3)),  # [2 7] rejoins by chance; the mistake is 270
+        ("7 2", "7 nl 2 .", 1, (1, 2, 1, 2)),  # 72 / 7\n2.: the mistake 7 is shared; [2] against [nl]
+        ("a X s t", "a Y s t u", 2, (1, 2, 1, 2)),  # the rejoin sits right after the mistake
+        ("a X s t", "a Y Z s t", 2, (1, 4, 1, 2)),  # ... or it is not a rejoin at all
+        ("a X b", "a b c", 0, (1, 2, 1, 1)),  # nothing replaced: a pure insertion
+    ],
+)
+def test_known_mistake_end_anchors_the_rejected_span(chosen, rejected, replaced_end, expected):
+    assert divergent_span(chosen.split(), rejected.split(), replaced_end=replaced_end) == expected
 
 
 def test_resync_false_runs_to_the_end():
@@ -171,3 +207,47 @@ def test_tokenize_steers_counts_skips(smol_tokenizer):
         out, report = tokenize_steers([EXAMPLE, short], smol_tokenizer, max_length=6, on_too_long="skip")
     assert [t.steer_id for t in out] == ["short"]
     assert report.skipped[0][0] == "example"
+
+
+# --- the span rule on the package's own steers ----------------------------------------------------------
+
+REAL_STEERS = Path(__file__).parent / "data" / "smollm2_task_steers.jsonl"
+"""750 steers `localdpo make-steers` made from SmolLM2-135M-Instruct's greedy mistakes (addition,
+running_sum, multiples; train and held-out splits, 160/120 prompts, seed 0), each with its checker's mistake."""
+
+
+def _span_counts(steers, tokenizer) -> Counter:
+    counts = Counter()
+    for steer in steers:
+        tok = tokenize_steer(steer, tokenizer)
+        counts["empty chosen"] += tok.chosen_mask.sum().item() == 0
+        counts["empty rejected"] += tok.rejected_mask.sum().item() == 0
+    return counts
+
+
+def test_real_substitutions_never_get_an_empty_span(smol_tokenizer):
+    """Every steer here replaces a wrong item (kind `wrong`). With the mistake's extent recorded, as
+    `make-steers` records it, no span is empty; from the tokens alone (a steer made elsewhere), two of 750
+    keep an empty rejected span: `327` against `270. This is` and `1212` against `2122. This is`, where two
+    and three digits agree by chance, which no rule on tokens alone can tell from an insertion. The old rule
+    (one agreeing token enough) emptied 44 rejected and 41 chosen spans of these 750."""
+    steers = load_steers(REAL_STEERS)
+    assert len(steers) == 750 and {s.meta["mistake"]["kind"] for s in steers} == {"wrong"}
+    recorded = [replace(s, replaces=s.meta["mistake"]["end"] - s.meta["mistake"]["start"]) for s in steers]
+    assert _span_counts(recorded, smol_tokenizer) == Counter({"empty chosen": 0, "empty rejected": 0})
+    assert _span_counts(steers, smol_tokenizer) == Counter({"empty chosen": 0, "empty rejected": 2})
+
+
+def test_recorded_mistake_leaves_the_run_on_unscored(smol_tokenizer):
+    steer = Steer(
+        prompt=[{"role": "user", "content": "What is 950 + 459? Write the answer as an equation."}],
+        prefix="950 + 459 = ",
+        rejected="1901.\n\n",
+        chosen="1409",
+        replaces=4,
+    )
+    tok = tokenize_steer(steer, smol_tokenizer)
+    assert smol_tokenizer.decode(tok.chosen_ids[tok.chosen_mask]) == "409"
+    assert smol_tokenizer.decode(tok.rejected_ids[tok.rejected_mask]) == "901"
+    unknown = tokenize_steer(replace(steer, replaces=None), smol_tokenizer)
+    assert smol_tokenizer.decode(unknown.rejected_ids[unknown.rejected_mask]) == "901.\n\n"

@@ -159,7 +159,7 @@ class ModelRunner:
     def input_ids(self, messages: Messages, assistant_text: str) -> list[int]:
         """Prompt + assistant text tokenized as `tokenize_steer` tokenizes a steer's side."""
         prompt_text, is_chat = render_prompt(messages, self.tokenizer)
-        ids, _ = _tokenize_side(self.tokenizer, prompt_text, is_chat, assistant_text, add_eos=False)
+        ids, _, _ = _tokenize_side(self.tokenizer, prompt_text, is_chat, assistant_text, add_eos=False)
         return ids
 
     @torch.no_grad()
