@@ -9,7 +9,7 @@ item only (a partial correction: the rest of the answer is left to the model).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -71,9 +71,9 @@ def render_chat(tokenizer, user_text: str) -> str:
 class _StopRows:
     """A row stops `delay` tokens after `should_stop(index, text)` first returns True for its new tokens.
 
-    Used as a `generate` stopping criterion (sampling) and by `_greedy_decode`. Rows stopped this way are
-    recorded in `stopped_at` (new tokens kept), because `generate` pads them with the pad token, which is EOS
-    for SmolLM2 and would otherwise read as a finished answer.
+    Used as a `generate` stopping criterion (sampling) and, by its `check`, as `_greedy_decode`'s `stop`. Rows
+    stopped this way are recorded in `stopped_at` (new tokens kept), because `generate` pads them with the pad
+    token, which is EOS for SmolLM2 and would otherwise read as a finished answer.
     """
 
     def __init__(self, tokenizer, rows: list[int], width: int, should_stop, delay: int):
@@ -118,14 +118,15 @@ def _greedy_decode(
     *,
     max_new_tokens: int,
     eos_ids: set[int],
-    stopper: _StopRows | None,
+    stop: Callable[[int, list[int]], bool] | None,
 ) -> list[tuple[list[int], bool]]:
     """Greedy continuations of left-padded rows, `(new token ids, ended with EOS)` per row.
 
     The tokens `model.generate` picks greedily, computed only for rows still running: a row that ends (EOS,
-    `stopper`, or `max_new_tokens`) leaves the batch, its KV-cache rows with it, so each decoding step costs
-    what its running rows cost. Positions come from the attention mask as in `generate`. `cache` holds the
-    first `cache.get_seq_length()` columns of every row already (or is empty).
+    `stop(row, new tokens so far)` returning True, or `max_new_tokens`) leaves the batch, its KV-cache rows
+    with it, so each decoding step costs what its running rows cost. A row ended by `stop` keeps every token
+    (the last one included) and reads as not ended with EOS. Positions come from the attention mask as in
+    `generate`. `cache` holds the first `cache.get_seq_length()` columns of every row already (or is empty).
     """
     from localdpo.forward import returned_cache
 
@@ -152,7 +153,7 @@ def _greedy_decode(
         keep = []
         for slot, (row, token) in enumerate(zip(running, next_ids.tolist())):
             new_tokens[row].append(token)
-            if stopper is not None and stopper.check(row, new_tokens[row]):
+            if stop is not None and stop(row, new_tokens[row]):
                 results[row] = (new_tokens[row], False)
             elif token in eos_ids:
                 results[row] = (new_tokens[row][:-1], True)
@@ -209,6 +210,96 @@ def _generate_with_transformers(
     return rows
 
 
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer: the model's generation config's and the tokenizer's end-of-turn."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
+    ids.discard(None)
+    return ids
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id left padding is written with (never attended): the pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _left_padded_batches(
+    model, rows: Sequence[Sequence[int]], *, batch_size: int, pad_id: int, share_prefix: bool
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, object]]:
+    """Yield `(row indices, input_ids (B, T), attention_mask (B, T), KV cache)` on the model's device: the
+    rows in batches of `batch_size`, sorted by length so padding stays small.
+
+    Rows are [shared prefix][left padding][own tokens]: positions come from the attention mask's cumulative
+    sum, so the padding in the middle changes no position and no attended token. With `share_prefix`, the
+    tokens every row of a batch starts with (chat template, task wording) run once, into the returned cache.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        shared = _common_prefix([list(rows[i]) for i in batch]) if share_prefix and len(batch) > 1 else 0
+        width = max(len(rows[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+        for row, i in enumerate(batch):
+            own = list(rows[i][shared:])
+            input_ids[row, :shared] = torch.tensor(list(rows[i][:shared]), dtype=torch.long)
+            input_ids[row, width - len(own) :] = torch.tensor(own, dtype=torch.long)
+            attention_mask[row, :shared] = 1
+            attention_mask[row, width - len(own) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        cache = DynamicCache()
+        if shared:
+            model(input_ids=input_ids[:1, :shared], use_cache=True, **kv_cache_kwargs(cache))
+            cache.batch_repeat_interleave(len(batch))
+        yield batch, input_ids, attention_mask, cache
+
+
+@torch.no_grad()
+def greedy_token_continuations(
+    model,
+    rows: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pad_id: int,
+    batch_size: int = 32,
+    share_prefix: bool = True,
+    should_stop: Callable[[int, list[int]], bool] | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of token-id rows, `(new token ids, ended with EOS)` per row, in input order.
+
+    The one greedy decoder (`_greedy_decode`: KV cache, finished rows leave the batch) over rows of any
+    origin; `generate_answers` runs the same batching on rendered prompts. An EOS token ends its row and is
+    not returned (`eos_ids=set()`: no token ends a row). `should_stop(i, new tokens of row i so far)`, when
+    given, ends row i as soon as it returns True, keeping every token (the last one included), not ended with
+    EOS. The caller puts the model in eval mode.
+    """
+    results: list[tuple[list[int], bool] | None] = [None] * len(rows)
+    batches = _left_padded_batches(
+        model, rows, batch_size=batch_size, pad_id=pad_id, share_prefix=share_prefix
+    )
+    for batch, input_ids, attention_mask, cache in batches:
+
+        def stop(row: int, new: list[int], batch=batch) -> bool:
+            return should_stop(batch[row], new)
+
+        decoded = _greedy_decode(
+            model,
+            input_ids,
+            attention_mask,
+            cache,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos_ids,
+            stop=stop if should_stop is not None else None,
+        )
+        for i, result in zip(batch, decoded):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def generate_answers(
     model,
@@ -231,16 +322,11 @@ def generate_answers(
     restored afterwards.
     """
     from tqdm.auto import tqdm
-    from transformers import DynamicCache
 
     rendered = [render_chat(tokenizer, text) for text in user_texts]
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) | {tokenizer.eos_token_id}
-    eos_ids.discard(None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer)
     sampling = config.temperature > 0
     results: list[Generation | None] = [None] * len(encoded)
     rng_state = torch.random.get_rng_state()
@@ -248,34 +334,18 @@ def generate_answers(
     model.eval()
     bar = tqdm(total=len(encoded), desc=desc, disable=not progress, unit="answer")
     try:
-        for batch_index, start in enumerate(range(0, len(order), config.batch_size)):
-            batch = order[start : start + config.batch_size]
-            # Rows are [shared prefix][left padding][own tokens]: positions come from the attention mask's
-            # cumulative sum, so the padding in the middle changes no position and no attended token.
-            shared = (
-                _common_prefix([encoded[i] for i in batch]) if config.share_prefix and len(batch) > 1 else 0
-            )
-            rest = max(len(encoded[i]) for i in batch) - shared
-            width = shared + rest
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-            for row, i in enumerate(batch):
-                own = encoded[i][shared:]
-                input_ids[row, :shared] = torch.tensor(encoded[i][:shared], dtype=torch.long)
-                input_ids[row, width - len(own) :] = torch.tensor(own)
-                attention_mask[row, :shared] = 1
-                attention_mask[row, width - len(own) :] = 1
-            cache = DynamicCache()
-            if shared:
-                model(input_ids=input_ids[:1, :shared].to(device), use_cache=True, **kv_cache_kwargs(cache))
-                cache.batch_repeat_interleave(len(batch))
+        batches = _left_padded_batches(
+            model, encoded, batch_size=config.batch_size, pad_id=pad_id, share_prefix=config.share_prefix
+        )
+        for batch_index, (batch, input_ids, attention_mask, cache) in enumerate(batches):
+            width = input_ids.shape[1]
             stopper = _StopRows(tokenizer, batch, width, should_stop, stop_delay) if should_stop else None
             if sampling:
                 torch.manual_seed(seed + batch_index)
                 rows = _generate_with_transformers(
                     model,
-                    input_ids.to(device),
-                    attention_mask.to(device),
+                    input_ids,
+                    attention_mask,
                     cache,
                     config,
                     eos_ids,
@@ -285,12 +355,12 @@ def generate_answers(
             else:
                 rows = _greedy_decode(
                     model,
-                    input_ids.to(device),
-                    attention_mask.to(device),
+                    input_ids,
+                    attention_mask,
                     cache,
                     max_new_tokens=config.max_new_tokens,
                     eos_ids=eos_ids,
-                    stopper=stopper,
+                    stop=stopper.check if stopper is not None else None,
                 )
             for i, (ids, complete) in zip(batch, rows):
                 text = tokenizer.decode(ids, skip_special_tokens=True)

@@ -7,6 +7,7 @@ from localdpo.steermaking import (
     Generation,
     GenerationConfig,
     generate_answers,
+    greedy_token_continuations,
     make_steers,
     render_chat,
     steer_from_mistake,
@@ -106,6 +107,44 @@ def test_greedy_answers_equal_transformers_generate_as_rows_finish(tiny, monkeyp
     # The prefill of the shared prompt prefix (1 row), then one forward per step over the running rows only.
     running = [sum(len(ids) > step for ids in expected) for step in range(10)]
     assert rows_per_step == [1] + [r for r in running if r]
+
+
+def test_token_continuations_are_the_uncached_greedy_tokens_of_each_row(tiny, library_warnings):
+    """`greedy_token_continuations` (the one decoder: drift set, steer metrics, answers): rows of different
+    lengths, batched with left padding and a shared prefix, continue exactly as one row alone without a cache
+    would; a row given `should_stop` ends where it says, its last token kept. Regression (issue #16): no
+    deprecated transformers API (the drift set's own loop passed `past_key_values`)."""
+    model, tokenizer = tiny
+    rows = [
+        tokenizer(render_chat(tokenizer, text), add_special_tokens=False)["input_ids"] for text in PROMPTS
+    ]
+    rows.append(rows[0] + rows[1][-5:])  # a longer row sharing the first's prefix
+    expected = []
+    with torch.no_grad():
+        for ids in rows:
+            full = list(ids)
+            for _ in range(6):
+                full.append(int(model(input_ids=torch.tensor([full])).logits[0, -1].argmax()))
+            expected.append(full[len(ids) :])
+    assert len({tuple(e) for e in expected}) == 3
+    written = greedy_token_continuations(
+        model, rows, max_new_tokens=6, eos_ids=set(), pad_id=tokenizer.pad_token_id, batch_size=2
+    )
+    assert written == [(e, False) for e in expected]
+    stopped = greedy_token_continuations(
+        model,
+        rows,
+        max_new_tokens=6,
+        eos_ids=set(),
+        pad_id=tokenizer.pad_token_id,
+        should_stop=lambda i, new: i == 1 and len(new) == 2,
+    )
+    assert stopped == [(expected[0], False), (expected[1][:2], False), (expected[2], False)]
+    # an end-of-turn token ends its row and is not returned
+    eos = expected[2][3]
+    ended = greedy_token_continuations(model, rows[2:], max_new_tokens=6, eos_ids={eos}, pad_id=0)
+    assert ended == [(expected[2][: expected[2].index(eos)], True)]
+    assert library_warnings() == []
 
 
 def test_an_answer_that_ends_while_a_stop_is_pending_is_complete(tiny, monkeypatch):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from localdpo.forward import kv_cache_kwargs, returned_cache
+from localdpo.steermaking import greedy_token_continuations, pad_token_id
 
 DEFAULT_DRIFT_PROMPTS = Path(__file__).with_name("drift_prompts.jsonl")
 
@@ -69,28 +69,6 @@ def token_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor) -> torch.Ten
     return (ref_logp.exp() * (ref_logp - policy_logp)).sum(-1)  # (N,)
 
 
-@torch.no_grad()
-def greedy_continuation(
-    model, ids: list[int], max_new_tokens: int, eos_token_id: int | None, device
-) -> list[int]:
-    """The model's greedy continuation of `ids` (stops after EOS): one prompt, no padding, KV cache.
-
-    Only the continuation's tokens are kept from here; the reference logits the KL is measured against come
-    from one full forward over prompt + continuation (`_continuation_logits`), like the policy's.
-    """
-    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)  # logits (1, T, V)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(out.logits[0, -1].float().argmax())
-        new.append(token)
-        if (eos_token_id is not None and token == eos_token_id) or len(new) == max_new_tokens:
-            break
-        out = model(
-            input_ids=torch.tensor([[token]], device=device), use_cache=True, **kv_cache_kwargs(returned_cache(out))
-        )  # logits (1, 1, V)
-    return new
-
-
 @dataclass
 class DriftSet:
     """Fixed drift sequences and the reference's log-distributions at their continuation positions."""
@@ -112,25 +90,44 @@ class DriftSet:
         continued for `drift_max_new_tokens` by the reference."""
         prompts = load_drift_prompts(eval_config.drift_prompts)[: eval_config.drift_num_prompts]
         return cls.build(
-            reference_model, tokenizer, prompts, max_new_tokens=eval_config.drift_max_new_tokens, device=device
+            reference_model,
+            tokenizer,
+            prompts,
+            max_new_tokens=eval_config.drift_max_new_tokens,
+            device=device,
         )
 
     @classmethod
     @torch.no_grad()
     def build(
-        cls, reference_model, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, device=None
+        cls,
+        reference_model,
+        tokenizer,
+        prompts: list[str],
+        *,
+        max_new_tokens: int = 24,
+        device=None,
+        batch_size: int = 32,
     ) -> DriftSet:
-        """Generate the reference's greedy continuations and keep its logits on them."""
+        """Generate the reference's greedy continuations (`batch_size` prompts at a time; an EOS the reference
+        writes ends its continuation and is part of it) and keep its logits on them."""
         device = device if device is not None else next(reference_model.parameters()).device
         was_training = reference_model.training
         reference_model.eval()
         sequences, starts, ref_logits = [], [], []
+        eos = tokenizer.eos_token_id
         try:
-            for prompt in prompts:
-                ids = prompt_ids(prompt, tokenizer)
-                new = greedy_continuation(
-                    reference_model, ids, max_new_tokens, tokenizer.eos_token_id, device
-                )
+            encoded = [prompt_ids(prompt, tokenizer) for prompt in prompts]
+            continuations = greedy_token_continuations(
+                reference_model,
+                encoded,
+                max_new_tokens=max_new_tokens,
+                eos_ids={eos} if eos is not None else set(),
+                pad_id=pad_token_id(tokenizer),
+                batch_size=batch_size,
+            )
+            for ids, (new, ended) in zip(encoded, continuations):
+                new = new + [eos] if ended else new
                 if not new:
                     continue
                 sequence = torch.tensor(ids + new, dtype=torch.long)

@@ -54,18 +54,3 @@ def test_drift_is_the_mean_kl_over_the_reference_greedy_continuation(smol_tokeni
     assert [s.numel() - st for s, st in zip(drift.sequences, drift.starts)] == [3, 3]
     assert drift.kl(policy) == pytest.approx(total / count, rel=1e-5)
     assert drift.kl(policy) > 0.01
-
-
-def test_greedy_continuation_uses_no_deprecated_transformers_api(smol_tokenizer, library_warnings):
-    """Regression (issue #16): the KV-cache loop passed and read `past_key_values` (deprecated in transformers 5.24)."""
-    from localdpo.trainer.drift import greedy_continuation
-
-    model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
-    ids = prompt_ids("What is the capital of Australia?", tokenizer)
-    cached = greedy_continuation(model, ids, 4, None, "cpu")
-    with torch.no_grad():  # the same tokens without a cache
-        full = list(ids)
-        for _ in range(4):
-            full.append(int(model(input_ids=torch.tensor([full])).logits[0, -1].argmax()))
-    assert cached == full[len(ids) :]
-    assert library_warnings() == []
