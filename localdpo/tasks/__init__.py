@@ -37,6 +37,16 @@ def get_task(name: str | Task) -> Task:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or all)") from None
 
 
+def task_prompt_of(meta: dict) -> TaskPrompt | None:
+    """The task prompt a steer was made from, by its `meta["task"]` and `meta["prompt_id"]` (as `make_steers`
+    and the studio record them); None when the meta names no registered task or no prompt id, ValueError when
+    the id is no prompt of the named task."""
+    name, prompt_id = meta.get("task"), meta.get("prompt_id")
+    if not isinstance(name, str) or name not in TASKS or not isinstance(prompt_id, str):
+        return None
+    return TASKS[name].from_id(prompt_id)
+
+
 def resolve_tasks(names: list[str] | tuple[str, ...] | str) -> list[Task]:
     """Tasks for a list of names where `"all"` means every registered task."""
     names = [names] if isinstance(names, str) else list(names)
@@ -60,4 +70,5 @@ __all__ = [
     "get_task",
     "resolve_tasks",
     "split_of",
+    "task_prompt_of",
 ]

@@ -13,6 +13,9 @@ _EQUATION = re.compile(
     r"(?P<c>-?\d{1,3}(?:,\d{3})+(?![\d,]\d)|-?\d+)(?!\.\d)"
 )
 
+_ID_BODY = re.compile(r"(?P<a>-?\d+)(?P<op>[+-])(?P<b>-?\d+)")
+"""The body of an addition prompt id, `a op b` (`addition/12+345`)."""
+
 
 class Addition(Task):
     name = "addition"
@@ -38,6 +41,12 @@ class Addition(Task):
             answer=(str(result),),
             data={"a": a, "b": b, "op": op},
         )
+
+    def _from_id_body(self, body: str) -> TaskPrompt:
+        match = _ID_BODY.fullmatch(body)
+        if match is None:
+            raise ValueError(body)
+        return self.build(int(match["a"]), match["op"], int(match["b"]))
 
     def check(self, prompt: TaskPrompt, output: str, *, complete: bool = True) -> Judgement:
         a, b, op = prompt.data["a"], prompt.data["b"], prompt.data["op"]

@@ -126,6 +126,24 @@ class Task(ABC):
     def correct(self, prompt: TaskPrompt, output: str, mistake: Mistake) -> Correction:
         """The right text for the mistaken span."""
 
+    @abstractmethod
+    def _from_id_body(self, body: str) -> TaskPrompt:
+        """The prompt whose id is `f"{name}/{body}"` (may raise ValueError on a body of another form)."""
+
+    def from_id(self, prompt_id: str) -> TaskPrompt:
+        """The prompt whose `id` is `prompt_id` (what a steer's `meta["prompt_id"]` records), so an answer to
+        it can be checked again; ValueError when `prompt_id` is no id of this task."""
+        head, _, body = prompt_id.partition("/")
+        try:
+            if head != self.name:
+                raise ValueError
+            prompt = self._from_id_body(body)
+        except ValueError:
+            prompt = None
+        if prompt is None or prompt.id != prompt_id:
+            raise ValueError(f"{prompt_id!r} is not a prompt id of task {self.name}")
+        return prompt
+
     def prompts(self, n: int, seed: int, split: str = "train", *, split_seed: int = 0) -> list[TaskPrompt]:
         """`n` distinct prompts of `split`, sampled with `random.Random(seed)`; same arguments, same list."""
         if split not in SPLITS:

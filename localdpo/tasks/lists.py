@@ -111,6 +111,9 @@ class RunningSum(ListTask):
             data={"values": values, "echo": [str(v) for v in values]},
         )
 
+    def _from_id_body(self, body: str) -> TaskPrompt:
+        return self.build([int(v) for v in body.split("-")])
+
 
 class Multiples(ListTask):
     name = "multiples"
@@ -130,6 +133,12 @@ class Multiples(ListTask):
             answer=tuple(str(k * i) for i in range(1, n + 1)),
             data={"k": k, "n": n},
         )
+
+    def _from_id_body(self, body: str) -> TaskPrompt:
+        k, n = (part.partition("=") for part in body.split(","))
+        if (k[0], n[0]) != ("k", "n"):
+            raise ValueError(body)
+        return self.build(int(k[2]), int(n[2]))
 
 
 WORDS = (
@@ -167,3 +176,9 @@ class SortWords(ListTask):
             answer=tuple(sorted(words)),
             data={"words": words, "echo": words},
         )
+
+    def _from_id_body(self, body: str) -> TaskPrompt:
+        words = body.split("-")
+        if not all(word.isalpha() for word in words):
+            raise ValueError(body)
+        return self.build(words)

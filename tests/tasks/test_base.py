@@ -68,3 +68,30 @@ def test_three_splits_are_disjoint_and_the_heldout_split_did_not_move():
         assert (split_of(f"x/{i}") == "heldout") == old_heldout
     shares = [split_of(f"x/{i}") for i in range(4000)]
     assert 0.12 < shares.count("validation") / 4000 < 0.18
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_prompt_is_rebuilt_from_its_id(name):
+    """A steer records only its prompt's id (`meta["prompt_id"]`): the id alone gives the same prompt back,
+    answer and checker inputs included, so the steer's answer can be checked again."""
+    task = TASKS[name]
+    for split in SPLITS:
+        for prompt in task.prompts(30, seed=5, split=split):
+            assert task.from_id(prompt.id) == prompt
+
+
+@pytest.mark.parametrize(
+    "name, prompt_id",
+    [
+        ("addition", "multiples/k=7,n=8"),  # another task's id
+        ("addition", "addition/12*3"),
+        ("addition", "addition/012+3"),  # not the canonical id of 12 + 3
+        ("multiples", "multiples/n=8,k=7"),
+        ("running_sum", "running_sum/1-x-3"),
+        ("sort_words", "sort_words/"),
+        ("sort_words", "addition"),
+    ],
+)
+def test_an_id_of_no_prompt_of_the_task_is_refused(name, prompt_id):
+    with pytest.raises(ValueError, match="is not a prompt id of task"):
+        TASKS[name].from_id(prompt_id)
