@@ -34,6 +34,10 @@ class SpanMode(str, Enum):
     """The whole assistant output (prefix + continuation): what standard DPO scores."""
 
 
+SPAN_RULE_VERSION = "localdpo-span-v2"
+"""Changes whenever `divergent_span` can give other spans for the same ids (v2: one agreeing token never
+ends a span), so caches keyed on spans (the TRL dataset map) miss."""
+
 MIN_REJOIN_TOKENS = 2
 """Agreeing tokens that end chosen and reappear in rejected needed to take them as a rejoin on their own
 (a rejoin may then empty one span); one agreeing token is taken only where both spans stay non-empty."""

@@ -51,7 +51,13 @@ from trl.trainer.utils import pad  # noqa: E402
 
 from localdpo.losses import LossType, localized_dpo_loss, loss_combination, masked_sum  # noqa: E402
 from localdpo.steers import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
-from localdpo.tokenization import SpanMode, TokenizedSteer, divergent_span, tokenize_steer  # noqa: E402
+from localdpo.tokenization import (  # noqa: E402
+    SPAN_RULE_VERSION,
+    SpanMode,
+    TokenizedSteer,
+    divergent_span,
+    tokenize_steer,
+)
 
 CHOSEN_SPAN_START = "localdpo_chosen_span_start"
 CHOSEN_SPAN_END = "localdpo_chosen_span_end"
@@ -62,8 +68,6 @@ SPAN_COLUMNS = (CHOSEN_SPAN_START, CHOSEN_SPAN_END, REJECTED_SPAN_START, REJECTE
 SPAN_MODE_COLUMN = "localdpo_span_mode"
 """str column: the span rule the span columns were computed with."""
 STEER_ID_COLUMN = "localdpo_steer_id"
-SPAN_RULE_VERSION = "localdpo-span-v1"
-"""Part of the span map's fingerprint: bump when the span computation changes."""
 
 _TRL_LOSS_TYPES = {
     (LossType.SIGMOID, False): "sigmoid",
