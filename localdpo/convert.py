@@ -32,10 +32,11 @@ from localdpo.steers import (
     Steer,
     SteerValidationError,
     jsonl_rows,
-    save_steers,
     steer_from_row,
     steers_from_rows,
+    write_steers,
 )
+from localdpo.writeguard import WriteMode
 
 STEP_DPO_PREFIX = "initial_reason_steps"
 # What `datasets.load_dataset` calls the builder for each local file suffix.
@@ -225,16 +226,18 @@ def convert_steers(
     split: str = "train",
     subset: str | None = None,
     skip_invalid: bool = False,
+    mode: WriteMode | str = WriteMode.OVERWRITE,
 ) -> ConvertResult:
     """Convert every row of `source` to a steer and write them to `out` (JSONL, atomically).
 
     Every row is checked; with bad rows and `skip_invalid=False` nothing is written and the report lists
-    each of them. With `skip_invalid=True` the good rows are written and the bad ones listed.
+    each of them. With `skip_invalid=True` the good rows are written and the bad ones listed. `mode` says what
+    to do with an existing `out` (`localdpo.steers.write_steers`); `out` may never be `source`.
     """
     to_steer = partial(row_to_steer, row_format=RowFormat(row_format), mapping=mapping)
     rows = read_rows(source, split=split, subset=subset)
     steers, report = steers_from_rows(rows, source, to_steer=to_steer, skip_invalid=True)
     written = None
     if steers and (skip_invalid or not report.skipped):
-        written = save_steers(steers, out)
+        written = write_steers(steers, out, mode=mode, inputs=(source,))
     return ConvertResult(steers, report, written)

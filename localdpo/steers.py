@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from localdpo.fileio import atomic_open
+from localdpo.fileio import atomic_open, atomic_write_bytes
+from localdpo.writeguard import OutputRefusedError, WriteMode, check_output, claimed_output
 
 Messages = list[dict[str, str]]
 Prompt = Union[str, Messages]  # noqa: UP007 (a runtime alias: `|` needs Python 3.10 objects)
@@ -256,6 +257,11 @@ def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 )
 
 
+def default_steer_id(source: str | os.PathLike, line: int) -> str:
+    """`"<source stem>:<line>"`: the id of a row that has none of its own."""
+    return f"{Path(source).stem}:{line}"
+
+
 def steers_from_rows(
     rows: RowSource,
     source: str | os.PathLike,
@@ -268,7 +274,6 @@ def steers_from_rows(
     Rows without an `id` get `"<source stem>:<line>"`; ids must be unique. A bad row raises `SteerFileError`
     naming the source, the line and the field, or with `skip_invalid=True` is listed in the report instead.
     """
-    stem = Path(source).stem
     steers: list[Steer] = []
     report = LoadReport(path=str(source))
     seen_ids: dict[str, int] = {}
@@ -277,7 +282,7 @@ def steers_from_rows(
             if isinstance(row, SteerFileError):
                 raise row
             try:
-                steer = to_steer(row, default_id=f"{stem}:{line_number}")
+                steer = to_steer(row, default_id=default_steer_id(source, line_number))
             except SteerValidationError as error:
                 raise SteerFileError(source, line_number, error.field, str(error).split(": ", 1)[1]) from None
             except TypeError as error:
@@ -324,10 +329,79 @@ def load_steers(
     return (steers, report) if return_report else steers
 
 
+def _steer_line(steer: Steer) -> str:
+    return json.dumps(steer.to_dict(), ensure_ascii=False) + "\n"
+
+
 def save_steers(steers: Iterable[Steer], path: str | os.PathLike) -> Path:
     """Write steers as JSONL atomically (temporary file, then rename); returns the path."""
     path = Path(path)
     with atomic_open(path) as handle:
         for steer in steers:
-            handle.write(json.dumps(steer.to_dict(), ensure_ascii=False) + "\n")
+            handle.write(_steer_line(steer))
     return path
+
+
+def _ids_to_append_to(path: Path, shown: str) -> set[str]:
+    """The ids of the steer file `path`, which `--append` would extend; `OutputRefusedError` if it is bad."""
+    try:
+        return {steer.id for steer in load_steers(path)}
+    except SteerFileError as error:
+        raise OutputRefusedError(
+            f"cannot append to {shown}: {error}; fix it or choose another path"
+        ) from None
+
+
+def check_steer_output(
+    path: str | os.PathLike, mode: WriteMode | str, *, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """`write_steers`' refusals now, before a command's slow work (an invalid file to append to included);
+    returns the resolved path."""
+    target = check_output(path, mode, inputs=inputs, steer_file=True)
+    if WriteMode(mode) is WriteMode.APPEND and target.exists():
+        _ids_to_append_to(target, str(path))
+    return target
+
+
+def _append_steers(steers: list[Steer], path: Path, shown: str) -> Path:
+    """Add `steers` after the rows of the steer file `path`, whose bytes stay as they are; returns the path.
+
+    Called inside `claimed_output`, which holds the file's write lock (the one the studio takes for each
+    change) when appending. The file is read and checked, each new id (a default id at its new line for an
+    id-less steer) must be new to the file and to the batch, and the old bytes plus the new rows are written
+    as a whole new file, atomically. A crash leaves the old file or the new one: never half the batch, nor a
+    torn last line (which an `O_APPEND` write cut short by a crash can leave, even fsynced, and which makes
+    the whole file unreadable). The cost is a copy of the old file.
+    """
+    old = path.read_bytes() if path.exists() else b""
+    ids = _ids_to_append_to(path, shown) if old else set()
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    first_line = old.count(b"\n") + 1
+    new_ids: set[str] = set()
+    for line, steer in enumerate(steers, start=first_line):
+        steer_id = steer.id if steer.id is not None else default_steer_id(path, line)
+        if steer_id in ids or steer_id in new_ids:
+            where = "the file has" if steer_id in ids else "two of the new steers have"
+            raise OutputRefusedError(
+                f"cannot append to {shown}: {where} the id {steer_id!r}; nothing was written"
+            )
+        new_ids.add(steer_id)
+    return atomic_write_bytes(path, old + "".join(map(_steer_line, steers)).encode("utf-8"))
+
+
+def write_steers(
+    steers: Iterable[Steer],
+    path: str | os.PathLike,
+    *,
+    mode: WriteMode | str = WriteMode.OVERWRITE,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Write `steers` to the steer file `path` as `mode` says (create, overwrite or append), after the checks
+    of `localdpo.writeguard.claimed_output` (an input of the command, a file a studio holds, an existing file
+    under `create`); returns the resolved path."""
+    steers = list(steers)
+    with claimed_output(path, mode, inputs=inputs, steer_file=True) as target:
+        if WriteMode(mode) is WriteMode.APPEND:
+            return _append_steers(steers, target, str(path))
+        return save_steers(steers, target)

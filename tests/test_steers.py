@@ -172,3 +172,101 @@ def test_invalid_utf8_row_is_skipped_like_any_bad_row(tmp_path):
         steers, report = load_steers(path, skip_invalid=True, return_report=True)
     assert [s.id for s in steers] == ["bytes:1", "z"]
     assert report.skipped[0][0] == 2 and "invalid UTF-8: byte 0xc3" in report.skipped[0][1]
+
+
+def steer_row(i: int) -> dict:
+    return {"prompt": f"p{i}", "prefix": "", "rejected": "x", "chosen": f"y{i}", "id": f"s{i}"}
+
+
+def test_append_keeps_the_old_bytes_and_adds_the_new_rows(tmp_path):
+    """A TRL row, a blank line, an id-less row and no final newline: all kept byte for byte."""
+    from localdpo.steers import write_steers
+
+    path = tmp_path / "keep.jsonl"
+    old = b'{"prompt": "p", "chosen": "a b", "rejected": "a c"}\r\n\n' + json.dumps(steer_row(0)).encode()
+    path.write_bytes(old)
+    written = write_steers([Steer(**steer_row(1)), Steer(**steer_row(2))], path, mode="append")
+    assert written == path
+    assert path.read_bytes().startswith(old + b"\n")
+    assert [s.id for s in load_steers(path)] == ["keep:1", "s0", "s1", "s2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.jsonl.lock", "keep.jsonl"]
+
+
+def test_append_to_a_missing_file_creates_it(tmp_path):
+    from localdpo.steers import write_steers
+
+    write_steers([Steer(**steer_row(1))], tmp_path / "new.jsonl", mode="append")
+    assert [s.id for s in load_steers(tmp_path / "new.jsonl")] == ["s1"]
+
+
+@pytest.mark.parametrize(
+    "new_ids, message",
+    [
+        (["s9", "s0"], "the file has the id 's0'"),
+        (["s9", "s9"], "two of the new steers have the id 's9'"),
+        # line 1 holds the explicit id 'keep:3'; an id-less steer appended at line 3 gets that default id
+        ([None], "the file has the id 'keep:3'"),
+    ],
+)
+def test_append_refuses_a_duplicate_id_and_writes_nothing(tmp_path, new_ids, message):
+    from localdpo.steers import write_steers
+    from localdpo.writeguard import OutputRefusedError
+
+    path = tmp_path / "keep.jsonl"
+    save_steers([Steer(**dict(steer_row(1), id="keep:3")), Steer(**steer_row(0))], path)
+    before = path.read_bytes()
+    new = [Steer(**dict(steer_row(5 + i), id=steer_id)) for i, steer_id in enumerate(new_ids)]
+    with pytest.raises(OutputRefusedError) as refused:
+        write_steers(new, path, mode="append")
+    assert str(refused.value) == f"cannot append to {path}: {message}; nothing was written"
+    assert path.read_bytes() == before
+
+
+def test_append_to_an_invalid_file_is_refused_and_the_file_kept(tmp_path):
+    from localdpo.steers import check_steer_output, write_steers
+    from localdpo.writeguard import OutputRefusedError
+
+    path = write_lines(tmp_path / "keep.jsonl", [json.dumps(steer_row(0)), "{oops"])
+    before = path.read_bytes()
+    for refuse in (
+        lambda: check_steer_output(path, "append"),  # before a command's slow work
+        lambda: write_steers([Steer(**steer_row(1))], path, mode="append"),
+    ):
+        with pytest.raises(OutputRefusedError) as refused:
+            refuse()
+        assert str(refused.value).startswith(f"cannot append to {path}: {path}:2: invalid JSON")
+        assert str(refused.value).endswith("; fix it or choose another path")
+    assert path.read_bytes() == before
+
+
+def test_an_append_killed_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """Old bytes + new rows are written to a temporary file and renamed: a crash before the rename (here,
+    the fsync raising) leaves the file as it was and no temporary file."""
+    import localdpo.fileio
+    from localdpo.steers import write_steers
+
+    path = save_steers([Steer(**steer_row(0))], tmp_path / "keep.jsonl")
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(localdpo.fileio.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_steers([Steer(**steer_row(i)) for i in range(1, 50)], path, mode="append")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.jsonl.lock", "keep.jsonl"]
+
+
+def test_write_steers_refuses_an_existing_file_by_default(tmp_path):
+    from localdpo.steers import write_steers
+    from localdpo.writeguard import OutputRefusedError
+
+    path = save_steers([Steer(**steer_row(0))], tmp_path / "keep.jsonl")
+    before = path.read_bytes()
+    with pytest.raises(OutputRefusedError, match="exists; pass --overwrite"):
+        write_steers([Steer(**steer_row(1))], path, mode="create")
+    assert path.read_bytes() == before
+    write_steers([Steer(**steer_row(1))], path, mode="overwrite")
+    assert [s.id for s in load_steers(path)] == ["s1"]

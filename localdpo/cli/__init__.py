@@ -61,6 +61,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from localdpo.tasks import UnknownTaskError
     from localdpo.tokenization import SteerTooLongError
     from localdpo.trainer.config import ConfigError
+    from localdpo.writeguard import OutputRefusedError
 
     return (
         UsageError,
@@ -71,6 +72,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ModelNotFoundError,
         UnknownTaskError,
         ConvertError,
+        OutputRefusedError,
         FileNotFoundError,
     )
 

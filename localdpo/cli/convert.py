@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from localdpo.writeguard import add_write_mode_arguments
+
 HELP = "convert TRL preference, Step-DPO or any Hugging Face datasets rows to a steer JSONL file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="JSONL, JSON, Parquet or CSV file, or a hub dataset id")
-    parser.add_argument("out", help="steer JSONL file to write")
+    parser.add_argument("out", help="steer JSONL file to write (an existing one is refused)")
+    add_write_mode_arguments(parser, what="OUT", steer_file=True)
     parser.add_argument(
         "--format",
         default="auto",
@@ -36,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
     from localdpo.cli import UsageError
     from localdpo.convert import convert_steers, parse_mapping
+    from localdpo.steers import check_steer_output
+    from localdpo.writeguard import WriteMode, write_mode_of
 
+    mode = write_mode_of(args)
+    check_steer_output(args.out, mode, inputs=(args.source,))  # before a slow source is read
     result = convert_steers(
         args.source,
         args.out,
@@ -45,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         subset=args.subset,
         skip_invalid=args.skip_invalid,
+        mode=mode,
     )
     report = result.report
     for _, message in report.skipped:
@@ -60,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     for steer in result.steers:
         formats[steer.meta["source_format"]] = formats.get(steer.meta["source_format"], 0) + 1
     kinds = ", ".join(f"{count} {name}" for name, count in sorted(formats.items()))
+    verb = "appended" if mode is WriteMode.APPEND else "wrote"
     print(
-        f"wrote {len(result.steers)} steers ({kinds}) to {result.written}; skipped {len(report.skipped)} bad rows"
+        f"{verb} {len(result.steers)} steers ({kinds}) to {result.written}; "
+        f"skipped {len(report.skipped)} bad rows"
     )
     return 0

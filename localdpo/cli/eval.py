@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from localdpo.writeguard import add_write_mode_arguments
+
 HELP = "greedy accuracy of a model (name, path or checkpoint dir) on held-out prompts of checkable tasks"
 
 
@@ -19,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--records", action="store_true", help="keep every answer and its verdict in the JSON"
     )
-    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--out", default=None, help="JSON file for the results (an existing one is refused)")
+    add_write_mode_arguments(parser, what="the --out file", steer_file=False)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)"
@@ -36,8 +39,11 @@ def run(args) -> int:
     from localdpo.models import load_model
     from localdpo.taskeval import evaluate_task
     from localdpo.tasks import resolve_tasks
+    from localdpo.writeguard import check_output, claimed_output, write_mode_of
 
     tasks = resolve_tasks(args.task)  # an unknown name fails before the model loads
+    if args.out:
+        check_output(args.out, write_mode_of(args))  # so does an existing --out file
     device = checked_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,6 +71,7 @@ def run(args) -> int:
         )
     if args.out:
         report = {"model": str(args.model), "seed": args.seed, "split": "heldout", "results": results}
-        path = atomic_write_text(args.out, json.dumps(report, indent=1))
-        print(f"wrote {path}")
+        with claimed_output(args.out, write_mode_of(args)) as path:
+            atomic_write_text(path, json.dumps(report, indent=1))
+        print(f"wrote {args.out}")
     return 0

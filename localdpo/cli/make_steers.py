@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from localdpo.writeguard import add_write_mode_arguments
+
 HELP = "generate answers to task prompts, stop at each first mistake and write the corrections as steers"
 
 
@@ -15,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=100, help="prompts per task")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling and generation seed")
     parser.add_argument("--split", choices=("train", "validation", "heldout"), default="train")
-    parser.add_argument("--out", required=True, help="output JSONL file")
+    parser.add_argument("--out", required=True, help="output JSONL file (an existing one is refused)")
+    add_write_mode_arguments(parser, what="the --out file", steer_file=True)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own budget")
@@ -36,9 +39,12 @@ def run(args) -> int:
     from localdpo.cli import checked_device
     from localdpo.models import load_model
     from localdpo.steermaking import GenerationConfig, make_steers, shuffle_steers
-    from localdpo.steers import save_steers
+    from localdpo.steers import check_steer_output, write_steers
     from localdpo.tasks import resolve_tasks
+    from localdpo.writeguard import WriteMode, write_mode_of
 
+    mode = write_mode_of(args)
+    check_steer_output(args.out, mode)  # before the model loads: an existing file is refused at once
     tasks = resolve_tasks(args.task)
     device = checked_device(args.device)
     if args.threads:
@@ -66,10 +72,10 @@ def run(args) -> int:
         )
         steers.extend(made)
         summaries.append(summary)
-    path = save_steers(shuffle_steers(steers, args.seed), args.out)
+    path = write_steers(shuffle_steers(steers, args.seed), args.out, mode=mode)
     for summary in summaries:
         print(summary.row())
         for line in summary.rejected_steers:
             print(f"  unusable: {line}")
-    print(f"wrote {len(steers)} steers to {path}")
+    print(f"{'appended' if mode is WriteMode.APPEND else 'wrote'} {len(steers)} steers to {path}")
     return 0

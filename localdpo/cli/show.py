@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from localdpo.writeguard import add_write_mode_arguments
+
 HELP = "show each steer's prompt, prefix and both sides with the scored tokens marked, and the rows skipped"
 
 
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the training max_length: steers that do not fit are refused",
     )
     parser.add_argument("--html", default=None, metavar="FILE", help="also write the preview as an HTML page")
+    add_write_mode_arguments(parser, what="the --html FILE", steer_file=False)
     parser.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from localdpo.fileio import atomic_write_text
     from localdpo.models import load_tokenizer
     from localdpo.preview import preview_steers, render_html, render_text
+    from localdpo.writeguard import check_output, claimed_output, write_mode_of
 
     if args.max_length is not None and args.max_length < 1:
         raise UsageError(f"--max-length {args.max_length}: must be >= 1")
@@ -50,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"steer file not found: {args.steers}")
     if args.html and not Path(args.html).parent.is_dir():
         raise UsageError(f"--html {args.html}: directory {Path(args.html).parent} does not exist")
+    if args.html:
+        check_output(args.html, write_mode_of(args), inputs=(args.steers,))
     tokenizer = load_tokenizer(args.model)
     preview = preview_steers(args.steers, tokenizer, span_mode=args.span_mode, max_length=args.max_length)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     sys.stdout.write(render_text(preview, tokenizer, color=color))
     if args.html:
-        path = Path(args.html)
-        atomic_write_text(path, render_html(preview, tokenizer))
-        print(f"wrote {path}")
+        html = render_html(preview, tokenizer)
+        with claimed_output(args.html, write_mode_of(args), inputs=(args.steers,)) as path:
+            atomic_write_text(path, html)
+        print(f"wrote {args.html}")
     return 0

@@ -1,12 +1,15 @@
 """The studio's steer file: appends, edits and deletes that never lose a row nor leave an unreadable file.
 
 Every change is a read-modify-write of the whole file under two locks (a thread lock for this server's
-requests, `flock` on `.<name>.lock` beside the file for other processes): the current lines are read, changed,
-written to a new file in a fresh temporary directory beside the target (same name, so `load_steers` gives
-id-less rows the same default ids), fsynced, checked with `load_steers`, and renamed over the target. A server
-killed at any moment leaves the old file or the new one. Lines the studio does not change are kept byte for
-byte (TRL rows, id-less rows, blank lines). A row is addressed by its id and its `version` (a hash of its
-line), so an edit or delete made from a stale view (another tab changed the row) is refused, not applied.
+requests, the file's write lock for other processes: `localdpo.writeguard.write_lock`, an `flock` on
+`.<name>.lock` beside the file); for its whole life the store also holds the studio's shared hold on the file
+(`hold_for_studio`), so that commands refuse to write the file while a studio runs. The current lines are
+read, changed, written to a new file in a fresh temporary directory beside the target (same name, so
+`load_steers` gives id-less rows the same default ids), fsynced, checked with `load_steers`, and renamed over
+the target. A server killed at any moment leaves the old file or the new one. Lines the studio does not change
+are kept byte for byte (TRL rows, id-less rows, blank lines). A row is addressed by its id and its `version`
+(a hash of its line), so an edit or delete made from a stale view (another tab changed the row) is refused,
+not applied.
 """
 
 from __future__ import annotations
@@ -23,11 +26,7 @@ from pathlib import Path
 
 from localdpo.steers import Steer, SteerFileError, load_steers
 from localdpo.studio.errors import StudioError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: this server's own requests are still serialized by the thread lock
-    fcntl = None
+from localdpo.writeguard import hold_for_studio, write_lock
 
 
 @dataclass(frozen=True)
@@ -54,27 +53,29 @@ class SteerStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser().resolve()
-        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._thread_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            for stale in self.path.parent.glob(f".{self.path.name}.studio-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a server killed mid-write
-            if self.path.exists():
-                load_steers(self.path)  # refuse to start on a file that is already invalid
+        self._hold = hold_for_studio(self.path)  # released by `close` or when the process ends
+        try:
+            with self._locked():
+                for stale in self.path.parent.glob(f".{self.path.name}.studio-*"):
+                    shutil.rmtree(stale, ignore_errors=True)  # left by a server killed mid-write
+                if self.path.exists():
+                    load_steers(self.path)  # refuse to start on a file that is already invalid
+        except BaseException:
+            self.close()
+            raise
 
     @contextlib.contextmanager
     def _locked(self):
-        with self._thread_lock:
-            if fcntl is None:
-                yield
-                return
-            with open(self.lock_path, "a") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with self._thread_lock, write_lock(self.path):
+            yield
+
+    def close(self) -> None:
+        """Let go of the studio's hold on the file: commands may write it again."""
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
     def _read_lines(self) -> list[str]:
         if not self.path.exists():
