@@ -34,6 +34,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("preference_accuracy", "held-out pref. acc.", True, percent=True),
     Metric("chosen_nll", "chosen-span NLL", False),
     Metric("drift_kl", "drift KL", False),
+    # at the held-out steers (`localdpo.trainer.steer_metrics`): greedy from prompt + prefix, does the model
+    # write the rejected span again, the chosen span; and is the answer continued from the correction right
+    Metric("recurrence", "recurrence", False, percent=True),
+    Metric("uptake", "uptake", True, percent=True),
+    Metric("continuation_accuracy", "continuation acc.", True, percent=True),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
 PRIMARY_METRIC = "task_accuracy"
@@ -209,8 +214,12 @@ def write_csv(
         writer.writerows(lines)
 
 
+def _digits(metric: Metric) -> dict:
+    return {"digits": 1, "scale": 100} if metric.percent else {"digits": 4}
+
+
 def _cell(interval_: Interval, metric: Metric) -> str:
-    return interval_.format(digits=1, scale=100) if metric.percent else interval_.format(digits=4)
+    return interval_.format(**_digits(metric))
 
 
 def _verdict(row: SummaryRow, metric: Metric) -> str:
@@ -225,10 +234,8 @@ def _difference_cell(row: SummaryRow, metric: Metric) -> str:
     """`mean [bootstrap] t [seed-level t] verdict`; the t interval is undefined with one seed."""
     if row.seed_test is None:
         t = "t undefined (1 seed)"
-    elif metric.percent:
-        t = "t " + row.seed_test.interval.format_bounds(digits=1, scale=100)
     else:
-        t = "t " + row.seed_test.interval.format_bounds(digits=4)
+        t = "t " + row.seed_test.interval.format_bounds(**_digits(metric))
     return f"{_cell(row.difference, metric)} {t} {_verdict(row, metric)}"
 
 
@@ -248,13 +255,14 @@ def holm_summary(rows: Sequence[SummaryRow], *, baseline: str) -> str:
         for row in sorted(family, key=lambda r: r.holm_p)
     )
     survivors = [f"`{row.method}`" for row in family if row.holm_p <= FAMILY_ALPHA]
-    verdict = {0: "none survives", 1: f"{''.join(survivors)} survives"}.get(
-        len(survivors), f"{', '.join(survivors)} survive"
-    )
+    if not survivors:
+        verdict = "none survives"
+    else:
+        verdict = ", ".join(survivors) + (" survives" if len(survivors) == 1 else " survive")
+    variants = "variant" if len(family) == 1 else "variants"
     return (
-        f"Holm correction over the m = {len(family)} variant{'s' * (len(family) != 1)} compared with `{baseline}` "
-        f"on {label} (seed-level "
-        f"paired t test, {df} df): at family-wise {FAMILY_ALPHA:g}, {verdict} ({listed})."
+        f"Holm correction over the m = {len(family)} {variants} compared with `{baseline}` on {label} "
+        f"(seed-level paired t test, {df} df): at family-wise {FAMILY_ALPHA:g}, {verdict} ({listed})."
     )
 
 
