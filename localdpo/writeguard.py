@@ -10,12 +10,13 @@ any slow work) and again when it writes, and refuses, with one line that names t
    hard link to it), even with `--overwrite`;
 3. a file that a running `localdpo studio` holds (it saves a person's steers there), even with `--overwrite`;
 4. an existing file, unless the command is told `--overwrite` (replace it, atomically) or, for a steer file,
-   `--append` (`localdpo.steers.append_steers`).
+   `--append` (`localdpo.steers.write_steers`).
 
 The studio's locks are `flock`s on two files beside the steer file, both left in place:
 
-- `.<name>.lock`, the write lock: exclusive, held for each read-modify-write of the file, by every studio
-  (`localdpo.studio.store`) and by `--append`, so that writers take turns and no row is lost;
+- `.<name>.lock`, the write lock: exclusive, held for each read-modify-write of the file by every studio
+  (`localdpo.studio.store`), and by a command while it appends or writes a file a studio has opened before,
+  so that writers take turns and no row is lost;
 - `.<name>.studio.lock`, the studio's hold: shared, held by each studio on the file for as long as it runs.
   A command that would write the file tries to take it exclusively without waiting; failing means a studio
   holds it. (The write lock alone cannot say so: a studio holds it for milliseconds per saved steer.)
