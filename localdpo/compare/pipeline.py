@@ -387,6 +387,10 @@ def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, 
         f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy and "
         "chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || policy) on "
         "unrelated chat prompts (per-prompt means).",
+        "Recurrence and uptake: greedy from prompt + prefix at each held-out steer, the model writes the rejected "
+        "span again, resp. the chosen span, token for token (over the steers with a non-empty such span); "
+        "continuation acc.: greedy from prompt + prefix + chosen to the end of the answer, judged right by the "
+        "task's checker (over the task steers).",
         intervals_note(config.baseline),
         "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
         "every margin is exactly 0 there (policy = reference): ties count as not preferred.",

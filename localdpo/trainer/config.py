@@ -233,6 +233,11 @@ class EvalConfig:
     (80 prompts on 2 CPU cores: 21.8 s at 16 per batch, 12.6 s at 80)."""
     task_every: int = 0
     """Also run the task evaluation every this many steps (0 = only at the start and the end)."""
+    steer_metrics: bool = True
+    """At every evaluation, greedy decoding at each held-out steer (`localdpo.trainer.steer_metrics`,
+    `task_batch_size` rows per batch): `eval/recurrence` (the model writes the rejected span again),
+    `eval/uptake` (it writes the chosen span) and, for task steers, `eval/continuation_accuracy` (the answer
+    continued from prefix + chosen is right)."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Held-out evaluation: implicit-reward preference metrics on steers, and task accuracy by generation.
+"""Held-out evaluation: implicit-reward preference metrics on steers, what the model writes at each held-out
+steer (`localdpo.trainer.steer_metrics`), and task accuracy by generation.
 
 Every method is scored with the same implicit reward (DPO eq. 5 up to the partition term):
 r(y) = β · Σ_{t in span} (log π(y_t) − log π_ref(y_t)) over the `eval.span_mode` span of each side, so the
@@ -17,6 +18,7 @@ from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, t
 from localdpo.forward import pair_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
 from localdpo.tokenization import TokenizedSteer
+from localdpo.trainer.steer_metrics import SteerProbe, aggregate_steer_items, steer_items
 
 
 class EvaluationDue(NamedTuple):
@@ -203,12 +205,15 @@ def evaluate_policy(
     to_device,
     task: bool,
     forward=None,
+    probes: Sequence[SteerProbe] | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """`(metrics, items)` of `model` (in eval mode) on the held-out steers, the drift prompts and, when `task`,
     the task prompts: the aggregates under W&B keys, and the per-item values comparisons pair across methods.
 
     Items, each (N,) float64 in a fixed order: `preference_accuracy` (0/1) and `chosen_nll` (per token) per
-    held-out steer, `drift_kl` per drift prompt, `task_accuracy` and `format_kept` (0/1) per task prompt.
+    held-out steer, `recurrence`, `uptake` and `continuation_accuracy` (0/1, `localdpo.trainer.steer_metrics`)
+    per held-out steer of each one's set when `probes` (the held-out steers' `SteerProbe`s) are given,
+    `drift_kl` per drift prompt, `task_accuracy` and `format_kept` (0/1) per task prompt.
     `forward`: the policy's log-prob forward (see `preference_items`).
     """
     metrics: dict[str, float] = {}
@@ -229,6 +234,16 @@ def evaluate_policy(
         metrics.update(aggregate_preference_items(pref, config.loss.beta))
         items["preference_accuracy"] = (pref["margin"] > 0).double()
         items["chosen_nll"] = pref["chosen_nll_sum"].double() / pref["chosen_tokens"].clamp(min=1)
+    if probes:
+        at_steers = steer_items(
+            model,
+            tokenizer,
+            probes,
+            batch_size=config.eval.task_batch_size or config.eval.batch_size,
+            max_new_tokens=config.eval.task_max_new_tokens,
+        )
+        metrics.update(aggregate_steer_items(at_steers))
+        items.update(at_steers)
     if drift_set is not None:
         kl_sums, kl_counts = drift_set.kl_per_prompt(model, device=device, autocast_dtype=autocast_dtype)
         metrics["eval/drift_kl"] = float(kl_sums.sum() / kl_counts.sum())

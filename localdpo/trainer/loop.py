@@ -56,6 +56,7 @@ from localdpo.trainer.reference import (
     build_reference,
     eval_reference_for,
 )
+from localdpo.trainer.steer_metrics import SteerProbe, steer_probes
 from localdpo.trainer.steerdata import prepare_steers
 
 
@@ -105,6 +106,8 @@ class Trainer:
         self.train_examples: list[TokenizedSteer] = []
         self.eval_examples: list[TokenizedSteer] = []
         self.tokenize_reports: Any = None
+        self.eval_probes: list[SteerProbe] = []
+        """What the steer metrics read of each held-out steer (empty when `eval.steer_metrics` is off)."""
         # reference (`_setup_reference`, `_setup_policy`): all from the starting weights, before any step
         self.reference: CachedReference | LiveReference | None = None
         self.reference_cache = reference_cache
@@ -183,9 +186,11 @@ class Trainer:
 
     def _setup_data(self) -> None:
         """Tokenized train and held-out steers (the split, the span modes, over-long steers skipped or refused)."""
-        self.train_examples, self.eval_examples, self.tokenize_reports = prepare_steers(
+        self.train_examples, self.eval_examples, self.tokenize_reports, task_prompts = prepare_steers(
             self.config, self.tokenizer, self._given_train, self._given_eval
         )
+        if self.config.eval.steer_metrics:
+            self.eval_probes = steer_probes(self.eval_examples, self.tokenizer, task_prompts)
 
     def _setup_reference(self, base) -> None:
         """The training reference and the drift set, from the starting weights `base`.
@@ -496,7 +501,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, *, task: bool = False) -> dict[str, float]:
-        """Held-out metrics of the current policy: preference accuracy, mean margin, chosen-span NLL, drift (, task).
+        """Held-out metrics of the current policy: preference accuracy, mean margin, chosen-span NLL, recurrence,
+        uptake and continuation accuracy at the held-out steers, drift (, task).
 
         See `localdpo.trainer.evaluation`: one implicit reward for every method, so the numbers compare.
         """
@@ -517,6 +523,7 @@ class Trainer:
                 to_device=self._to_device,
                 task=task,
                 forward=self.policy_forward,
+                probes=self.eval_probes,
             )
         finally:
             model.train(was_training)

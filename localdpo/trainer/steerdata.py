@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from localdpo.steers import Steer, load_steers
+from localdpo.tasks import TaskPrompt, task_prompt_of
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers
 from localdpo.trainer.config import ConfigError, RunConfig
 
@@ -43,13 +46,40 @@ def _tokenize(
     return examples
 
 
+def held_out_task_prompts(
+    examples: Sequence[TokenizedSteer], held: Sequence[Steer | TokenizedSteer]
+) -> list[TaskPrompt | None]:
+    """Per held-out example, the task prompt its steer was made from (`localdpo.tasks.task_prompt_of` of its
+    meta), found by steer id; None for a steer of no task, for one without an id or whose id another held-out
+    steer shares (ids from files are unique), and for steers passed in already tokenized (no meta). A steer
+    whose `prompt_id` is no prompt of its task gets None too, with one warning for all such steers: its
+    answer cannot be checked, which should not stop a run."""
+    ids = Counter(s.id for s in held if isinstance(s, Steer))
+    prompts: dict[str, TaskPrompt | None] = {}
+    unknown: list[str] = []
+    for steer in held:
+        if isinstance(steer, Steer) and steer.id is not None and ids[steer.id] == 1:
+            try:
+                prompts[steer.id] = task_prompt_of(steer.meta)
+            except ValueError:
+                unknown.append(f"{steer.id} ({steer.meta.get('prompt_id')!r})")
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} held-out steers name no prompt of their task, so no continuation accuracy for "
+            f"them: {', '.join(unknown[:3])}",
+            stacklevel=2,
+        )
+    return [prompts.get(e.steer_id) if e.steer_id is not None else None for e in examples]
+
+
 def prepare_steers(
     config: RunConfig,
     tokenizer,
     train: Sequence[Steer | TokenizedSteer] | None = None,
     held: Sequence[Steer | TokenizedSteer] | None = None,
-) -> tuple[list[TokenizedSteer], list[TokenizedSteer], dict[str, Any]]:
-    """(train examples in the run's span mode, eval examples in `eval.span_mode`, tokenize reports).
+) -> tuple[list[TokenizedSteer], list[TokenizedSteer], dict[str, Any], list[TaskPrompt | None]]:
+    """(train examples in the run's span mode, eval examples in `eval.span_mode`, tokenize reports, the task
+    prompt of each eval example or None: `held_out_task_prompts`).
 
     Steers come from `train`/`held` when given, else from `data.train_steers` / `data.eval_steers`; without
     held-out steers a seeded `data.eval_fraction` of the train steers is held out. Over-long steers are
@@ -72,4 +102,4 @@ def prepare_steers(
         eval_examples = eval_examples[: config.eval.max_steers]
     if not train_examples:
         raise ValueError("no training steers left after tokenization")
-    return train_examples, eval_examples, reports
+    return train_examples, eval_examples, reports, held_out_task_prompts(eval_examples, held)

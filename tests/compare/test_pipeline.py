@@ -53,7 +53,17 @@ def test_results_table_is_well_formed(tiny_result):
     with open(result.results_csv) as handle:
         table = list(csv.DictReader(handle))
     metrics = {row["metric"] for row in table}
-    assert metrics == {"task_accuracy", "format_kept", "preference_accuracy", "chosen_nll", "drift_kl"}
+    assert metrics == {
+        "task_accuracy",
+        "format_kept",
+        "preference_accuracy",
+        "chosen_nll",
+        "drift_kl",
+        "recurrence",
+        "uptake",
+        "continuation_accuracy",
+    }
+    assert "| recurrence (%) | uptake (%) | continuation acc. (%) |" in header
     sft = [row for row in table if row["method"] == "ldpo" and row["metric"] == "preference_accuracy"][0]
     assert int(sft["n_seeds"]) == len(config.seeds)
     assert float(sft["ci_low"]) <= float(sft["mean"]) <= float(sft["ci_high"])
