@@ -1,7 +1,8 @@
 """Training-step throughput of localdpo's fast path against TRL 1.16's DPOTrainer, on the same steers.
 
-    python experiments/bench_throughput.py --device cuda --out results.md     # one H100: < 9 minutes
-    python experiments/bench_throughput.py --quick --out results_cpu.md       # CPU: 135M, prefix 256, minutes
+    python experiments/bench_throughput.py --quick --out results_cpu.md      # CPU, the headline: < 10 min on 2 cores
+    python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, all 12 contenders, prefixes 256, 1024
+    python experiments/bench_throughput.py --device cuda --out results.md    # one H100: < 9 minutes (not yet run)
 
 Every contender trains the same policy on the same synthetic steers (random token ids: a shared
 prompt+prefix of 256 / 1024 / 2048 tokens, chosen and rejected tails of 8 to 64 tokens each, the tails
@@ -15,15 +16,30 @@ Contenders: TRL's DPOTrainer (gradient checkpointing on, its default, or off; re
 `precompute_ref_log_probs`), timed in-process through the trainer's own collator and `compute_loss`; and
 localdpo (`localdpo.packing.pair_token_logps` + `localized_dpo_loss`) with the reference live (a forward of
 the reference model each step) or cached (precomputed reference log-probs), packing on/off, span head on/off.
+They run in the order of `CONTENDERS`: each TRL configuration followed by the localdpo contenders that handle
+the reference the same way, so a ratio compares contenders measured minutes apart. `--quick` runs the three
+`HEADLINE` contenders: TRL's fastest configuration and localdpo's fast path with a cached and a live reference.
+
 Reported per contender: pairs/s and tokens/s (tokens = both unpacked sides, the same for everyone), median
 step time, peak memory, ratio to the fastest TRL contender of the same model and shape (measured in the same
-run), model FLOPs utilisation on CUDA (6·N·tokens / step time / peak FLOP/s; the reference forward is not
+round), model FLOPs utilisation on CUDA (6·N·tokens / step time / peak FLOP/s; the reference forward is not
 counted) and, on CUDA, the largest batch that fits (doubling then bisection, OOM caught).
 
 Peak memory, above the loaded policy and reference weights (optimizer state, gradients, activations,
 logits): CUDA `torch.cuda.max_memory_allocated` minus what was allocated before the contender; CPU: each
 contender runs in its own subprocess and reports the growth of its peak resident set (`ru_maxrss`) from
 after model loading to the end of its steps.
+
+Sizing the run (CPU). One subprocess per contender and round (a *visit*: load, reference precompute, one
+warm-up step, timed steps). The first visit's first step is measured before anything else is decided: from
+it `plan_run` picks the timed steps per visit and the number of rounds that fit the budget (`--budget-min`:
+9 for `--quick`, none otherwise) and prints the plan and its estimate; when not even one round of one timed
+step fits, it says so, names what to run instead, and stops (exit status 1). Rounds alternate the order
+(ABC, CBA, ...); after each, another starts only when the round just measured fits the time left. The budget
+never cuts a contender short: every contender listed gets a result in every round run, and a status
+`timeout` means a visit ran past several times its estimate (a hang), never the budget. On CUDA the
+contenders run in one process and the budget (default 8 minutes) stops new work from starting
+(`not run (time budget)`).
 """
 
 from __future__ import annotations
@@ -31,11 +47,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -47,6 +65,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 """Dense bf16 tensor-core peak FLOP/s by device name fragment (NVIDIA datasheets, no sparsity)."""
+QUICK_BUDGET_MIN = 9.0
+"""`--quick`'s default budget: the whole command, model loads included, stays under 10 minutes."""
+HANG_FACTOR = 4.0
+"""A visit running past this many times its planned estimate (plus a minute) is killed as hung: `timeout`."""
 
 
 @dataclass(frozen=True)
@@ -65,24 +87,24 @@ class Contender:
     """Attention implementation of the policy (and reference) for this contender."""
 
 
+def _localdpo(reference: str, pack: bool, span: bool) -> Contender:
+    name = f"localdpo {reference}{' +pack' if pack else ''}{' +span' if span else ''}"
+    return Contender(name, "localdpo", reference, packing=pack, span_head=span)
+
+
 CONTENDERS = [
-    Contender("TRL default (GC on, live ref)", "trl", "live", gradient_checkpointing=True),
-    Contender("TRL GC off", "trl", "live"),
-    Contender("TRL precompute_ref (GC on)", "trl", "cache", gradient_checkpointing=True),
     Contender("TRL precompute_ref, GC off", "trl", "cache"),
-    *[
-        Contender(
-            f"localdpo {ref}{' +pack' if pack else ''}{' +span' if span else ''}",
-            "localdpo",
-            ref,
-            packing=pack,
-            span_head=span,
-        )
-        for ref in ("live", "cache")
-        for pack in (False, True)
-        for span in (False, True)
-    ],
-]
+    *[_localdpo("cache", pack, span) for pack, span in ((True, True), (True, False), (False, True), (False, False))],
+    Contender("TRL GC off", "trl", "live"),
+    *[_localdpo("live", pack, span) for pack, span in ((True, True), (True, False), (False, True), (False, False))],
+    Contender("TRL precompute_ref (GC on)", "trl", "cache", gradient_checkpointing=True),
+    Contender("TRL default (GC on, live ref)", "trl", "live", gradient_checkpointing=True),
+]  # fmt: skip
+"""Run and table order: TRL's fastest configuration (cached reference, gradient checkpointing off) first, the
+localdpo contenders with a cached reference after it (the full fast path first), then TRL and localdpo with a
+live reference, then TRL's two gradient-checkpointing configurations (slower, leaner)."""
+HEADLINE = ("TRL precompute_ref, GC off", "localdpo cache +pack +span", "localdpo live +pack +span")
+"""`--quick`'s contenders: the README's claim is the two localdpo fast paths against TRL's fastest."""
 FLEX_CONTENDER = Contender(
     "localdpo cache +pack +span (flex)",
     "localdpo",
@@ -91,6 +113,8 @@ FLEX_CONTENDER = Contender(
     span_head=True,
     attention="flex_attention",
 )
+
+
 VOCAB = 49152
 """Both models' vocabulary (SmolLM2's tokenizer): the synthetic ids are drawn below it."""
 
@@ -137,17 +161,19 @@ def make_steers(count: int, prefix_length: int, vocab: int, seed: int):
 
 
 def load_models(model_name: str, device: str):
-    """`(policy, reference, tokenizer)`: the same weights twice, fp32 on CPU and bf16 on CUDA."""
+    """`(policy, reference, tokenizer)`: the same weights twice (the reference with 1% noise), fp32 on CPU, bf16 on CUDA."""
     from localdpo.embedded import embedded_tokenizer
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = embedded_tokenizer()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model_name == "135m":
-        from localdpo.models import load_model
+    if model_name in ("135m", "tiny"):
+        from localdpo.models import DEFAULT_MODEL, TINY_MODEL, load_model
 
-        policy, _ = load_model(dtype=dtype, device=device)
+        policy, _ = load_model(
+            TINY_MODEL if model_name == "tiny" else DEFAULT_MODEL, dtype=dtype, device=device
+        )
     elif model_name == "1.7b":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -156,7 +182,9 @@ def load_models(model_name: str, device: str):
         with torch.device(device):
             policy = LlamaForCausalLM(config).to(dtype)
     else:
-        raise ValueError(f"unknown model {model_name!r}: 135m or 1.7b")
+        raise ValueError(
+            f"unknown model {model_name!r}: 135m, 1.7b or tiny (a random 2-layer model, for tests)"
+        )
     import copy
 
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -257,8 +285,12 @@ def run_contender(
     warmup: int,
     steps: int,
     tmp: str,
+    on_step=None,
 ) -> dict:
-    """Median step time, precompute time and peak memory of `steps` timed steps after `warmup`."""
+    """Step times, precompute time, first loss and peak memory of `steps` timed steps after `warmup`.
+
+    `on_step(seconds)` is called after every step, the warm-up steps included (the CPU worker streams them).
+    """
     for model in (policy, reference):
         model.set_attn_implementation(contender.attention)
     if contender.gradient_checkpointing:
@@ -286,14 +318,17 @@ def run_contender(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
+            seconds = time.perf_counter() - start
+            if on_step is not None:
+                on_step(seconds)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(seconds)
         if device == "cuda":
             peak_mib = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
         else:
             peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         return {
-            "step_s": statistics.median(times),
+            "step_times": times,
             "precompute_s": precompute_s,
             "peak_mib": peak_mib,
             "loss": float(losses[0]),
@@ -311,27 +346,146 @@ def run_contender(
 
 
 def worker(spec: dict) -> dict:
-    """Run one contender in this process (used per contender on CPU so ru_maxrss is its own)."""
+    """Run one contender in this process (one per visit on CPU, so ru_maxrss is its own); prints `STEP s` lines."""
     torch.manual_seed(0)
     policy, reference, tokenizer = load_models(spec["model"], spec["device"])
     steers = make_steers(spec["batch"], spec["prefix"], VOCAB, seed=spec["prefix"])
     return run_contender(
         Contender(**spec["contender"]), policy, reference, tokenizer, steers, device=spec["device"],
         warmup=spec["warmup"], steps=spec["steps"], tmp=spec["tmp"],
+        on_step=lambda seconds: print(f"STEP {seconds:.6f}", flush=True),
     )  # fmt: skip
 
 
-def in_subprocess(spec: dict, timeout: float) -> dict:
+def in_subprocess(spec: dict, *, timeout: float | None, on_first_step=None) -> dict:
+    """One visit: `worker(spec)` in a fresh process, its step lines read as they come.
+
+    `on_first_step(step_s, overhead_s)` is called when the first step ends (overhead = process start, model
+    loading and reference precompute); when it returns False the visit is stopped: `{"status": "stopped"}`.
+    A visit still running after `timeout` seconds is killed: `{"status": "timeout (N s)"}`.
+    """
     command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timed_out = threading.Event()
+
+    def kill_hung() -> None:
+        timed_out.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, kill_hung) if timeout else None
+    if timer is not None:
+        timer.start()
+    result, last_line, stopped = None, "?", False
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        for line in process.stdout:  # stderr is merged: a pipe left unread could fill and stall the worker
+            if line.startswith("STEP ") and on_first_step is not None:
+                step_s = float(line.split()[1])
+                keep_going = on_first_step(step_s, time.monotonic() - started - step_s)
+                on_first_step = None
+                if keep_going is False:
+                    stopped = True
+                    process.kill()
+            elif line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT ") :])
+            elif line.strip() and not line.startswith("STEP "):
+                last_line = line.strip()
+        process.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if stopped:
+        return {"status": "stopped"}
+    if timed_out.is_set() and result is None:
         return {"status": f"timeout ({timeout:.0f} s)"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"status": f"failed: {tail[0][:120]}"}
-    return json.loads(lines[-1][len("RESULT ") :])
+    if process.returncode != 0 or result is None:
+        return {"status": f"failed: {last_line[:120]}"}
+    return result
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many timed steps each visit runs and how many rounds, with the estimated wall time."""
+
+    steps: int
+    rounds: int
+    seconds: float
+
+
+def visit_seconds(first_step_s: float, overhead_s: float, *, warmup: int, steps: int) -> float:
+    """Estimated wall time of one visit: overhead + (warmup + steps) · first step."""
+    return overhead_s + (warmup + steps) * first_step_s
+
+
+def plan_run(
+    first_step_s: float,
+    overhead_s: float,
+    visits_per_round: float,
+    *,
+    warmup: int,
+    step_choices,
+    round_choices,
+    budget_s: float | None,
+) -> Plan | None:
+    """The plan with the most timed steps per contender (rounds · steps) whose estimate fits `budget_s`, more
+    rounds first on a tie (alternation is what makes the ratios robust to load); None when none fits.
+
+    Estimate = rounds · visits_per_round · `visit_seconds`, from the first visit's first step: TRL's fastest
+    configuration, whose warm-up step is slower than its later steps and than every localdpo contender's, so
+    the estimate errs long for `--quick`. `visits_per_round` counts a visit at another shape by its tokens
+    relative to the measured one. With no budget: the largest choices.
+    """
+    plans = [
+        Plan(steps, rounds, rounds * visits_per_round * visit_seconds(first_step_s, overhead_s, warmup=warmup, steps=steps))
+        for rounds in round_choices
+        for steps in step_choices
+    ]  # fmt: skip
+    fitting = [plan for plan in plans if budget_s is None or plan.seconds <= budget_s]
+    return max(fitting, key=lambda plan: (plan.rounds * plan.steps, plan.rounds), default=None)
+
+
+def combine_visits(visits: list[dict]) -> dict:
+    """One table row's values from a contender's visits (one per round): medians over rounds.
+
+    `step_s` is the median over rounds of each visit's median step; `losses_agree` whether every visit's
+    first-step loss is the same to 1e-6 (the weights and steers are).
+    """
+    failed = next((visit for visit in visits if visit["status"] != "ok"), None)
+    if failed is not None:
+        return {"status": failed["status"], "rounds": len(visits), "visits": visits}
+    losses = [visit["loss"] for visit in visits]
+    return {
+        "status": "ok",
+        "rounds": len(visits),
+        "step_s": statistics.median(statistics.median(visit["step_times"]) for visit in visits),
+        "round_step_s": [statistics.median(visit["step_times"]) for visit in visits],
+        "precompute_s": statistics.median(visit["precompute_s"] for visit in visits),
+        "peak_mib": statistics.median(visit["peak_mib"] for visit in visits),
+        "loss": losses[0],
+        "losses_agree": max(losses) - min(losses) <= 1e-6,
+        "visits": visits,
+    }
+
+
+def ratios_to_fastest_trl(row: dict, group: list[dict]) -> list[float]:
+    """Per round: the fastest TRL contender's step time in that round / this contender's (pairs/s ratio).
+
+    Shape: one value per round in which this contender and at least one TRL contender have a time.
+    """
+    if row["status"] != "ok":
+        return []
+    trl = [r["round_step_s"] for r in group if r["trainer"] == "trl" and r["status"] == "ok"]
+    return [
+        min(times[i] for times in trl if i < len(times)) / own
+        for i, own in enumerate(row["round_step_s"])
+        if any(i < len(times) for times in trl)
+    ]
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
 
 
 def largest_batch(
@@ -365,12 +519,6 @@ def largest_batch(
     return f"{low}" if high <= cap else f">={low}"
 
 
-def _free(cuda: bool) -> None:
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-
-
 def peak_flops(device: str, override: float | None) -> float | None:
     if override:
         return override * 1e12
@@ -385,15 +533,30 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run: 135M, prefix 256, batch 2")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the headline on CPU: 135M, prefix 256, batch 2, 3 contenders, < 10 min",
+    )
     parser.add_argument("--models", nargs="+", default=None, help="135m and/or 1.7b (default: both on CUDA)")
     parser.add_argument("--prefix-lengths", nargs="+", type=int, default=None)
     parser.add_argument(
         "--batch", type=int, default=None, help="pairs per step (default 8 on CUDA, 2 on CPU)"
     )
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--budget-min", type=float, default=8.0, help="stop starting new work after this")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per visit (default: planned, at most 3)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds on CPU (default: planned, at most 3 with --quick, else 1)",
+    )
+    parser.add_argument(
+        "--budget-min", type=float, default=None,
+        help=f"time budget in minutes (default {QUICK_BUDGET_MIN:g} with --quick, 8 on CUDA, none otherwise)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-batch-prefix", type=int, default=1024, help="shape of the largest-batch search (CUDA)"
     )
@@ -414,57 +577,191 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
 
+    started = time.monotonic()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
-    quick = args.quick or not cuda
-    models = args.models or (["135m"] if quick else ["135m", "1.7b"])
+    models = args.models or (["135m", "1.7b"] if cuda and not args.quick else ["135m"])
     prefixes = args.prefix_lengths or (
         [256] if args.quick else [256, 1024] if not cuda else [256, 1024, 2048]
     )
     batch = args.batch or (8 if cuda else 2)
-    warmup = args.warmup if args.warmup is not None else 1
-    steps = args.steps or 3
-    deadline = time.monotonic() + 60 * args.budget_min
+    budget_min = args.budget_min or (QUICK_BUDGET_MIN if args.quick else 8.0 if cuda else None)
     tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "localdpo-bench")
     contenders = CONTENDERS + ([FLEX_CONTENDER] if cuda and args.flex else [])
     if args.only:
         contenders = [c for c in contenders if any(part in c.name for part in args.only)]
-    flops = peak_flops(args.device, args.peak_tflops)
+    elif args.quick:
+        contenders = [c for c in contenders if c.name in HEADLINE]
+    if not contenders:
+        parser.error(f"--only {' '.join(args.only)}: no contender's name contains any of these")
     machine = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
-    machine += f", torch {torch.__version__}, load average at start {os.getloadavg()[0]:.1f}"
-    print(f"# bench_throughput on {machine}: models {models}, prefixes {prefixes}, batch {batch}, "
-          f"{warmup} warmup + {steps} timed steps", flush=True)  # fmt: skip
+    machine += f", torch {torch.__version__}"
+    load_start = os.getloadavg()[0]
+    print(f"# bench_throughput on {machine} (load average {load_start:.1f}): models {models}, prefixes {prefixes}, "
+          f"batch {batch}, {len(contenders)} contenders, budget {f'{budget_min:g} min' if budget_min else 'none'}",
+          flush=True)  # fmt: skip
+
+    shapes = [(model, prefix) for model in models for prefix in prefixes]
+    if cuda:
+        rows, plan = run_on_cuda(args, models, prefixes, contenders, batch, budget_min, tmp), None
+    else:
+        outcome = run_on_cpu(args, shapes, contenders, batch, budget_min, tmp)
+        if outcome is None:
+            return 1
+        rows, plan = outcome
+    wall_min = (time.monotonic() - started) / 60
+    run = dict(machine=machine, batch=batch, warmup=args.warmup, steps=plan.steps if plan else args.steps or 3,
+               rounds=max((row.get("rounds", 0) for row in rows), default=0), wall_min=wall_min,
+               load_start=load_start, load_end=os.getloadavg()[0], budget_min=budget_min,
+               command="python experiments/bench_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv))  # fmt: skip
+    table = render(rows, run, flops=peak_flops(args.device, args.peak_tflops), cuda=cuda)
+    print(table)
+    if args.out:
+        atomic_write(args.out, table)
+        atomic_write(args.out + ".json", json.dumps(dict(run, rows=rows), indent=1))
+    return 0
+
+
+def atomic_write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _shape_tokens(prefix: int, batch: int) -> int:
+    """Tokens of one step at this shape: both unpacked sides of every pair."""
+    return sum(
+        s.chosen_ids.numel() + s.rejected_ids.numel() for s in make_steers(batch, prefix, VOCAB, seed=prefix)
+    )
+
+
+def _shown(result: dict) -> str:
+    if result["status"] != "ok":
+        return result["status"]
+    step_s = statistics.median(result["step_times"])
+    return f"{step_s:.3f} s/step, peak {result['peak_mib']:.0f} MiB, loss {result['loss']:.5f}"
+
+
+def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
+    """Every contender at every shape in rounds of subprocess visits, planned from the first visit's first
+    step; `(rows, plan)`, or None when the run will not fit the budget (said on stdout) or the first visit failed."""
+    started = time.monotonic()
+    budget_s = 60 * budget_min if budget_min else None
+    step_choices = (args.steps,) if args.steps else range(1, 4)
+    round_choices = (args.rounds,) if args.rounds else range(1, 4) if args.quick else (1,)
+    adaptive = budget_s is not None and not args.rounds
+    tokens = {shape: _shape_tokens(shape[1], batch) for shape in shapes}
+    weight = {shape: count / tokens[shapes[0]] for shape, count in tokens.items()}
+    visits_per_round = len(contenders) * sum(weight.values())
+    plan, measured = None, {}
+
+    def on_first_step(step_s: float, overhead_s: float) -> bool:
+        nonlocal plan
+        measured.update(step_s=step_s, overhead_s=overhead_s)
+        left_s = None if budget_s is None else budget_s - (time.monotonic() - started - overhead_s - step_s)
+        plan = plan_run(step_s, overhead_s, visits_per_round, warmup=args.warmup, step_choices=step_choices,
+                        round_choices=round_choices, budget_s=left_s)  # fmt: skip
+        basis = f"first step {step_s:.1f} s, {overhead_s:.0f} s to start, load and precompute"
+        if plan is None:
+            least = plan_run(step_s, overhead_s, visits_per_round, warmup=args.warmup, step_choices=(min(step_choices),),
+                             round_choices=(min(round_choices),), budget_s=None)  # fmt: skip
+            need = math.ceil(least.seconds / 60) + 1
+            instead = (f"--budget-min {need}" if args.quick or args.only
+                       else f"--quick (the headline contenders, under 10 minutes), --only NAME..., or --budget-min {need}")  # fmt: skip
+            print(f"bench_throughput: will not fit: {len(contenders)} contenders x {len(shapes)} shape(s) with "
+                  f"{min(step_choices)} timed step need about {least.seconds / 60:.0f} min on this machine "
+                  f"({basis}); the budget is {budget_min:g} min. Run instead with {instead}.", flush=True)  # fmt: skip
+            return False
+        print(f"plan: {plan.rounds} round(s) x {len(contenders)} contenders x {len(shapes)} shape(s), "
+              f"{args.warmup} warm-up + {plan.steps} timed step(s) per visit: about {plan.seconds / 60:.1f} min "
+              f"({basis}; the estimate errs long)", flush=True)  # fmt: skip
+        return True
+
+    def timeout(shape) -> float | None:
+        if plan is None:  # the first visit: the plan (or the refusal) comes at its first step
+            return None if budget_s is None else max(budget_s, 600.0)
+        visit = visit_seconds(
+            measured["step_s"], measured["overhead_s"], warmup=args.warmup, steps=plan.steps
+        )
+        return HANG_FACTOR * visit * weight[shape] + 60
 
     rows = []
+    for index, shape in enumerate(shapes):
+        model, prefix = shape
+        visits = {contender.name: [] for contender in contenders}
+        round_walls = []
+        while True:
+            round_start = time.monotonic()
+            order = contenders if len(round_walls) % 2 == 0 else contenders[::-1]
+            for contender in order:
+                probe = plan is None
+                spec = dict(model=model, device="cpu", batch=batch, prefix=prefix, contender=asdict(contender),
+                            warmup=args.warmup, steps=max(step_choices) if probe else plan.steps, tmp=tmp)  # fmt: skip
+                result = in_subprocess(
+                    spec, timeout=timeout(shape), on_first_step=on_first_step if probe else None
+                )
+                if result["status"] == "stopped":
+                    return None
+                if plan is None and result["status"].startswith("timeout"):
+                    print(f"bench_throughput: will not fit: the first visit ({contender.name}) had not finished its "
+                          f"first step after {result['status'][9:-1]}; the budget is {budget_min:g} min.")  # fmt: skip
+                    return None
+                if plan is None:
+                    print(
+                        f"bench_throughput: the first visit ({contender.name}) did not run: {result['status']}"
+                    )
+                    return None
+                if result["status"] == "ok":
+                    result["step_times"] = result["step_times"][: plan.steps]
+                visits[contender.name].append(result)
+                print(f"  {model} prefix {prefix:5d}  round {len(round_walls) + 1}  {contender.name:28s} "
+                      f"{_shown(result)}", flush=True)  # fmt: skip
+            round_walls.append(time.monotonic() - round_start)
+            rounds = len(round_walls)
+            if rounds >= max(round_choices):
+                break
+            if not adaptive:
+                if rounds >= plan.rounds:
+                    break
+                continue
+            later = sum(weight[s] for s in shapes[index + 1 :]) * len(contenders)
+            later_s = later * visit_seconds(
+                measured["step_s"], measured["overhead_s"], warmup=args.warmup, steps=plan.steps
+            )
+            if time.monotonic() - started + max(round_walls) + later_s > budget_s:
+                break
+        for contender in contenders:
+            rows.append(dict(model=model, prefix=prefix, contender=contender.name, trainer=contender.trainer,
+                             tokens=tokens[shape], params=None, **combine_visits(visits[contender.name])))  # fmt: skip
+    return rows, plan
+
+
+def run_on_cuda(args, models, prefixes, contenders, batch, budget_min, tmp):
+    """Every contender in this process on shared models, then (with the time left) the largest batch each fits."""
+    deadline = time.monotonic() + 60 * budget_min
+    steps = args.steps or 3
+    rows = []
     for model_name in models:  # phase 1: throughput of every contender
-        shared = load_models(model_name, args.device) if cuda else None
-        params = sum(p.numel() for p in shared[0].parameters()) if shared else None
+        shared = load_models(model_name, "cuda")
+        params = sum(p.numel() for p in shared[0].parameters())
         for prefix in prefixes:
             steers = make_steers(batch, prefix, VOCAB, seed=prefix)
-            tokens = sum(s.chosen_ids.numel() + s.rejected_ids.numel() for s in steers)
+            tokens = _shape_tokens(prefix, batch)
             for contender in contenders:
                 if time.monotonic() > deadline:
                     result = {"status": "not run (time budget)"}
-                elif cuda:
-                    result = run_contender(
-                        contender, *shared, steers, device="cuda", warmup=warmup, steps=steps, tmp=tmp
-                    )
                 else:
-                    spec = dict(model=model_name, device="cpu", batch=batch, prefix=prefix, contender=asdict(contender),
-                                warmup=warmup, steps=steps, tmp=tmp)  # fmt: skip
-                    result = in_subprocess(spec, timeout=max(30.0, deadline - time.monotonic()))
-                row = dict(model=model_name, prefix=prefix, contender=contender.name, trainer=contender.trainer,
-                           tokens=tokens, params=params, **result)  # fmt: skip
-                rows.append(row)
-                ok = row["status"] == "ok"
-                shown = f"{row['step_s']:.3f} s/step, peak {row['peak_mib']:.0f} MiB" if ok else row["status"]
-                print(f"  {model_name} prefix {prefix:5d}  {contender.name:38s} {shown}", flush=True)
+                    result = run_contender(contender, *shared, steers, device="cuda", warmup=args.warmup,
+                                           steps=steps, tmp=tmp)  # fmt: skip
+                rows.append(dict(model=model_name, prefix=prefix, contender=contender.name, trainer=contender.trainer,
+                                 tokens=tokens, params=params, **combine_visits([result])))  # fmt: skip
+                print(f"  {model_name} prefix {prefix:5d}  {contender.name:34s} {_shown(result)}", flush=True)
         del shared
-        _free(cuda)
-    if cuda and not args.no_max_batch and args.max_batch_prefix in prefixes:
+        _free(True)
+    if not args.no_max_batch and args.max_batch_prefix in prefixes:
         for model_name in reversed(models):  # phase 2, with the time left: the larger model first
-            shared = load_models(model_name, args.device)
+            shared = load_models(model_name, "cuda")
             for contender in contenders:
                 fit = "not run (time budget)"
                 if time.monotonic() < deadline:
@@ -478,56 +775,38 @@ def main(argv=None) -> int:
                     ):
                         row["max_batch"] = fit
                 print(
-                    f"  {model_name} prefix {args.max_batch_prefix:5d}  {contender.name:38s} largest batch {fit}",
+                    f"  {model_name} prefix {args.max_batch_prefix:5d}  {contender.name:34s} largest batch {fit}",
                     flush=True,
                 )
             del shared
-            _free(cuda)
-    table = render(rows, batch=batch, machine=machine, flops=flops, cuda=cuda, warmup=warmup, steps=steps)
-    print(table)
-    if args.out:
-        with open(args.out + ".tmp", "w") as handle:
-            handle.write(table)
-        os.replace(args.out + ".tmp", args.out)
-        with open(args.out + ".json.tmp", "w") as handle:
-            json.dump(
-                {"machine": machine, "batch": batch, "warmup": warmup, "steps": steps, "rows": rows},
-                handle,
-                indent=1,
-            )
-        os.replace(args.out + ".json.tmp", args.out + ".json")
-    return 0
+            _free(True)
+    return rows
 
 
-def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
+def render(rows, run: dict, *, flops, cuda) -> str:
+    """The markdown table: one row per contender and shape; ratios are medians over rounds (range when > 1)."""
     memory = "peak MiB above weights" + ("" if cuda else " (RSS)")
-    header = [
-        "model",
-        "prefix",
-        "contender",
-        "pairs/s",
-        "tokens/s",
-        "step s (median)",
-        "ref precompute s",
-        "loss (step 1)",
-        memory,
-        "vs fastest TRL",
-    ]
+    header = ["model", "prefix", "contender", "pairs/s", "tokens/s", "step s (median)", "ref precompute s",
+              "loss (step 1)", memory, "vs fastest TRL", "peak vs fastest TRL"]  # fmt: skip
     if cuda:
         header += ["MFU", "largest batch"]
+    rounds = run["rounds"]
+    order = "alternating order" if rounds > 1 else "one visit each"
     lines = [
-        f"Machine: {machine}. Batch {batch} pairs, {warmup} warmup + {steps} timed steps, median. "
-        "Tokens = both unpacked sides (prompt+prefix+tail, twice), the same for every contender.",
+        f"Machine: {run['machine']}; load average {run['load_start']:.1f} at start, {run['load_end']:.1f} at end. "
+        f"Command: `{run['command']}`, {run['wall_min']:.1f} min wall time. Batch {run['batch']} pairs; "
+        f"{rounds} round(s) ({order}) of {run['warmup']} warm-up + {run['steps']} timed step(s) per contender; "
+        "step time: median over rounds of each round's median; `vs fastest TRL`: median over rounds of the "
+        "fastest TRL contender's step time in that round over this contender's (range over rounds). Tokens = "
+        "both unpacked sides (prompt+prefix+tail, twice), the same for every contender.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
-    ]
+    ]  # fmt: skip
     for row in rows:
         group = [r for r in rows if r["model"] == row["model"] and r["prefix"] == row["prefix"]]
-        trl_best = max(
-            (batch / r["step_s"] for r in group if r["trainer"] == "trl" and r["status"] == "ok"),
-            default=None,
-        )
+        trl_ok = [r for r in group if r["trainer"] == "trl" and r["status"] == "ok"]
+        fastest_trl = min(trl_ok, key=lambda r: r["step_s"], default=None)
         if row["status"] != "ok":
             cells = [row["model"], str(row["prefix"]), row["contender"], row["status"]] + [""] * (
                 len(header) - 4
@@ -536,11 +815,17 @@ def render(rows, *, batch, machine, flops, cuda, warmup, steps) -> str:
                 cells[-1] = str(row.get("max_batch", ""))
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        pairs_s = batch / row["step_s"]
+        pairs_s = run["batch"] / row["step_s"]
+        ratios = ratios_to_fastest_trl(row, group)
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
+        if len(ratios) > 1:
+            ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+        loss = f"{row['loss']:.5f}" + ("" if row["losses_agree"] else " (differs across rounds)")
         cells = [
             row["model"], str(row["prefix"]), row["contender"], f"{pairs_s:.3g}", f"{row['tokens'] / row['step_s']:.3g}",
-            f"{row['step_s']:.3f}", f"{row['precompute_s']:.2f}" if row["precompute_s"] else "-", f"{row['loss']:.5f}", f"{row['peak_mib']:.0f}",
-            f"{pairs_s / trl_best:.2f}x" if trl_best else "n/a",
+            f"{row['step_s']:.3f}", f"{row['precompute_s']:.2f}" if row["precompute_s"] else "-", loss,
+            f"{row['peak_mib']:.0f}", ratio,
+            f"{row['peak_mib'] / fastest_trl['peak_mib']:.2f}x" if fastest_trl and fastest_trl["peak_mib"] > 0 else "n/a",
         ]  # fmt: skip
         if cuda:
             mfu = (
