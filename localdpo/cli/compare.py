@@ -18,7 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{', '.join(preset_names())} (default cpu): localdpo/compare/presets/NAME.yaml",
     )
     source.add_argument("--config", default=None, help="a comparison YAML file")
-    parser.add_argument("--out", default=None, help="output directory (default outputs/compare-<name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default outputs/compare-<name>); one holding this comparison stopped part-way "
+        "resumes it",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: first remove the runs, steers and tables an earlier comparison left in the output "
+        "directory (without it, the same command resumes that comparison)",
+    )
     parser.add_argument("--steers", default=None, help="train steers JSONL instead of making them")
     parser.add_argument("--heldout-steers", default=None, help="held-out steers JSONL instead of making them")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the config's variants")
@@ -57,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
     if args.with_sft_full:
         config.variants.setdefault("sft_full", ["method=sft_full"])
     variants = args.variants.split(",") if args.variants else None
-    result = run_comparison(config, variants=variants)
+    try:
+        result = run_comparison(config, variants=variants, restart=args.restart)
+    except KeyboardInterrupt:
+        print(
+            "\nlocaldpo compare: interrupted; the same command resumes it (finished runs are kept)",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as a shell reports it
     print(f"\nresults: {result.results_md}\n         {result.results_csv}")
     print("plots:   " + "\n         ".join(str(p) for p in result.plots))
     print(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
 from localdpo.compare.report import RunRecord, intervals_note, summarize, write_csv, write_markdown
@@ -111,30 +112,47 @@ def _history(result_history: list[dict]) -> list[dict]:
 
 @dataclass
 class _Shared:
-    """What every task's runs share: the starting model, its tokenizer, device and drift set."""
+    """What every task's runs share: the starting model, its tokenizer, device and drift set, the fingerprint
+    entries of every run, and the wall times of the runs kept from an earlier invocation."""
 
     model: object
     tokenizer: object
     device: torch.device
     drift: object
+    inputs: dict
+    """Starting model, tokenizer, device, localdpo version (`resume.shared_inputs`)."""
+    kept_seconds: list[float] = field(default_factory=list)
 
 
-def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) -> ComparisonResult:
+def run_comparison(
+    config: CompareConfig, *, variants: list[str] | None = None, restart: bool = False
+) -> ComparisonResult:
     """For each task: make (or load) the steers, choose each variant's hyperparameters on the validation
     split (when `select:` is set), train every variant for every seed, evaluate on the held-out split, write
-    results and plots; with several tasks, also a table pooled over the tasks."""
+    results and plots; with several tasks, also a table pooled over the tasks.
+
+    An output directory that holds this comparison stopped part-way resumes it (`localdpo.compare.resume`):
+    finished runs are kept, a run cut off is trained again; another comparison there raises `ResumeError`.
+    `restart` first removes what an earlier comparison wrote there."""
     from localdpo.trainer.device import resolve_device
     from localdpo.trainer.drift import DriftSet
     from localdpo.trainer.modeling import load_base_model
 
     started = time.perf_counter()
     out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    save_compare_config(config, out / "compare_config.yaml")
     labels = variants or list(config.variants)
     unknown = [label for label in labels if label not in config.variants]
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(config.variants)}")
+    saved = out / resume.CONFIG_NAME
+    if restart:
+        removed = resume.clear_comparison(config)
+        if removed:
+            _log(f"--restart: removed from {out}: {', '.join(str(p.relative_to(out)) for p in removed)}")
+    elif saved.is_file():
+        resume.check_config(saved, config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_compare_config(config, saved)
 
     probe = config.run_config(labels[0], config.seeds[0])
     torch.manual_seed(0)
@@ -148,7 +166,7 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     drift = None
     if probe.eval.drift:
         drift = DriftSet.for_eval(model, tokenizer, probe.eval, device=device)
-    shared = _Shared(model, tokenizer, device, drift)
+    shared = _Shared(model, tokenizer, device, drift, resume.shared_inputs(model, tokenizer, device))
 
     records: list[RunRecord] = []
     outputs: list[tuple[Path, Path, list[Path]]] = []
@@ -159,10 +177,12 @@ def run_comparison(config: CompareConfig, *, variants: list[str] | None = None) 
     results_md, results_csv, plots = outputs[0]
     if len(config.tasks) > 1:
         results_md, results_csv = out / "results.md", out / "results.csv"
-        _write_pooled(config, records, results_md, results_csv, time.perf_counter() - started, device)
+        seconds = time.perf_counter() - started + sum(shared.kept_seconds)
+        _write_pooled(config, records, results_md, results_csv, seconds, device)
         plots = [p for _, _, task_plots in outputs for p in task_plots]
     seconds = time.perf_counter() - started
-    _log(f"done in {seconds / 60:.1f} min: {results_md}, {results_csv}")
+    kept = f" ({len(shared.kept_seconds)} runs kept from earlier)" if shared.kept_seconds else ""
+    _log(f"done in {seconds / 60:.1f} min{kept}: {results_md}, {results_csv}")
     return ComparisonResult(out, records, results_md, results_csv, plots, seconds)
 
 
@@ -183,8 +203,88 @@ def _train(run_config, shared: _Shared, steers, eval_steers, cache, eval_referen
     return trainer, result
 
 
-def _select(config: CompareConfig, task: str, labels, shared: _Shared, train, validation, cache):
-    """Train every grid point of every variant once (first seed), score it on the validation split."""
+@dataclass
+class _TaskSteers:
+    """One task's steers as its runs read them (from the files in the task directory) and those files."""
+
+    splits: dict[str, list[Steer]]
+    """Split (`train`, `heldout`, and `validation` when selecting) -> its steers."""
+    files: dict[str, Path]
+    """Split -> its file in the task directory."""
+    summaries: dict
+    """Split -> yield summary of the steers the starting model made (empty for steers loaded from files)."""
+
+
+def _task_steers(config: CompareConfig, task: str, shared: _Shared) -> _TaskSteers:
+    """The task's steers, loaded or made (`comparison_steers`), or those the starting model made into the task
+    directory earlier from the same inputs (`resume.made_steers`); saved there, and read back from there so
+    that a run trained now and a run trained after a resume read the very same steers."""
+    out = config.task_dir(task)
+    key = resume.steers_key(config, task, shared.inputs)
+    made_files, summaries = resume.made_steers(out, key) or ({}, {})
+    source = config
+    if made_files:
+        loaded = {f"{split}_file": str(path) for split, path in made_files.items()}
+        source = replace(config, steers=replace(config.steers, **loaded))
+        _log(f"[{task}] kept the steers made earlier: {', '.join(str(p) for p in made_files.values())}")
+    train, heldout, validation, made = comparison_steers(source, task, shared.model, shared.tokenizer)
+    splits = {"train": train, "heldout": heldout} | ({"validation": validation} if config.select else {})
+    files = {split: out / f"steers_{split}.jsonl" for split in splits}
+    for split, steers in splits.items():
+        if split not in made_files:  # steers reused from these very files are not written again
+            save_steers(steers, files[split])
+    if made:  # written after the steer files, so its presence says they are whole
+        resume.write_steer_manifest(out, key, {split: files[split] for split in made}, made)
+        summaries = made
+    read = {split: load_steers(path) for split, path in files.items()}
+    return _TaskSteers(read, files, summaries)
+
+
+def _finished_run(
+    config: CompareConfig,
+    run_config,
+    shared: _Shared,
+    steers: _TaskSteers,
+    evaluated: str,
+    cache,
+    eval_reference,
+    doing: str,
+):
+    """`(run, eval_reference)`: the run kept from an earlier invocation when its record has this run's
+    fingerprint, else (after clearing what a cut-off attempt left, and logging `doing`) trained now on the train
+    steers, evaluated on the `evaluated` split, and recorded; `eval_reference` is the reference of the evaluated
+    steers for the next run (the trained run's, or the one given)."""
+    run_dir = run_config.resolved_run_dir
+    name = str(run_dir.relative_to(config.output_dir))
+    fingerprint = resume.run_fingerprint(
+        run_config, [steers.files["train"], steers.files[evaluated]], shared.inputs
+    )
+    kept = resume.kept_run(run_dir, fingerprint, name)
+    if kept is not None:
+        _log(f"kept {name} (finished earlier)")
+        shared.kept_seconds.append(kept.seconds)
+        return kept, eval_reference
+    if resume.clear_partial(run_dir):
+        _log(f"{name} was cut off before it finished: removed it, training it again")
+    _log(doing)
+    start = time.perf_counter()
+    trainer, result = _train(
+        run_config, shared, steers.splits["train"], steers.splits[evaluated], cache, eval_reference
+    )
+    finished = resume.write_record(
+        run_dir,
+        fingerprint,
+        history=result.history,
+        items=trainer.final_items,
+        initial_items=trainer.initial_items,
+        seconds=time.perf_counter() - start,
+    )
+    return finished, trainer.eval_reference
+
+
+def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _TaskSteers, cache):
+    """Train every grid point of every variant once (first seed), score it on the validation split; the points
+    trained by an earlier invocation are read from their records, so the same points are chosen."""
     from localdpo.compare.selection import GridPoint, choose
 
     points: list[GridPoint] = []
@@ -195,16 +295,16 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, train, va
         candidates = []
         for point in config.select.points(label):
             run_config = config.run_config(label, seed, task=task, point=point, selection=True)
-            _log(f"[{task}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps")
-            trainer, result = _train(run_config, shared, train, validation, cache, eval_reference)
-            eval_reference = trainer.eval_reference
-            metrics = result.history[-1] if result.history else {}
+            doing = f"[{task}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps"
+            run, eval_reference = _finished_run(
+                config, run_config, shared, steers, "validation", cache, eval_reference, doing
+            )
+            metrics = run.history[-1] if run.history else {}
             grid_point = GridPoint(
                 label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
             )
-            grid_point.run_dir = str(result.run_dir)
+            grid_point.run_dir = str(run.run_dir)
             candidates.append(grid_point)
-            del trainer
         chosen[label] = choose(candidates)
         _log(f"[{task}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
         points += candidates
@@ -218,13 +318,10 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
 
     out = config.task_dir(task)
     out.mkdir(parents=True, exist_ok=True)
-    train_steers, heldout_steers, validation_steers, steer_summaries = comparison_steers(
-        config, task, shared.model, shared.tokenizer
-    )
-    save_steers(train_steers, out / "steers_train.jsonl")
-    save_steers(heldout_steers, out / "steers_heldout.jsonl")
-    if config.select is not None:
-        save_steers(validation_steers, out / "steers_validation.jsonl")
+    kept_before = len(shared.kept_seconds)
+    steers = _task_steers(config, task, shared)
+    train_steers, heldout_steers = steers.splits["train"], steers.splits["heldout"]
+    validation_steers = steers.splits.get("validation", [])
     _log(
         f"[{task}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
         + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
@@ -240,7 +337,7 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
 
     grid_points, chosen = [], {}
     if config.select is not None:
-        grid_points, chosen = _select(config, task, labels, shared, train_steers, validation_steers, cache)
+        grid_points, chosen = _select(config, task, labels, shared, steers, cache)
 
     records: list[RunRecord] = []
     base_items, base_point = None, None
@@ -251,41 +348,42 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
             extra = ["eval.at_start=false"] if base_items is not None else []
             point = chosen[label].point if label in chosen else []
             run_config = config.run_config(label, seed, task=task, point=point, extra=extra)
-            _log(
+            doing = (
                 f"[{task}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
                 f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
             )
-            trainer, result = _train(run_config, shared, train_steers, heldout_steers, cache, eval_reference)
-            eval_reference = trainer.eval_reference
-            history = _history(result.history)
-            if base_items is None and trainer.initial_items:
-                base_items, base_point = trainer.initial_items, history[0]
+            run, eval_reference = _finished_run(
+                config, run_config, shared, steers, "heldout", cache, eval_reference, doing
+            )
+            history = _history(run.history)
+            if base_items is None and run.initial_items:
+                base_items, base_point = run.initial_items, history[0]
             elif base_point is not None and (not history or history[0]["step"] != 0):
                 history = [base_point, *history]
             records.append(
                 RunRecord(
                     label,
                     seed,
-                    trainer.final_items,
+                    run.items,
                     history=history,
-                    run_dir=str(result.run_dir),
+                    run_dir=str(run.run_dir),
                     task=task,
                     overrides=list(point),
                 )
             )
-            del trainer
     if base_items is not None:
         records.insert(0, RunRecord("base", 0, base_items, task=task))
+    kept = len(shared.kept_seconds) - kept_before
 
     rows = summarize(records, baseline=config.baseline)
     results_md, results_csv = out / "results.md", out / "results.csv"
     write_csv(rows, results_csv, baseline=config.baseline, task=task, selection=grid_points)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + sum(shared.kept_seconds)  # kept runs: their own wall times
     notes = _notes(
         config,
         task,
         records,
-        steer_summaries,
+        steers.summaries,
         len(train_steers),
         len(heldout_steers),
         seconds,
@@ -301,6 +399,12 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
             "then lower drift. The held-out split was not read during selection."
         )
         selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, chosen)
+    if kept:
+        n_runs = len(grid_points) + len(config.seeds) * len(labels)
+        notes.append(
+            f"Resumed: {kept} of the {n_runs} runs were kept from an earlier invocation that was stopped (read "
+            "from their records); the wall time adds their own times to this invocation's."
+        )
     write_markdown(
         rows,
         results_md,
