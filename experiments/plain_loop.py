@@ -1,10 +1,12 @@
 """Localized DPO in a plain PyTorch loop: `python experiments/plain_loop.py [--steers FILE] [--steps 10]`.
 
 No trainer framework: tokenize the steers, score both sides with `token_logps`, and minimise
-`localized_dpo_loss` over the span mask. The reference is a frozen copy of the starting model. Default
-model: the embedded SmolLM2-135M-Instruct (CPU is fine: one batch of 4 steers, a few seconds a step).
-Other losses (`localdpo.LossType`): `--loss-type dpop --dpop-lambda 50`, or a weighted sum of terms,
-`--loss-type sigmoid sft --loss-weights 1 0.5`.
+`localized_dpo_loss` over the span mask. The reference is a frozen copy of the starting model (none for a
+loss that reads no reference: `sft` and `unlikelihood` terms only). Default model: the embedded
+SmolLM2-135M-Instruct (CPU is fine: one batch of 4 steers, a few seconds a step). Other losses
+(`localdpo.LossType`): `--loss-type dpop --dpop-lambda 50`, or a weighted sum of terms,
+`--loss-type sigmoid sft --loss-weights 1 0.5`, or SFT plus unlikelihood of the rejected span,
+`--loss-type sft unlikelihood --loss-weights 1 0.3`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from localdpo import LossType, Steer, load_steers, localized_dpo_loss, token_logps, tokenize_steer
 from localdpo.data import collate_pairs
-from localdpo.losses import loss_combination
+from localdpo.losses import loss_combination, needs_reference
 
 EXAMPLE_STEERS = [
     Steer(
@@ -49,7 +51,6 @@ def train(
 
     `loss_type`, `loss_weights`, `dpop_lambda`: as `localized_dpo_loss` (one type or a weighted list of terms).
     """
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # frozen reference = the starting policy
     examples = [tokenize_steer(s, tokenizer, span_mode="divergent") for s in steers]
     batch = collate_pairs(
         examples, pad_token_id=tokenizer.pad_token_id
@@ -59,8 +60,11 @@ def train(
         ids = batch[f"{side}_input_ids"]
         return token_logps(m(input_ids=ids, attention_mask=batch[f"{side}_attention_mask"]).logits, ids)
 
-    with torch.no_grad():
-        ref_chosen, ref_rejected = side_logps(ref_model, "chosen"), side_logps(ref_model, "rejected")
+    ref_chosen = ref_rejected = None  # (B, T) each, when the loss reads a reference
+    if needs_reference(loss_type):
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # frozen reference = the starting policy
+        with torch.no_grad():
+            ref_chosen, ref_rejected = side_logps(ref_model, "chosen"), side_logps(ref_model, "rejected")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     losses = []

@@ -20,10 +20,15 @@ References:
     github.com/tengxiao1/Cal-DPO `scripts/dpo_trainer.py`, weights the two squared terms by 1/2).
   Chosen-side NLL added to a preference loss (RPO): Pang et al. 2024, "Iterative Reasoning Preference
     Optimization", eq. 1.
+  Unlikelihood: Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training", ICLR 2020, eq. 4
+    (token-level unlikelihood, here with the rejected span's tokens as the negative candidates).
+  log(1 - e^x) computed stably: Mächler 2012, "Accurately Computing log(1 - exp(-|a|)) Assessed by the Rmpfr
+    package" (expm1 for x > -log 2, log1p below).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -53,10 +58,24 @@ class LossType(str, Enum):
     """-log σ(Δc - Δr) + (Δc - 1/(2β))² + (Δr + 1/(2β))²: DPO with the log-ratios calibrated to ±1/(2β)."""
     SFT = "sft"
     """Masked NLL of the chosen span, one token mean over the batch (or step): the SFT term of a combination."""
+    UNLIKELIHOOD = "unlikelihood"
+    """-log(1 - p) of each rejected-span token, one token mean over the batch (or step) as `sft`: token-level
+    unlikelihood (Welleck et al. 2020, eq. 4) on the original tokens, no reference (`unlikelihood_loss`)."""
 
     @property
     def is_preference(self) -> bool:
-        """Whether the term compares the two sides (every type but `sft`)."""
+        """Whether the term compares the two sides: every type but `sft` and `unlikelihood`."""
+        return self not in (LossType.SFT, LossType.UNLIKELIHOOD)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the term reads reference log-probs: the preference terms (log-ratios), not `sft` or
+        `unlikelihood` (policy log-probs alone). A combination needs one when any of its terms does."""
+        return self.is_preference
+
+    @property
+    def scores_rejected(self) -> bool:
+        """Whether the term reads the rejected span: every type but `sft`."""
         return self is not LossType.SFT
 
 
@@ -69,9 +88,10 @@ class PreferenceLossOutput:
     losses: torch.Tensor
     """(B,) per-example loss: Σ_k w_k · term k of the example (the SFT term's share: its NLL sum × B / tokens)."""
     chosen_rewards: torch.Tensor
-    """(B,) β · Δc, detached."""
+    """(B,) β · Δc, detached; without reference log-probs (`sft` / `unlikelihood` terms only) the reference
+    counts as 0, DPO's reference-free convention, so this is β · the policy's span log-prob."""
     rejected_rewards: torch.Tensor
-    """(B,) β · Δr, detached."""
+    """(B,) β · Δr, detached (β · the policy's span log-prob without a reference)."""
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     """() detached batch mean of each term, unweighted, under its `LossType` value."""
 
@@ -167,6 +187,10 @@ def preference_losses(
         )
     if loss_type is LossType.SFT:
         raise ValueError("'sft' is the chosen-span NLL term of a combination, not a preference loss of Δc and Δr")
+    if loss_type is LossType.UNLIKELIHOOD:
+        raise ValueError(
+            "'unlikelihood' is a per-token term of the rejected span, not a preference loss of Δc and Δr"
+        )
     raise ValueError(f"unknown loss type {loss_type!r}")
 
 
@@ -176,7 +200,8 @@ def loss_combination(
     """`[(type, weight), ...]` of a loss given as one type or a list of types with weights (default 1 each).
 
     Raises `ValueError` for an unknown type, a repeated type, a negative or non-finite weight, weights and
-    types of different lengths, or a combination with no preference term (use SFT itself for that).
+    types of different lengths, or a combination with no positive-weight term on the rejected span (a
+    preference term or `unlikelihood`; `sft` alone is SFT itself).
     """
     types_in = [loss_type] if isinstance(loss_type, (str, LossType)) else list(loss_type)
     if not types_in:
@@ -198,19 +223,26 @@ def loss_combination(
     for t, w in zip(types, weights):
         if not w >= 0 or w == float("inf"):
             raise ValueError(f"loss_weights: weight of {t.value} is {w}; weights must be finite and >= 0")
-    if not any(t.is_preference and w > 0 for t, w in zip(types, weights)):
+    if not any(t.scores_rejected and w > 0 for t, w in zip(types, weights)):
         raise ValueError(
-            f"loss_type {[t.value for t in types]} with weights {weights} has no preference term with a "
-            "positive weight"
+            f"loss_type {[t.value for t in types]} with weights {weights} has no preference or unlikelihood "
+            "term with a positive weight"
         )
     return list(zip(types, weights))
+
+
+def needs_reference(loss_type: LossType | str | Sequence[LossType | str]) -> bool:
+    """Whether a loss (one type or a list of terms) reads reference log-probs: whether any term does, whatever
+    its weight (`LossType.needs_reference`); `[sft, unlikelihood]` does not, `[sft, sigmoid]` does."""
+    types = [loss_type] if isinstance(loss_type, (str, LossType)) else list(loss_type)
+    return any(LossType(t).needs_reference for t in types)
 
 
 def localized_dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
     chosen_mask: torch.Tensor,
     rejected_mask: torch.Tensor,
     *,
@@ -221,19 +253,32 @@ def localized_dpo_loss(
     length_normalize: bool = False,
     dpop_lambda: float = 50.0,
     sft_num_tokens: float | None = None,
+    unlikelihood_num_tokens: float | None = None,
 ) -> PreferenceLossOutput:
     """Preference loss restricted to the scored spans of each side: Σ_k w_k · term_k (see `LossType`).
 
     Δc = Σ_{t in chosen span} (π - ref), Δr likewise (each divided by its span length if `length_normalize`);
     h = Δc - Δr is the DPO margin h_π^{y_w,y_l} of eq. 7. `loss_type` is one type or a list combined with
     `loss_weights`, as TRL's `loss_type=[...]`, `loss_weights=[...]`; `sft` is the masked NLL of the chosen
-    span (`masked_sft_loss`, a token mean over the batch, or over `sft_num_tokens`). With masks covering the
-    whole completion, `sigmoid` is standard DPO. An empty span sums to 0; a row with both spans empty raises
-    `ValueError` naming the row.
+    span (`masked_sft_loss`, a token mean over the batch, or over `sft_num_tokens`), `unlikelihood` the
+    unlikelihood of the rejected span (`unlikelihood_loss`, a token mean over the batch, or over
+    `unlikelihood_num_tokens`). With masks covering the whole completion, `sigmoid` is standard DPO. An empty
+    span sums to 0; a row with both spans empty raises `ValueError` naming the row. The reference log-probs
+    may be None when no term reads them (`needs_reference`: `sft` and `unlikelihood` only).
 
     Shape: *_chosen_logps (B, Tc), *_rejected_logps (B, Tr), chosen_mask (B, Tc) bool,
     rejected_mask (B, Tr) bool; Tc and Tr may differ.
     """
+    combination = loss_combination(loss_type, loss_weights)
+    if ref_chosen_logps is None or ref_rejected_logps is None:
+        if needs_reference([t for t, _ in combination]):
+            names = [t.value for t, _ in combination]
+            raise ValueError(
+                f"loss_type {names} needs reference log-probs of both sides (sft and unlikelihood alone do not)"
+            )
+        # reference-free terms only: Δ (hence the logged rewards) against a reference of 0
+        ref_chosen_logps = torch.zeros_like(policy_chosen_logps)
+        ref_rejected_logps = torch.zeros_like(policy_rejected_logps)
     if policy_chosen_logps.shape != ref_chosen_logps.shape or policy_chosen_logps.shape != chosen_mask.shape:
         raise ValueError(
             f"chosen shapes disagree: policy {tuple(policy_chosen_logps.shape)}, reference "
@@ -247,7 +292,6 @@ def localized_dpo_loss(
             f"rejected shapes disagree: policy {tuple(policy_rejected_logps.shape)}, reference "
             f"{tuple(ref_rejected_logps.shape)}, mask {tuple(rejected_mask.shape)}"
         )
-    combination = loss_combination(loss_type, loss_weights)
     chosen_mask, rejected_mask = chosen_mask.bool(), rejected_mask.bool()
     _check_nonempty_rows(chosen_mask, rejected_mask)
     chosen_logratios = masked_sum(policy_chosen_logps - ref_chosen_logps, chosen_mask)  # (B,) Δc
@@ -255,14 +299,14 @@ def localized_dpo_loss(
     if length_normalize:
         chosen_logratios = chosen_logratios / chosen_mask.sum(-1).clamp(min=1)
         rejected_logratios = rejected_logratios / rejected_mask.sum(-1).clamp(min=1)
-    batch = chosen_logratios.shape[0]
     loss = losses = None
     terms = {}
     for term_type, weight in combination:
         if term_type is LossType.SFT:
-            term = masked_sft_loss(policy_chosen_logps, chosen_mask, num_tokens=sft_num_tokens)  # ()
-            divisor = chosen_mask.sum().clamp(min=1) if sft_num_tokens is None else max(sft_num_tokens, 1e-12)
-            per_example = -masked_sum(policy_chosen_logps, chosen_mask) * batch / divisor  # (B,), mean = term
+            term, per_example = _token_mean_term(policy_chosen_logps, chosen_mask, sft_num_tokens)
+        elif term_type is LossType.UNLIKELIHOOD:
+            not_rejected = log_one_minus_p(policy_rejected_logps, rejected_mask)  # (B, Tr) log(1 - p)
+            term, per_example = _token_mean_term(not_rejected, rejected_mask, unlikelihood_num_tokens)
         else:
             per_example = preference_losses(
                 chosen_logratios,
@@ -283,6 +327,68 @@ def localized_dpo_loss(
         rejected_rewards=(beta * rejected_logratios).detach(),
         terms=terms,
     )
+
+
+def _token_mean_term(
+    logps: torch.Tensor, mask: torch.Tensor, num_tokens: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(masked_sft_loss(logps, mask, num_tokens), per-example share)`: each row's NLL sum × B / divisor,
+    whose batch mean is the term, so `PreferenceLossOutput.losses.mean() == loss` in every combination.
+
+    Shape: logps (B, T), mask (B, T) bool -> (), (B,).
+    """
+    term = masked_sft_loss(logps, mask, num_tokens=num_tokens)  # ()
+    divisor = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1e-12)
+    return term, -masked_sum(logps, mask) * logps.shape[0] / divisor  # (), (B,)
+
+
+UNLIKELIHOOD_MIN_ONE_MINUS_P = 1e-5
+"""Floor of 1 - p in the unlikelihood term (the authors' code clamps 1 - p at 1e-5 too): -log(1 - p) <= 11.51.
+A token of fp32 log-prob 0 (p rounded to 1) is finite there, the case unlikelihood exists for."""
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x < 0, accurate at both ends (Mächler 2012): log(-expm1(x)) for x > -log 2, where
+    1 - e^x would cancel, else log1p(-e^x), where e^x is small (log1mexp(x) ≈ -e^x, not 0).
+
+    Shape: x (...) -> (...).
+    """
+    near_zero = x > -math.log(2)
+    return torch.where(near_zero, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_one_minus_p(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log(1 - p) of each masked token from its log-prob log p; 0 off the mask (whatever the value there).
+
+    log p is capped at log(1 - `UNLIKELIHOOD_MIN_ONE_MINUS_P`) with the gradient passed straight through, so a
+    token the model is sure of gets the cap's finite value and the largest gradient, not none (the authors'
+    clamp of 1 - p gives it zero gradient). Off-mask values (padding, -inf, NaN) are replaced before any
+    arithmetic, so neither they nor their gradients (0 · NaN) leak in.
+
+    Shape: logps (B, T), mask (B, T) bool -> (B, T).
+    """
+    mask = mask.bool()
+    safe = torch.where(mask, logps, torch.full_like(logps, -1.0))  # (B, T) off-mask: any finite log-prob
+    cap = math.log1p(-UNLIKELIHOOD_MIN_ONE_MINUS_P)
+    capped = safe - (safe - cap).clamp(min=0).detach()  # value min(log p, cap), d/d log p = 1
+    return torch.where(mask, log1mexp(capped), torch.zeros_like(capped))  # (B, T)
+
+
+def unlikelihood_loss(
+    logps: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None
+) -> torch.Tensor:
+    """Token-level unlikelihood of the masked tokens: `-Σ_{masked} log(1 - p(token)) / mask.sum()`.
+
+    Welleck et al. 2020, eq. 4, with each masked token (the rejected span: the tokens the correction replaced)
+    as the negative candidate of its own position; no reference model. Normalized as `masked_sft_loss`, of
+    which it is the NLL of the complement event "not this token": one token mean over the batch, or over
+    `num_tokens` (the step's masked tokens / micro-batches under gradient accumulation), 0 (in the graph,
+    with a zero gradient) for a batch with no masked token. Per token it is ≈ p for small p and grows without
+    bound as p → 1 (capped at -log `UNLIKELIHOOD_MIN_ONE_MINUS_P`); its gradient on the token's own logit is p.
+
+    Shape: logps (B, T), mask (B, T) bool -> ().
+    """
+    return masked_sft_loss(log_one_minus_p(logps, mask), mask, num_tokens=num_tokens)
 
 
 def masked_sft_loss(logps: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:

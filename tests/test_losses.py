@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from localdpo import localized_dpo_loss, masked_sft_loss, token_logps
-from localdpo.losses import LossType
+from localdpo.losses import (
+    UNLIKELIHOOD_MIN_ONE_MINUS_P,
+    LossType,
+    log1mexp,
+    needs_reference,
+    unlikelihood_loss,
+)
 
 # --- token_logps ---------------------------------------------------------------------------------------
 
@@ -283,7 +289,10 @@ def test_combination_per_example_losses_average_to_the_loss():
 EVERY_TYPE = [t.value for t in LossType if t.is_preference]
 
 
-@pytest.mark.parametrize("loss_type", [*EVERY_TYPE, ["dpop", "sft"], ["apo_down", "cal_dpo", "sft"]])
+@pytest.mark.parametrize(
+    "loss_type",
+    [*EVERY_TYPE, ["dpop", "sft"], ["apo_down", "cal_dpo", "sft"], ["sft", "unlikelihood"], ["ipo", "unlikelihood"]],
+)
 def test_every_type_has_exactly_zero_gradient_outside_the_spans(loss_type):
     pc, pr, rc, rr, cm, rm = hand_case()
     localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.3, loss_type=loss_type, label_smoothing=0.1).loss.backward()
@@ -292,7 +301,7 @@ def test_every_type_has_exactly_zero_gradient_outside_the_spans(loss_type):
     assert pc.grad[cm].abs().sum() > 0
 
 
-@pytest.mark.parametrize("loss_type", [*EVERY_TYPE, ["sigmoid", "sft"]])
+@pytest.mark.parametrize("loss_type", [*EVERY_TYPE, ["sigmoid", "sft"], "unlikelihood", ["sft", "unlikelihood"]])
 @pytest.mark.parametrize("empty_side", ["chosen", "rejected"])
 def test_every_type_is_finite_with_one_empty_span(loss_type, empty_side):
     """An insertion (rejected span empty) or a deletion (chosen span empty) steer: no NaN, in value or grad."""
@@ -304,7 +313,8 @@ def test_every_type_is_finite_with_one_empty_span(loss_type, empty_side):
     out = localized_dpo_loss(pc, pr, rc, rr, cm, rm, beta=0.5, loss_type=loss_type, length_normalize=True)
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.all(torch.isfinite(out.losses))
-    assert torch.all(torch.isfinite(pc.grad)) and torch.all(torch.isfinite(pr.grad))
+    # (`unlikelihood` alone never reads the chosen side: no gradient there at all)
+    assert all(x.grad is None or torch.all(torch.isfinite(x.grad)) for x in (pc, pr)) and pr.grad is not None
 
 
 @pytest.mark.parametrize(
@@ -314,10 +324,159 @@ def test_every_type_is_finite_with_one_empty_span(loss_type, empty_side):
         (["sigmoid", "sft"], [1.0, -0.5], r"weight of sft is -0.5"),
         (["sigmoid", "sft"], [1.0], r"1 values for 2 loss types"),
         (["dpop", "dpop"], None, r"each type may appear once"),
-        ("sft", None, r"no preference term"),
-        (["sigmoid", "sft"], [0.0, 1.0], r"no preference term"),
+        ("sft", None, r"no preference or unlikelihood term"),
+        (["sigmoid", "sft"], [0.0, 1.0], r"no preference or unlikelihood term"),
+        (["sft", "unlikelihood"], [1.0, 0.0], r"no preference or unlikelihood term"),
     ],
 )
 def test_bad_combination_is_a_clear_error(loss_type, weights, message):
     with pytest.raises(ValueError, match=message):
         localized_dpo_loss(*hand_case(), loss_type=loss_type, loss_weights=weights)
+
+
+# --- unlikelihood (Welleck et al. 2020, eq. 4) on the rejected span -----------------------------------------
+
+
+def unlikelihood_case():
+    """Two rows, three rejected-span tokens; the chosen spans (one token each) only keep the rows non-empty.
+
+    row 0: span p = 0.5, 0.75 -> -log(1 - 0.5) - log(1 - 0.75) = log 2 + log 4 = 3 log 2 = 2.0794415417
+    row 1: span p = 0.2      -> -log(0.8) = 0.2231435513;  position 2 (p = 0.9) is off the span
+    token mean over the batch: (2.0794415417 + 0.2231435513) / 3 = 0.7675283643
+    per-example shares (sum × B / tokens): 2.0794415417 · 2/3 = 2 log 2 = 1.3862943611, 0.1487623675
+    """
+    pc = torch.tensor([[-9.0, -1.0, -9.0], [-9.0, -2.0, -9.0]], requires_grad=True)
+    pr = torch.tensor([[-9.0, math.log(0.5), math.log(0.75)], [-9.0, math.log(0.2), math.log(0.9)]])
+    pr.requires_grad_(True)
+    cm = torch.tensor([[False, True, False], [False, True, False]])
+    rm = torch.tensor([[False, True, True], [False, True, False]])
+    return pc, pr, cm, rm
+
+
+def test_unlikelihood_against_hand_computed_values():
+    pc, pr, cm, rm = unlikelihood_case()
+    out = localized_dpo_loss(pc, pr, None, None, cm, rm, loss_type="unlikelihood")
+    assert out.loss.item() == pytest.approx((3 * math.log(2) - math.log(0.8)) / 3, rel=1e-6)
+    assert out.losses.tolist() == pytest.approx([2 * math.log(2), -math.log(0.8) * 2 / 3], rel=1e-6)
+    assert out.terms == {"unlikelihood": pytest.approx(out.loss.item())}
+    assert unlikelihood_loss(pr, rm).item() == pytest.approx(out.loss.item(), rel=1e-7)
+    # no reference: the rewards are β · the policy's span log-probs (DPO's reference-free convention)
+    assert out.rejected_rewards.tolist() == pytest.approx([0.1 * math.log(0.375), 0.1 * math.log(0.2)])
+
+
+def test_unlikelihood_gradient_is_p_over_one_minus_p_on_the_span_and_zero_elsewhere():
+    """d/d log p of -log(1 - p) = p / (1 - p), divided by the 3 span tokens of the batch:
+    p = 0.5 -> 1/3, p = 0.75 -> 3/3 = 1, p = 0.2 -> 0.25/3; 0 off the rejected span and on the chosen side."""
+    pc, pr, cm, rm = unlikelihood_case()
+    localized_dpo_loss(pc, pr, None, None, cm, rm, loss_type="unlikelihood").loss.backward()
+    expected = torch.tensor([[0.0, 1 / 3, 1.0], [0.0, 0.25 / 3, 0.0]])
+    torch.testing.assert_close(pr.grad, expected)
+    assert torch.all(pr.grad[~rm] == 0) and pc.grad is None  # the chosen side is never read
+
+
+def test_unlikelihood_off_span_values_never_leak_even_if_nan_or_infinite():
+    """Padding or an unscored run-on holding -inf, 0 (p = 1) or NaN changes neither the value nor the
+    gradient (a NaN there would otherwise turn the whole gradient to NaN through 0 · NaN)."""
+    pc, pr, cm, rm = unlikelihood_case()
+    clean = localized_dpo_loss(pc, pr, None, None, cm, rm, loss_type="unlikelihood").loss.item()
+    dirty = pr.detach().clone()
+    dirty[0, 0], dirty[1, 0], dirty[1, 2] = -math.inf, float("nan"), 0.0
+    dirty.requires_grad_(True)
+    out = localized_dpo_loss(pc, dirty, None, None, cm, rm, loss_type="unlikelihood")
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(clean, rel=1e-7)
+    assert torch.all(torch.isfinite(dirty.grad)) and torch.all(dirty.grad[~rm] == 0)
+
+
+def test_unlikelihood_of_a_certain_token_is_finite_and_large():
+    """p -> 1 (fp32 log p of exactly 0, or -1e-9): 1 - p is floored at 1e-5, -log(1e-5) = 11.5129254650,
+    and the gradient passes straight through the floor: p / (1 - p) there = (1 - 1e-5) / 1e-5 = 99999.
+    Just below the floor the value is exact: log p = -1e-4 -> -log(-expm1(-1e-4)) = 9.2103903716."""
+    assert UNLIKELIHOOD_MIN_ONE_MINUS_P == 1e-5
+    logps = torch.tensor([[0.0, -1e-9, -1e-4]], requires_grad=True)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    values = [unlikelihood_loss(logps[:, i : i + 1], one).item() for i in range(3)]
+    assert values == pytest.approx([-math.log(1e-5), -math.log(1e-5), 9.2103903716], rel=1e-5)
+    unlikelihood_loss(logps, torch.ones(1, 3, dtype=torch.bool)).backward()
+    assert torch.all(torch.isfinite(logps.grad))
+    assert logps.grad[0, :2].tolist() == pytest.approx([99999.0 / 3, 99999.0 / 3], rel=1e-3)
+
+
+def test_unlikelihood_of_an_unlikely_token_is_about_p():
+    """p tiny: -log(1 - p) = p + p²/2 + ... ≈ p: e^-30 = 9.3576229688e-14, e^-50 = 1.9287498480e-22
+    (1 - p rounds to 1 in fp32, so log(-expm1(log p)) would give exactly 0 here)."""
+    logps = torch.tensor([[-30.0, -50.0]])
+    one = torch.ones(1, 1, dtype=torch.bool)
+    values = [unlikelihood_loss(logps[:, i : i + 1], one).item() for i in range(2)]
+    assert values == pytest.approx([math.exp(-30), math.exp(-50)], rel=1e-5)
+    assert torch.log(-torch.expm1(torch.tensor(-30.0))).item() == 0.0  # the cancellation log1mexp avoids
+
+
+def test_log1mexp_matches_float64_across_the_range():
+    x = -torch.logspace(-4, 1.9, 60, dtype=torch.float64)  # -1e-4 .. -79: both sides of -log 2, e^x normal in fp32
+    expected = torch.log(-torch.expm1(x)).where(x > -math.log(2), torch.log1p(-torch.exp(x)))
+    torch.testing.assert_close(log1mexp(x.float()).double(), expected, rtol=1e-5, atol=0.0)
+
+
+def test_sft_plus_unlikelihood_is_the_weighted_sum_and_needs_no_reference():
+    """[sft, unlikelihood] with weights [1, 0.3] on hand_case: NLL of the chosen span (tokens -1.0, -0.5:
+    mean 0.75) + 0.3 · -log(1 - e^-2) (the one rejected token) = 0.75 + 0.3 · 0.1454134579 = 0.7936240374;
+    the reference log-probs are not read (None, or anything: the same value)."""
+    pc, pr, rc, rr, cm, rm = hand_case()
+    combination = {"loss_type": ["sft", "unlikelihood"], "loss_weights": [1, 0.3]}
+    out = localized_dpo_loss(pc, pr, None, None, cm, rm, **combination)
+    assert out.loss.item() == pytest.approx(0.7936240373606577, rel=1e-6)
+    assert out.terms["sft"].item() == pytest.approx(0.75)
+    assert out.terms["unlikelihood"].item() == pytest.approx(0.14541345786885906, rel=1e-6)
+    with_reference = localized_dpo_loss(pc, pr, rc, rr, cm, rm, **combination)
+    assert with_reference.loss.item() == pytest.approx(out.loss.item(), rel=1e-7)
+    # with a DPO term the reference is read, and the sum is the weighted sum of the three terms
+    both = localized_dpo_loss(
+        pc, pr, rc, rr, cm, rm, beta=0.5, loss_type=["sigmoid", "sft", "unlikelihood"], loss_weights=[1, 1, 0.3]
+    )
+    assert both.loss.item() == pytest.approx(math.log1p(math.exp(-1)) + 0.7936240373606577, rel=1e-6)
+
+
+def test_unlikelihood_with_an_empty_rejected_span_contributes_zero_with_a_finite_gradient():
+    """An insertion steer (rejected span empty): the unlikelihood term is 0, the loss is the SFT term alone."""
+    pc, pr, _, _, cm, _ = hand_case()
+    rm = torch.zeros(1, 4, dtype=torch.bool)
+    out = localized_dpo_loss(
+        pc, pr, None, None, cm, rm, loss_type=["sft", "unlikelihood"], loss_weights=[1, 0.3]
+    )
+    out.loss.backward()
+    assert out.terms["unlikelihood"].item() == 0.0 and out.loss.item() == pytest.approx(0.75)
+    assert torch.all(pr.grad == 0) and torch.all(torch.isfinite(pc.grad))
+
+
+def test_unlikelihood_num_tokens_makes_micro_batches_one_token_mean():
+    """Micro-batch A: one rejected token of p = 0.5 (term log 2); B: one token of p = 0.75 (term log 4) and one
+    of p = 0.5. One big batch: (log 2 + log 4 + log 2) / 3 = 4 log 2 / 3; with num_tokens = 3 tokens / 2
+    micro-batches = 1.5 the micro-batch losses log 2 / 1.5 and 3 log 2 / 1.5 average to the same."""
+    a, mask_a = torch.tensor([[math.log(0.5), 0.0]]), torch.tensor([[True, False]])
+    b, mask_b = torch.tensor([[math.log(0.75), math.log(0.5)]]), torch.tensor([[True, True]])
+    step = (unlikelihood_loss(a, mask_a, num_tokens=1.5) + unlikelihood_loss(b, mask_b, num_tokens=1.5)) / 2
+    assert step.item() == pytest.approx(4 * math.log(2) / 3, rel=1e-6)
+    pc = torch.full((1, 2), -1.0)
+    out = localized_dpo_loss(
+        pc, b, None, None, mask_b, mask_b, loss_type=["sft", "unlikelihood"], unlikelihood_num_tokens=1.5
+    )
+    assert out.terms["unlikelihood"].item() == pytest.approx(3 * math.log(2) / 1.5, rel=1e-6)
+    torch.testing.assert_close(out.losses.mean(), out.loss)
+
+
+def test_which_terms_need_a_reference():
+    assert [t.value for t in LossType if not t.needs_reference] == ["sft", "unlikelihood"]
+    assert not LossType.UNLIKELIHOOD.is_preference and LossType.UNLIKELIHOOD.scores_rejected
+    assert not needs_reference(["sft", "unlikelihood"]) and not needs_reference("unlikelihood")
+    assert needs_reference(["sft", "unlikelihood", "sigmoid"]) and needs_reference("dpop")
+    with pytest.raises(ValueError, match=r"needs reference log-probs"):
+        pc, pr, _, _, cm, rm = hand_case()
+        localized_dpo_loss(pc, pr, None, None, cm, rm, loss_type=["sigmoid", "unlikelihood"])
+
+
+def test_unlikelihood_is_not_a_preference_loss_of_the_log_ratios():
+    from localdpo.losses import preference_losses
+
+    with pytest.raises(ValueError, match="per-token term of the rejected span"):
+        preference_losses(torch.zeros(1), torch.zeros(1), beta=0.1, loss_type="unlikelihood")

@@ -83,3 +83,21 @@ def test_script_takes_the_loss_type(plain_loop, smol_tokenizer, tmp_path, capsys
     assert capsys.readouterr().err.strip() == (
         "plain_loop.py: loss_weights has 1 values for 2 loss types ['sigmoid', 'sft']"
     )
+
+
+def test_sft_plus_unlikelihood_trains_without_a_reference(plain_loop, smol_tokenizer, monkeypatch):
+    """`--loss-type sft unlikelihood`: no frozen copy is made (no term reads a reference) and the loss falls;
+    the unlikelihood weight adds its (small, p ≈ 1/V on a random model) share on top of the SFT term."""
+    from types import SimpleNamespace
+
+    no_copy = SimpleNamespace(deepcopy=lambda *a, **k: pytest.fail("a reference copy was made"))
+    monkeypatch.setattr(plain_loop, "copy", no_copy)
+    runs = {
+        weight: plain_loop.train(
+            _tiny(smol_tokenizer), smol_tokenizer, plain_loop.EXAMPLE_STEERS, steps=3, lr=1e-3,
+            loss_type=["sft", "unlikelihood"], loss_weights=[1.0, weight],
+        )
+        for weight in (0.3, 3.0)
+    }  # fmt: skip
+    assert runs[0.3][-1] < runs[0.3][0] - 0.1
+    assert 0 < runs[3.0][0] - runs[0.3][0] < 1e-2

@@ -34,7 +34,13 @@ from localdpo.data import (  # noqa: E402
     trim_to_scored,
 )
 from localdpo.forward import pair_logps  # noqa: E402
-from localdpo.losses import LossType, PreferenceLossOutput, localized_dpo_loss, loss_combination  # noqa: E402
+from localdpo.losses import (  # noqa: E402
+    LossType,
+    PreferenceLossOutput,
+    localized_dpo_loss,
+    loss_combination,
+    needs_reference,
+)
 from localdpo.refcache import padded_pair_values  # noqa: E402
 from localdpo.steers import Steer  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
@@ -54,7 +60,8 @@ class LocalizedLossConfig:
     loss_type: LossType | str | list[LossType | str] = LossType.SIGMOID
     """One `localdpo.LossType` (sigmoid, ipo, hinge, robust, apo_zero, apo_down, dpop, cal_dpo) or a list of
     terms summed with `loss_weights`, e.g. `["sigmoid", "sft"]` (`sft`: NLL of the chosen span, a token mean
-    over the micro-batch)."""
+    over the micro-batch) or `["sft", "unlikelihood"]` (`unlikelihood`: -log(1 - p) of the rejected span's
+    tokens, a token mean over the micro-batch; with no preference term no reference is needed)."""
     loss_weights: list[float] | None = None
     """Weight of each `loss_type` term, same length; None = 1 each."""
     label_smoothing: float = 0.0
@@ -155,12 +162,14 @@ def localized_loss_from_batch(
     """Localized DPO loss of a `collate_pairs` batch: policy forward, reference, `localized_dpo_loss`.
 
     The reference comes from the batch's `REF_*_LOGPS` tensors when present, else from `ref_model`, else
-    from `model` with its PEFT adapter disabled; a plain model without any of them raises.
+    from `model` with its PEFT adapter disabled; a plain model without any of them raises, unless the loss
+    reads no reference (`sft` and `unlikelihood` terms only: no reference forward, rewards against 0).
     """
     policy_chosen, policy_rejected = stacked_pair_logps(model, batch)  # (B, Tc), (B, Tr)
+    ref_chosen = ref_rejected = None
     if REF_CHOSEN_LOGPS in batch and REF_REJECTED_LOGPS in batch:
         ref_chosen, ref_rejected = batch[REF_CHOSEN_LOGPS], batch[REF_REJECTED_LOGPS]
-    else:
+    elif needs_reference(config.loss_type):
         inner = getattr(model, "module", model)  # DDP wraps the PEFT model
         if ref_model is not None:
             reference, context = ref_model, contextlib.nullcontext()

@@ -23,10 +23,11 @@ fingerprint and the model hash) never returns values computed under another span
 Loss types: `trl_loss_type` maps localdpo's `(LossType, length_normalize)` to TRL's `DPOConfig.loss_type`.
 TRL's `ipo` always divides each side's log-ratio by its number of scored tokens (localdpo's
 `length_normalize=True`); TRL's `sigmoid` ignores `label_smoothing` (localdpo's conservative DPO has no TRL
-counterpart), so that combination is refused rather than silently changed. `dpop` and `cal_dpo`, which TRL
-1.16 lacks, are accepted in `loss_type` too (alone or in a list with TRL's types): a loss naming one of them
-is computed by `localdpo.localized_dpo_loss` on TRL's own forward and reference values; every other loss is
-TRL's own code on the span masks.
+counterpart), so that combination is refused rather than silently changed. `dpop`, `cal_dpo` and
+`unlikelihood`, which TRL 1.16 lacks, are accepted in `loss_type` too (alone or in a list with TRL's types): a
+loss naming one of them is computed by `localdpo.localized_dpo_loss` on TRL's own forward and reference
+values; every other loss is TRL's own code on the span masks. A list of reference-free terms only
+(`["sft", "unlikelihood"]`) skips the per-step reference forward (TRL still builds its reference model).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 from trl.trainer.utils import pad  # noqa: E402
 
-from localdpo.losses import LossType, localized_dpo_loss, loss_combination, masked_sum  # noqa: E402
+from localdpo.losses import (  # noqa: E402
+    LossType,
+    localized_dpo_loss,
+    loss_combination,
+    masked_sum,
+    needs_reference,
+)
 from localdpo.steers import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
 from localdpo.tokenization import (  # noqa: E402
     SPAN_RULE_VERSION,
@@ -84,6 +91,7 @@ _TRL_LOSS_TYPES = {
 _LOCALIZED_LOSS_TYPES = {
     (LossType.DPOP, False): "dpop",
     (LossType.CAL_DPO, False): "cal_dpo",
+    (LossType.UNLIKELIHOOD, False): "unlikelihood",
 }
 """Losses TRL 1.16 lacks: `LocalizedDPOTrainer` computes them (and any list naming them) with `localized_dpo_loss`."""
 
@@ -93,8 +101,8 @@ def trl_loss_type(loss_type: LossType | str, length_normalize: bool = False) -> 
     `localized_dpo_loss(loss_type, length_normalize)`.
 
     TRL's `ipo` averages log-ratios over the scored tokens, so localdpo's IPO maps only with
-    `length_normalize=True`; TRL has no length-normalized hinge, robust or APO loss. `dpop` and `cal_dpo` are
-    not TRL names: only `LocalizedDPOTrainer` accepts them.
+    `length_normalize=True`; TRL has no length-normalized hinge, robust or APO loss. `dpop`, `cal_dpo` and
+    `unlikelihood` are not TRL names: only `LocalizedDPOTrainer` accepts them.
     """
     loss_type = LossType(loss_type)
     key = (loss_type, bool(length_normalize))
@@ -111,7 +119,8 @@ def trl_loss_type(loss_type: LossType | str, length_normalize: bool = False) -> 
 
 
 def localized_loss_types(trl_names: Sequence[str]) -> list[LossType] | None:
-    """localdpo's `LossType`s of a `DPOConfig.loss_type` list naming a type TRL lacks; None for TRL's own losses.
+    """localdpo's `LossType`s of a `DPOConfig.loss_type` list naming a type TRL lacks (`dpop`, `cal_dpo`,
+    `unlikelihood`); None for TRL's own losses.
 
     Such a list is computed by `localized_dpo_loss` with `length_normalize=False`, so each of its names must be
     one of localdpo's types unnormalized (`sigmoid_norm` and TRL's length-normalized `ipo` are refused, and so
@@ -124,8 +133,9 @@ def localized_loss_types(trl_names: Sequence[str]) -> list[LossType] | None:
     unsupported = [name for name in trl_names if name not in by_name]
     if unsupported:
         raise ValueError(
-            f"loss_type {list(trl_names)}: {unsupported} cannot be combined with dpop or cal_dpo (such a list is "
-            f"computed by localdpo's localized_dpo_loss on summed span log-ratios; it combines {sorted(by_name)})"
+            f"loss_type {list(trl_names)}: {unsupported} cannot be combined with dpop, cal_dpo or unlikelihood "
+            f"(such a list is computed by localdpo's localized_dpo_loss on summed span log-ratios; it combines "
+            f"{sorted(by_name)})"
         )
     return [by_name[name] for name in trl_names]
 
@@ -328,9 +338,9 @@ def _check_args(args: DPOConfig, span_mode: SpanMode) -> None:
         if LossType.DPOP in types and not hasattr(args, "dpop_lambda"):
             raise ValueError("loss_type 'dpop' needs its λ: pass a LocalizedDPOConfig (field dpop_lambda)")
         if args.use_weighting:
-            raise ValueError("use_weighting (WPO) is not implemented with dpop or cal_dpo: unset it")
+            raise ValueError("use_weighting (WPO) is not implemented with dpop, cal_dpo or unlikelihood: unset it")
         if args.ld_alpha is not None:
-            raise ValueError("ld_alpha is not implemented for losses with dpop or cal_dpo: unset it")
+            raise ValueError("ld_alpha is not implemented for losses with dpop, cal_dpo or unlikelihood: unset it")
     if args.label_smoothing and "sigmoid" in args.loss_type:
         raise ValueError(
             "TRL 1.16's 'sigmoid' loss ignores label_smoothing, so localdpo's conservative DPO (sigmoid with "
@@ -348,8 +358,8 @@ class LocalizedDPOTrainer(DPOTrainer):
     `train_dataset` / `eval_dataset`: a list of `Steer`, a steer JSONL path, a `datasets.Dataset` of steer
     rows (with a `prefix` column), or TRL preference data (`prompt`/`chosen`/`rejected`). Steers need
     `processing_class` (the tokenizer). With `span_mode="completion"` on TRL preference data it trains exactly
-    as `DPOTrainer`. `args.loss_type` may also name `dpop` and `cal_dpo` (`dpop_lambda`: `LocalizedDPOConfig`).
-    Every other argument is `DPOTrainer`'s.
+    as `DPOTrainer`. `args.loss_type` may also name `dpop`, `cal_dpo` and `unlikelihood` (`dpop_lambda`:
+    `LocalizedDPOConfig`). Every other argument is `DPOTrainer`'s.
     """
 
     def __init__(
@@ -369,7 +379,7 @@ class LocalizedDPOTrainer(DPOTrainer):
         if args is None:
             args = LocalizedDPOConfig(output_dir="localdpo-trl")
         _check_args(args, self.span_mode)
-        # localdpo's types of a loss TRL cannot compute (a list naming dpop or cal_dpo), else None
+        # localdpo's types of a loss TRL cannot compute (a list naming dpop, cal_dpo or unlikelihood), else None
         self.localized_loss_types = localized_loss_types(args.loss_type)
         train_dataset = self._steer_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
@@ -457,8 +467,9 @@ class LocalizedDPOTrainer(DPOTrainer):
         return self._compute_localized_loss(model, inputs, return_outputs)
 
     def _compute_localized_loss(self, model, inputs, return_outputs):
-        """The loss of a `loss_type` list naming dpop or cal_dpo: TRL's policy forward and reference values,
-        `localized_dpo_loss` on the span masks, and TRL's reward and log-prob metrics."""
+        """The loss of a `loss_type` list naming dpop, cal_dpo or unlikelihood: TRL's policy forward and
+        reference values (no reference forward for reference-free terms only), `localized_dpo_loss` on the
+        span masks, and TRL's reward and log-prob metrics."""
         mode = "train" if self.model.training else "eval"
         non_model_keys = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
         model_kwargs = {k: v for k, v in inputs.items() if k not in non_model_keys}
@@ -471,19 +482,23 @@ class LocalizedDPOTrainer(DPOTrainer):
         span_mask = completion_mask[:, 1:].bool()  # (2B, T-1), aligned with the log-probs of tokens 1..T-1
         # (2B, T-1): prompt-learning PEFT prepends virtual tokens to the outputs; keep the real tokens' positions
         per_token_logps = outputs.log_probs[:, -span_mask.shape[1] :]
+        chosen_mask, rejected_mask = span_mask.chunk(2)  # (B, T-1) each
+        policy_chosen, policy_rejected = per_token_logps.chunk(2)  # (B, T-1) each
+        ref_chosen = ref_rejected = None  # reference-free terms only: rewards against a reference of 0
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]  # (B,) each
-        else:
+        elif needs_reference(self.localized_loss_types):
             # TRL's reference: ref_model, or the policy with its PEFT adapter switched off (or its "ref" adapter)
             reference = self.ref_model if self.ref_model is not None else self.model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)  # (B,) each
-        chosen_mask, rejected_mask = span_mask.chunk(2)  # (B, T-1) each
-        policy_chosen, policy_rejected = per_token_logps.chunk(2)  # (B, T-1) each
+        if ref_chosen is not None:
+            ref_chosen = span_sums_as_token_logps(ref_chosen.to(policy_chosen.dtype), chosen_mask)  # (B, T-1)
+            ref_rejected = span_sums_as_token_logps(ref_rejected.to(policy_rejected.dtype), rejected_mask)
         out = localized_dpo_loss(
             policy_chosen,
             policy_rejected,
-            span_sums_as_token_logps(ref_chosen.to(policy_chosen.dtype), chosen_mask),
-            span_sums_as_token_logps(ref_rejected.to(policy_rejected.dtype), rejected_mask),
+            ref_chosen,
+            ref_rejected,
             chosen_mask,
             rejected_mask,
             beta=self.beta,

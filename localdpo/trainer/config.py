@@ -121,8 +121,10 @@ class LossConfig:
     """DPO temperature β (rewards are β · log-ratio)."""
     loss_type: list[LossType] = field(default_factory=lambda: [LossType.SIGMOID])
     """Preference loss on the spans, or a list of terms summed with `loss_weights` (TRL's `loss_type=[...]`):
-    sigmoid, ipo, hinge, robust, apo_zero, apo_down, dpop, cal_dpo, and sft (the chosen-span NLL term);
-    `loss.loss_type=dpop` or `loss.loss_type=[sigmoid,sft] loss.loss_weights=[1,0.5]` (`localdpo.LossType`)."""
+    sigmoid, ipo, hinge, robust, apo_zero, apo_down, dpop, cal_dpo, sft (the chosen-span NLL term) and
+    unlikelihood (-log(1 - p) of the rejected span's tokens, no reference); `loss.loss_type=dpop`,
+    `loss.loss_type=[sigmoid,sft] loss.loss_weights=[1,0.5]` or `loss.loss_type=[sft,unlikelihood]
+    loss.loss_weights=[1,0.3]` (`localdpo.LossType`). At least one term must read the rejected span."""
     loss_weights: list[float] | None = None
     """Weight of each `loss_type` term, same length; None = 1 each."""
     label_smoothing: float = 0.0
@@ -336,7 +338,7 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"loss.loss_weights={config.loss.loss_weights}: every weight must be finite and >= 0")
     try:
         _ = config.loss.combination
-    except ValueError as error:  # a repeated type, or no preference term with a positive weight
+    except ValueError as error:  # a repeated type, or no positive-weight term on the rejected span
         raise ConfigError(f"loss.loss_type: {error}") from None
     if config.loss.dpop_lambda < 0:
         raise ConfigError(f"loss.dpop_lambda={config.loss.dpop_lambda}: must be >= 0")

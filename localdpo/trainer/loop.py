@@ -25,6 +25,7 @@ from localdpo.data import (
     collate_pairs,
     trim_to_scored,
 )
+from localdpo.losses import LossType
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
@@ -354,7 +355,13 @@ class Trainer:
         )
         return examples, self._to_device(batch)
 
-    def _loss(self, examples, batch, sft_num_tokens: float | None = None):
+    def _loss(
+        self,
+        examples,
+        batch,
+        sft_num_tokens: float | None = None,
+        unlikelihood_num_tokens: float | None = None,
+    ):
         cfg = self.config
         score_mask = None if cfg.method.is_preference else sft_mask(cfg.method, batch)  # (B, Tc) | None
         with self._autocast():
@@ -378,6 +385,7 @@ class Trainer:
             length_normalize=cfg.loss.length_normalize,
             dpop_lambda=cfg.loss.dpop_lambda,
             sft_num_tokens=sft_num_tokens,
+            unlikelihood_num_tokens=unlikelihood_num_tokens,
         )
 
     def train_step(self) -> dict[str, float]:
@@ -396,11 +404,19 @@ class Trainer:
             self.device,
         )
         sft_num_tokens = step_sft_tokens / (accum * self.dist.world_size)
+        unlikelihood_num_tokens = None  # the unlikelihood term likewise over the step's rejected-span tokens
+        if cfg.method.is_preference and LossType.UNLIKELIHOOD in dict(cfg.loss.combination):
+            step_rejected_tokens = all_reduce_sum(
+                float(sum(int(batch[REJECTED_LOSS_MASK].sum()) for _, batch in micro_batches)),
+                self.dist,
+                self.device,
+            )
+            unlikelihood_num_tokens = step_rejected_tokens / (accum * self.dist.world_size)
         for micro, (examples, batch) in enumerate(micro_batches):
             sync = micro == accum - 1 or not self.dist.enabled
             context = self.ddp_forward.no_sync() if not sync else nullcontext()
             with context:
-                out = self._loss(examples, batch, sft_num_tokens)
+                out = self._loss(examples, batch, sft_num_tokens, unlikelihood_num_tokens)
                 (out.loss / accum).backward()
             sums["train/loss"] = sums.get("train/loss", 0.0) + float(out.loss.detach()) / accum
             for key, value in out.metrics.items():

@@ -5,7 +5,8 @@
 References:
   DPO: Rafailov et al. 2023, "Direct Preference Optimization", eq. 7 (via `localdpo.localized_dpo_loss`).
   RPO (DPO + NLL of the chosen side): Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1.
-  The other preference losses (APO, DPO-Positive, Cal-DPO) and their sources: `localdpo.losses`.
+  The other preference losses (APO, DPO-Positive, Cal-DPO), the unlikelihood term and their sources:
+  `localdpo.losses`.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def method_loss(
     length_normalize: bool = False,
     dpop_lambda: float = 50.0,
     sft_num_tokens: float | None = None,
+    unlikelihood_num_tokens: float | None = None,
 ) -> MethodOutput:
     """The loss of `method` on one batch and its metrics.
 
@@ -140,7 +142,9 @@ def method_loss(
     RPO-style). `sft`: masked NLL of the chosen span. `sft_full`: NLL of every chosen token after the first,
     prompt included. The NLL is a token mean: over this batch's scored tokens, or over `sft_num_tokens` (a
     trainer with gradient accumulation passes the step's scored tokens / micro-batches, so the step's gradient
-    is one token mean over the whole step).
+    is one token mean over the whole step); an `unlikelihood` term likewise over the rejected span's tokens,
+    or `unlikelihood_num_tokens`. `train/preference_loss` is the weighted sum of the preference terms (absent
+    when there is none, e.g. `[sft, unlikelihood]`).
 
     Shape: policy_chosen_logps, ref_chosen_logps, chosen_loss_mask, chosen_attention_mask (B, Tc);
     policy_rejected_logps, ref_rejected_logps, rejected_loss_mask (B, Tr).
@@ -180,14 +184,11 @@ def method_loss(
         length_normalize=length_normalize,
         dpop_lambda=dpop_lambda,
         sft_num_tokens=sft_num_tokens,
+        unlikelihood_num_tokens=unlikelihood_num_tokens,
     )
-    preference_loss = sum(
-        weight * out.terms[term.value]
-        for term, weight in loss_combination(loss_type, loss_weights)
-        if term.is_preference
-    )
+    preference = [(t, w) for t, w in loss_combination(loss_type, loss_weights) if t.is_preference]
     metrics = {
-        "train/preference_loss": preference_loss,
+        **({"train/preference_loss": sum(w * out.terms[t.value] for t, w in preference)} if preference else {}),
         "train/sft_loss": sft.detach(),
         **{f"train/loss_{name}": value for name, value in out.terms.items()},
         "rewards/chosen": out.chosen_rewards,

@@ -155,6 +155,7 @@ def test_first_step_loss_matches_localdpo(smol_tokenizer, tmp_path, config):
         (LocalizedLossConfig(loss_type="dpop", dpop_lambda=5.0), math.log(2)),
         (LocalizedLossConfig(loss_type="cal_dpo"), math.log(2) + 2 * 5.0**2),
         (LocalizedLossConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]), None),
+        (LocalizedLossConfig(loss_type=["sigmoid", "unlikelihood"], loss_weights=[1.0, 3.0]), None),
         (
             LocalizedLossConfig(
                 loss_type=["dpop", "apo_zero"], loss_weights=[1.0, 2.0], length_normalize=True
@@ -196,7 +197,7 @@ def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(smol_tokenizer, tmp_pa
         (LocalizedLossConfig(loss_type="dpo"), "loss_type 'dpo': expected one of sigmoid"),
         (LocalizedLossConfig(loss_type=["sigmoid", "sigmoid"]), "each type may appear once"),
         (LocalizedLossConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0]), "loss_weights has 1 values"),
-        (LocalizedLossConfig(loss_type=["sft"]), "no preference term"),
+        (LocalizedLossConfig(loss_type=["sft"]), "no preference or unlikelihood term"),
     ],
 )
 def test_bad_loss_combination_is_refused_at_construction(smol_tokenizer, tmp_path, config, error):
@@ -272,6 +273,24 @@ def test_no_reference_is_an_error(smol_tokenizer, tmp_path):
     )
     with pytest.raises(ValueError, match="no reference"):
         _trainer_loss(trainer, dataset)
+
+
+def test_sft_plus_unlikelihood_needs_no_reference(smol_tokenizer, tmp_path):
+    """[sft, unlikelihood] reads no reference: a plain policy without ref_model, cache or adapter trains,
+    and its loss is localdpo's (the reference passed there is ignored)."""
+    config = LocalizedLossConfig(loss_type=["sft", "unlikelihood"], loss_weights=[1.0, 0.3])
+    dataset = SteerPairDataset(STEERS, smol_tokenizer)
+    trainer = LocalizedDPOLossTrainer(
+        _tiny(0, smol_tokenizer), _args(tmp_path), loss_config=config, train_dataset=dataset,
+        processing_class=smol_tokenizer,
+    )  # fmt: skip
+    expected = _localdpo_loss(
+        _tiny(0, smol_tokenizer), _tiny(1, smol_tokenizer), smol_tokenizer, STEERS,
+        loss_type=config.loss_type, loss_weights=config.loss_weights,
+    )  # fmt: skip
+    assert _trainer_loss(trainer, dataset) == pytest.approx(expected, rel=1e-6)
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._localized_metrics[mode]["loss_unlikelihood"]
 
 
 def test_training_lowers_the_loss_and_evaluates(smol_tokenizer, tmp_path):

@@ -158,6 +158,7 @@ def test_loss_type_mapping():
     assert trl_loss_type("sft") == trl_loss_type("sft", length_normalize=True) == "sft"
     assert trl_loss_type("dpop") == "dpop"  # not TRL's: computed by LocalizedDPOTrainer
     assert trl_loss_type("cal_dpo") == "cal_dpo"
+    assert trl_loss_type("unlikelihood") == "unlikelihood"
     with pytest.raises(ValueError, match="ipo with length_normalize=False"):
         trl_loss_type("ipo")
     with pytest.raises(ValueError, match="apo_zero with length_normalize=True"):
@@ -170,6 +171,7 @@ def test_localized_loss_types_only_for_lists_with_a_type_trl_lacks():
     assert localized_loss_types(["sigmoid", "sft"]) is None  # TRL's own code
     assert localized_loss_types(["sigmoid", "dpop", "sft"]) == ["sigmoid", "dpop", "sft"]
     assert localized_loss_types(["cal_dpo"]) == ["cal_dpo"]
+    assert localized_loss_types(["sft", "unlikelihood"]) == ["sft", "unlikelihood"]
     with pytest.raises(ValueError, match=r"\['sigmoid_norm'\] cannot be combined with dpop"):
         localized_loss_types(["sigmoid_norm", "dpop"])  # localized_dpo_loss normalizes all terms or none
     with pytest.raises(ValueError, match=r"\['exo_pair'\] cannot be combined"):
@@ -188,7 +190,7 @@ def test_span_sums_as_token_logps():
     ("loss_type", "overrides", "error"),
     [
         (["sigmoid_norm", "dpop"], {}, "cannot be combined with dpop"),
-        (["sft", "dpop"], {"loss_weights": [1.0, 0.0]}, "no preference term with a positive weight"),
+        (["sft", "dpop"], {"loss_weights": [1.0, 0.0]}, "no preference or unlikelihood term with a positive"),
         (["cal_dpo"], {"use_weighting": True}, "use_weighting"),
     ],
 )
@@ -298,6 +300,7 @@ def test_first_step_loss_matches_localdpo(
         ("dpop", None, 5.0, False),
         ("cal_dpo", None, 50.0, False),
         (["sigmoid", "dpop", "sft"], [1.0, 0.5, 0.25], 50.0, False),
+        (["sigmoid", "unlikelihood"], [1.0, 3.0], 50.0, False),
     ],
 )
 def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(
@@ -328,6 +331,27 @@ def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(
             loss_weights=loss_weights, dpop_lambda=0.0,
         )  # fmt: skip
         assert expected > without + 1e-3
+
+
+def test_unlikelihood_matches_localdpo_without_a_reference_forward(model_dirs, smol_tokenizer, tmp_path):
+    """`unlikelihood` alone reads no reference: the subclass never calls TRL's reference forward, and its loss
+    is localdpo's (a token mean of -log(1 - p) over the rejected spans; ≈ p ≈ 1/V on a random model, so the
+    comparison is relative)."""
+    trainer = LocalizedDPOTrainer(
+        _load(model_dirs["policy"]), ref_model=_load(model_dirs["reference"]),
+        args=_args(tmp_path, loss_type=["unlikelihood"]), train_dataset=STEERS, processing_class=smol_tokenizer,
+    )  # fmt: skip
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference forward ran for a reference-free loss")
+
+    trainer.compute_ref_log_probs = no_reference
+    expected = _localdpo_loss(
+        _load(model_dirs["policy"]), _load(model_dirs["reference"]), smol_tokenizer, STEERS, "divergent",
+        loss_type="unlikelihood",
+    )  # fmt: skip
+    assert 0 < expected < 1e-3
+    assert _trl_loss(trainer) == pytest.approx(expected, rel=1e-4)
 
 
 def test_dpop_with_precomputed_reference_matches_localdpo(model_dirs, smol_tokenizer, tmp_path):

@@ -139,6 +139,9 @@ def test_loss_combination_from_overrides_and_the_sft_weight_shorthand():
     # loss.sft_weight keeps working: it appends the sft term
     shorthand = load_config(None, ["loss.sft_weight=0.7"]).loss.combination
     assert shorthand == [(LossType.SIGMOID, 1.0), (LossType.SFT, 0.7)]
+    # SFT plus unlikelihood of the rejected span: no preference term, still a localized method's loss
+    dose = load_config(None, ["loss.loss_type=[sft,unlikelihood]", "loss.loss_weights=[1,0.3]"])
+    assert dose.loss.combination == [(LossType.SFT, 1.0), (LossType.UNLIKELIHOOD, 0.3)]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +150,8 @@ def test_loss_combination_from_overrides_and_the_sft_weight_shorthand():
         (["loss.loss_type=[sigmoid,kto]"], r"loss.loss_type\[1\]='kto': expected one of sigmoid"),
         (["loss.loss_type=[sigmoid,sft]", "loss.loss_weights=[1,-1]"], r"loss.loss_weights=.*finite and >= 0"),
         (["loss.loss_type=[sigmoid,sft]", "loss.loss_weights=[1]"], r"loss.loss_weights=\[1.0\] has 1 values for 2"),
-        (["loss.loss_type=sft"], r"loss.loss_type: .*no preference term"),
+        (["loss.loss_type=sft"], r"loss.loss_type: .*no preference or unlikelihood term"),
+        (["loss.loss_type=[sft,unlikelihood]", "loss.loss_weights=[1,0]"], r"no preference or unlikelihood term"),
         (["loss.loss_type=[sigmoid,sft]", "loss.sft_weight=1"], r"loss.sft_weight and an 'sft' term"),
         (["loss.dpop_lambda=-1"], r"loss.dpop_lambda=-1.0: must be >= 0"),
     ],

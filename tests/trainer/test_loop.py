@@ -39,8 +39,11 @@ def _run(tmp_path, tiny, *overrides, **kwargs):
         ("ldpo", ["loss.loss_type=dpop"]),
         ("ldpo", ["loss.loss_type=cal_dpo"]),
         ("ldpo", ["loss.loss_type=[dpop,sft]", "loss.loss_weights=[1,0.5]"]),
+        ("ldpo", ["loss.loss_type=[sft,unlikelihood]", "loss.loss_weights=[1,0.3]"]),
     ],
-    ids=["ldpo", "dpo", "sft", "sft_full", "ldpo+sft", "apo_zero", "apo_down", "dpop", "cal_dpo", "dpop+sft"],
+    ids=[
+        "ldpo", "dpo", "sft", "sft_full", "ldpo+sft", "apo_zero", "apo_down", "dpop", "cal_dpo", "dpop+sft", "sft+ul"
+    ],
 )
 def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra):
     """Full batch (4 steers) so every step sees the same data: the loss must fall."""
@@ -56,7 +59,10 @@ def test_each_method_lowers_its_own_training_loss(tmp_path, tiny, method, extra)
         # log 2 + 2 (1/(2β))² = log 2 + 50 at β = 0.1
         step0 = {"apo_zero": 1.0, "apo_down": 1.0, "dpop": math.log(2), "cal_dpo": math.log(2) + 50.0}
         term = extra[0].split("=")[1].strip("[]").split(",")[0]
-        assert first[f"train/loss_{term}"] == pytest.approx(step0[term], abs=1e-5)
+        if term in step0:
+            assert first[f"train/loss_{term}"] == pytest.approx(step0[term], abs=1e-5)
+        else:  # [sft, unlikelihood]: no preference term; the rejected span's unlikelihood is logged
+            assert "train/preference_loss" not in first and 0 < first["train/loss_unlikelihood"] < math.inf
     if method != "sft_full":
         assert math.isfinite(first["logps/chosen_span"]) and first["logps/chosen_span_per_token"] < 0
     if method in ("ldpo", "dpo"):
@@ -97,6 +103,37 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny, method):
         assert acc["train/grad_norm"] == pytest.approx(big["train/grad_norm"], rel=1e-5)
     for name, value in big_params.items():
         torch.testing.assert_close(accum_params[name], value, rtol=0, atol=2e-6, msg=name)
+
+
+def test_unlikelihood_is_one_token_mean_over_the_step_under_accumulation(tmp_path, tiny, monkeypatch):
+    """With 2 micro-batches the loop passes each the step's rejected-span tokens / 2 (as it does the SFT
+    term's chosen-span tokens). Checked on the value handed to the loss: the tiny random model gives every
+    token p ≈ 1/V, so the unlikelihood of each token is the same and the trained weights could not tell."""
+    import localdpo.trainer.loop as loop
+
+    model, tokenizer = tiny
+    uneven = [replace(s, rejected="very " * (i * i) + s.rejected) for i, s in enumerate(TRAIN)]
+    seen = []
+
+    def spy(method, **kwargs):
+        seen.append((int(kwargs["rejected_loss_mask"].sum()), kwargs["unlikelihood_num_tokens"]))
+        return method_loss(method, **kwargs)
+
+    method_loss = loop.method_loss
+    monkeypatch.setattr(loop, "method_loss", spy)
+    config = tiny_config(
+        tmp_path / "run",
+        "method=ldpo",
+        "loss.loss_type=[sft,unlikelihood]",
+        "loss.loss_weights=[1,0.3]",
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.max_steps=1",
+    )
+    result = Trainer(config, model=model, tokenizer=tokenizer, train_steers=uneven, eval_steers=HELD).run()
+    (a, step_a), (b, step_b) = seen
+    assert a != b and step_a == step_b == (a + b) / 2
+    assert 0 < result.train_log[0]["train/loss_unlikelihood"] < 1e-3  # p ≈ 1/V: -log(1 - p) ≈ p
 
 
 def test_given_model_is_not_modified(tmp_path, tiny):

@@ -157,3 +157,17 @@ def test_each_term_of_a_combination_is_logged():
     assert out.metrics["train/loss_dpop"].item() == pytest.approx(0.6587595555486971, abs=1e-6)  # Δc > 0
     assert out.metrics["train/loss_sft"].item() == pytest.approx(1.0)
     assert out.metrics["train/preference_loss"].item() == pytest.approx(0.6587595555486971, abs=1e-6)
+
+
+def test_sft_plus_unlikelihood_logs_its_terms_and_no_preference_loss():
+    """Rejected span log-probs -0.5, -1.5: -log(1 - e^-0.5) = 0.9327521296, -log(1 - e^-1.5) = 0.2524824589,
+    mean 0.5926172942; loss = 1.0 (chosen-span NLL) + 0.3 · 0.5926172942 = 1.1777851883. With
+    `unlikelihood_num_tokens` = 4 (a step of more rejected tokens) the term halves: 0.2963086471."""
+    out = _loss(Method.LDPO, loss_type=["sft", "unlikelihood"], loss_weights=[1.0, 0.3])
+    assert out.loss.item() == pytest.approx(1.1777851883, rel=1e-6)
+    assert out.metrics["train/loss_unlikelihood"].item() == pytest.approx(0.5926172942, rel=1e-6)
+    assert out.metrics["train/loss_sft"].item() == pytest.approx(1.0)
+    assert "train/preference_loss" not in out.metrics
+    assert out.metrics["logratios/rejected_span"].item() == pytest.approx(-0.2)  # the reference still logged
+    step = _loss(Method.LDPO, loss_type=["sft", "unlikelihood"], unlikelihood_num_tokens=4.0)
+    assert step.metrics["train/loss_unlikelihood"].item() == pytest.approx(0.2963086471, rel=1e-6)
