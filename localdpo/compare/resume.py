@@ -10,7 +10,7 @@ its own wall time, and its fingerprint, a flat mapping of everything that decide
   written and shown (run_dir, cache_dir, W&B, checkpoints, the progress bar);
 - the SHA-256 of each steer file it reads (`steers_train.jsonl` and `steers_heldout.jsonl`, or
   `steers_validation.jsonl` for a selection run);
-- the starting model's weights and tokenizer (`localdpo.fingerprint`), the device type, the localdpo version
+- the starting model's weights and tokenizer (`localdpo.fingerprint`), the device type, the localdpo version and span rule version
   and the record format.
 
 Running the same `localdpo compare` on the same output directory again therefore keeps every run whose record
@@ -44,6 +44,7 @@ from localdpo.compare.config import CompareConfig
 from localdpo.config import ConfigError, read_yaml, to_dict
 from localdpo.fileio import atomic_write_text
 from localdpo.fingerprint import content_hash, model_fingerprint, tokenizer_fingerprint
+from localdpo.tokenization import SPAN_RULE_VERSION
 from localdpo.trainer.config import RunConfig
 
 CONFIG_NAME = "compare_config.yaml"
@@ -200,11 +201,12 @@ def file_digest(path: Path) -> str:
 
 
 def shared_inputs(model, tokenizer, device) -> dict[str, str | int]:
-    """The fingerprint entries every run of a comparison shares: record format, localdpo version, device type,
-    starting model weights and tokenizer."""
+    """The fingerprint entries every run of a comparison shares: record format, localdpo version, span rule
+    version, device type, starting model weights and tokenizer."""
     return {
         "record format": RECORD_FORMAT,
         "localdpo": localdpo.__version__,
+        "span rule": SPAN_RULE_VERSION,
         "device": device.type,
         "starting model": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
