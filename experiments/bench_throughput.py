@@ -348,6 +348,8 @@ def run_contender(
 def worker(spec: dict) -> dict:
     """Run one contender in this process (one per visit on CPU, so ru_maxrss is its own); prints `STEP s` lines."""
     torch.manual_seed(0)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     policy, reference, tokenizer = load_models(spec["model"], spec["device"])
     steers = make_steers(spec["batch"], spec["prefix"], VOCAB, seed=spec["prefix"])
     return run_contender(
@@ -357,12 +359,13 @@ def worker(spec: dict) -> dict:
     )  # fmt: skip
 
 
-def in_subprocess(spec: dict, *, timeout: float | None, on_first_step=None) -> dict:
+def in_subprocess(spec: dict, *, timeout: float | None, on_first_timed_step=None) -> dict:
     """One visit: `worker(spec)` in a fresh process, its step lines read as they come.
 
-    `on_first_step(step_s, overhead_s)` is called when the first step ends (overhead = process start, model
-    loading and reference precompute); when it returns False the visit is stopped: `{"status": "stopped"}`.
-    A visit still running after `timeout` seconds is killed: `{"status": "timeout (N s)"}`.
+    `on_first_timed_step(step_s, fixed_s)` is called when the first timed step ends, with its seconds and the
+    seconds before it (process start, model loading, reference precompute, warm-up steps); when it returns
+    False the visit is stopped: `{"status": "stopped"}`. A visit still running after `timeout` seconds is
+    killed as hung: `{"status": "timeout (N s)"}`.
     """
     command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     started = time.monotonic()
@@ -376,19 +379,19 @@ def in_subprocess(spec: dict, *, timeout: float | None, on_first_step=None) -> d
     timer = threading.Timer(timeout, kill_hung) if timeout else None
     if timer is not None:
         timer.start()
-    result, last_line, stopped = None, "?", False
+    result, last_line, stopped, steps_seen = None, "?", False, 0
     try:
         for line in process.stdout:  # stderr is merged: a pipe left unread could fill and stall the worker
-            if line.startswith("STEP ") and on_first_step is not None:
-                step_s = float(line.split()[1])
-                keep_going = on_first_step(step_s, time.monotonic() - started - step_s)
-                on_first_step = None
-                if keep_going is False:
-                    stopped = True
-                    process.kill()
+            if line.startswith("STEP "):
+                steps_seen += 1
+                if steps_seen == spec["warmup"] + 1 and on_first_timed_step is not None:
+                    step_s = float(line.split()[1])
+                    if on_first_timed_step(step_s, time.monotonic() - started - step_s) is False:
+                        stopped = True
+                        process.kill()
             elif line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT ") :])
-            elif line.strip() and not line.startswith("STEP "):
+            elif line.strip():
                 last_line = line.strip()
         process.wait()
     finally:
@@ -412,17 +415,11 @@ class Plan:
     seconds: float
 
 
-def visit_seconds(first_step_s: float, overhead_s: float, *, warmup: int, steps: int) -> float:
-    """Estimated wall time of one visit: overhead + (warmup + steps) · first step."""
-    return overhead_s + (warmup + steps) * first_step_s
-
-
 def plan_run(
-    first_step_s: float,
-    overhead_s: float,
+    step_s: float,
+    fixed_s: float,
     visits_per_round: float,
     *,
-    warmup: int,
     step_choices,
     round_choices,
     budget_s: float | None,
@@ -430,16 +427,17 @@ def plan_run(
     """The plan with the most timed steps per contender (rounds · steps) whose estimate fits `budget_s`, more
     rounds first on a tie (alternation is what makes the ratios robust to load); None when none fits.
 
-    Estimate = rounds · visits_per_round · `visit_seconds`, from the first visit's first step: TRL's fastest
-    configuration, whose warm-up step is slower than its later steps and than every localdpo contender's, so
-    the estimate errs long for `--quick`. `visits_per_round` counts a visit at another shape by its tokens
-    relative to the measured one. With no budget: the largest choices.
+    Estimate = rounds · visits_per_round · (fixed_s + steps · step_s), from the first visit, TRL's fastest
+    configuration: `fixed_s` its seconds before its first timed step (start, load, precompute, warm-up) and
+    `step_s` that step. localdpo's contenders step faster, so the estimate errs long for `--quick`.
+    `visits_per_round` counts a visit at another shape by its tokens relative to the measured one. With no
+    budget: the largest choices.
     """
     plans = [
-        Plan(steps, rounds, rounds * visits_per_round * visit_seconds(first_step_s, overhead_s, warmup=warmup, steps=steps))
+        Plan(steps, rounds, rounds * visits_per_round * (fixed_s + steps * step_s))
         for rounds in round_choices
         for steps in step_choices
-    ]  # fmt: skip
+    ]
     fitting = [plan for plan in plans if budget_s is None or plan.seconds <= budget_s]
     return max(fitting, key=lambda plan: (plan.rounds * plan.steps, plan.rounds), default=None)
 
@@ -571,6 +569,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", default=None, help="write the markdown table here (and the raw rows to OUT.json)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per contender (default: torch's, all cores)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -596,6 +600,8 @@ def main(argv=None) -> int:
     if not contenders:
         parser.error(f"--only {' '.join(args.only)}: no contender's name contains any of these")
     machine = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
+    if not cuda:
+        machine += f", {args.threads or torch.get_num_threads()} torch thread(s) per contender"
     machine += f", torch {torch.__version__}"
     load_start = os.getloadavg()[0]
     print(f"# bench_throughput on {machine} (load average {load_start:.1f}): models {models}, prefixes {prefixes}, "
@@ -645,7 +651,8 @@ def _shown(result: dict) -> str:
 
 def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
     """Every contender at every shape in rounds of subprocess visits, planned from the first visit's first
-    step; `(rows, plan)`, or None when the run will not fit the budget (said on stdout) or the first visit failed."""
+    timed step; `(rows, plan)`, or None when the run will not fit the budget (said on stdout) or the first
+    visit failed."""
     started = time.monotonic()
     budget_s = 60 * budget_min if budget_min else None
     step_choices = (args.steps,) if args.steps else range(1, 4)
@@ -656,35 +663,31 @@ def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
     visits_per_round = len(contenders) * sum(weight.values())
     plan, measured = None, {}
 
-    def on_first_step(step_s: float, overhead_s: float) -> bool:
+    def visit_s(shape) -> float:
+        """A visit's estimate at `shape`: the first visit's fixed seconds and timed steps, scaled by tokens."""
+        return (measured["fixed_s"] + plan.steps * measured["step_s"]) * weight[shape]
+
+    def on_first_timed_step(step_s: float, fixed_s: float) -> bool:
         nonlocal plan
-        measured.update(step_s=step_s, overhead_s=overhead_s)
-        left_s = None if budget_s is None else budget_s - (time.monotonic() - started - overhead_s - step_s)
-        plan = plan_run(step_s, overhead_s, visits_per_round, warmup=args.warmup, step_choices=step_choices,
-                        round_choices=round_choices, budget_s=left_s)  # fmt: skip
-        basis = f"first step {step_s:.1f} s, {overhead_s:.0f} s to start, load and precompute"
+        measured.update(step_s=step_s, fixed_s=fixed_s)
+        left_s = None if budget_s is None else budget_s - (time.monotonic() - started - fixed_s - step_s)
+        plan = plan_run(step_s, fixed_s, visits_per_round, step_choices=step_choices, round_choices=round_choices,
+                        budget_s=left_s)  # fmt: skip
+        basis = f"first timed step {step_s:.1f} s, {fixed_s:.0f} s to start, load, precompute and warm up"
         if plan is None:
-            least = plan_run(step_s, overhead_s, visits_per_round, warmup=args.warmup, step_choices=(min(step_choices),),
+            least = plan_run(step_s, fixed_s, visits_per_round, step_choices=(min(step_choices),),
                              round_choices=(min(round_choices),), budget_s=None)  # fmt: skip
             need = math.ceil(least.seconds / 60) + 1
             instead = (f"--budget-min {need}" if args.quick or args.only
-                       else f"--quick (the headline contenders, under 10 minutes), --only NAME..., or --budget-min {need}")  # fmt: skip
+                       else f"--quick (the headline contenders), --only NAME..., or --budget-min {need}")  # fmt: skip
             print(f"bench_throughput: will not fit: {len(contenders)} contenders x {len(shapes)} shape(s) with "
-                  f"{min(step_choices)} timed step need about {least.seconds / 60:.0f} min on this machine "
+                  f"{min(step_choices)} timed step need about {least.seconds / 60:.0f} min on this machine now "
                   f"({basis}); the budget is {budget_min:g} min. Run instead with {instead}.", flush=True)  # fmt: skip
             return False
         print(f"plan: {plan.rounds} round(s) x {len(contenders)} contenders x {len(shapes)} shape(s), "
               f"{args.warmup} warm-up + {plan.steps} timed step(s) per visit: about {plan.seconds / 60:.1f} min "
               f"({basis}; the estimate errs long)", flush=True)  # fmt: skip
         return True
-
-    def timeout(shape) -> float | None:
-        if plan is None:  # the first visit: the plan (or the refusal) comes at its first step
-            return None if budget_s is None else max(budget_s, 600.0)
-        visit = visit_seconds(
-            measured["step_s"], measured["overhead_s"], warmup=args.warmup, steps=plan.steps
-        )
-        return HANG_FACTOR * visit * weight[shape] + 60
 
     rows = []
     for index, shape in enumerate(shapes):
@@ -697,20 +700,20 @@ def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
             for contender in order:
                 probe = plan is None
                 spec = dict(model=model, device="cpu", batch=batch, prefix=prefix, contender=asdict(contender),
-                            warmup=args.warmup, steps=max(step_choices) if probe else plan.steps, tmp=tmp)  # fmt: skip
+                            warmup=args.warmup, steps=max(step_choices) if probe else plan.steps, tmp=tmp,
+                            threads=args.threads)  # fmt: skip
+                if plan is not None:
+                    hang_s = HANG_FACTOR * visit_s(shape) + 60
+                else:  # the first visit is not cut by the budget: its first timed step gives the plan or the refusal
+                    hang_s = max(budget_s, 600.0) if budget_s else None
                 result = in_subprocess(
-                    spec, timeout=timeout(shape), on_first_step=on_first_step if probe else None
+                    spec, timeout=hang_s, on_first_timed_step=on_first_timed_step if probe else None
                 )
                 if result["status"] == "stopped":
                     return None
-                if plan is None and result["status"].startswith("timeout"):
-                    print(f"bench_throughput: will not fit: the first visit ({contender.name}) had not finished its "
-                          f"first step after {result['status'][9:-1]}; the budget is {budget_min:g} min.")  # fmt: skip
-                    return None
                 if plan is None:
-                    print(
-                        f"bench_throughput: the first visit ({contender.name}) did not run: {result['status']}"
-                    )
+                    print(f"bench_throughput: the first visit ({contender.name}) did not reach a timed step: "
+                          f"{result['status']}", flush=True)  # fmt: skip
                     return None
                 if result["status"] == "ok":
                     result["step_times"] = result["step_times"][: plan.steps]
@@ -718,17 +721,13 @@ def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
                 print(f"  {model} prefix {prefix:5d}  round {len(round_walls) + 1}  {contender.name:28s} "
                       f"{_shown(result)}", flush=True)  # fmt: skip
             round_walls.append(time.monotonic() - round_start)
-            rounds = len(round_walls)
-            if rounds >= max(round_choices):
+            if len(round_walls) >= max(round_choices):
                 break
             if not adaptive:
-                if rounds >= plan.rounds:
+                if len(round_walls) >= plan.rounds:
                     break
                 continue
-            later = sum(weight[s] for s in shapes[index + 1 :]) * len(contenders)
-            later_s = later * visit_seconds(
-                measured["step_s"], measured["overhead_s"], warmup=args.warmup, steps=plan.steps
-            )
+            later_s = len(contenders) * sum(visit_s(s) for s in shapes[index + 1 :])
             if time.monotonic() - started + max(round_walls) + later_s > budget_s:
                 break
         for contender in contenders:

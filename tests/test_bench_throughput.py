@@ -22,24 +22,19 @@ def bench():
 
 
 def test_plan_takes_the_most_timed_steps_that_fit_and_more_rounds_on_a_tie(bench):
-    """First step 20 s, 15 s of overhead, 3 visits a round, 1 warm-up: a visit of s timed steps is 15 + 20(1 + s) s.
+    """Timed step 20 s, 35 s before it (start, load, warm-up), 3 visits a round: a visit of s steps is 35 + 20s seconds.
 
     Budget 540 s: 2 rounds x 2 steps = 2 * 3 * 75 = 450 s (4 timed steps per contender) beats 3 x 1 (495 s)
     and 1 x 3 (285 s), 3 each; 2 x 3 (570 s) and 3 x 2 (675 s) do not fit.
     """
-    plan = bench.plan_run(
-        20.0, 15.0, 3, warmup=1, step_choices=range(1, 4), round_choices=range(1, 4), budget_s=540
-    )
+    plan = bench.plan_run(20.0, 35.0, 3, step_choices=range(1, 4), round_choices=range(1, 4), budget_s=540)
     assert plan == bench.Plan(steps=2, rounds=2, seconds=450.0)
     unbounded = bench.plan_run(
-        20.0, 15.0, 3, warmup=1, step_choices=range(1, 4), round_choices=range(1, 4), budget_s=None
+        20.0, 35.0, 3, step_choices=range(1, 4), round_choices=range(1, 4), budget_s=None
     )
     assert unbounded == bench.Plan(steps=3, rounds=3, seconds=855.0)
     # the smallest plan, 1 round of 1 step, needs 3 * 55 = 165 s
-    assert (
-        bench.plan_run(20.0, 15.0, 3, warmup=1, step_choices=range(1, 4), round_choices=(1,), budget_s=164)
-        is None
-    )
+    assert bench.plan_run(20.0, 35.0, 3, step_choices=range(1, 4), round_choices=(1,), budget_s=164) is None
 
 
 def test_ratio_is_per_round_against_that_rounds_fastest_trl(bench):
