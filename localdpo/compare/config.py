@@ -54,6 +54,10 @@ class SelectConfig:
     validation_prompts: int = 60
     """Validation-split prompts whose greedy task accuracy scores a grid point (validation steers are made
     from the starting model's mistakes on them for the tie-breaks)."""
+    shared_from: str | None = None
+    """A variant label whose chosen point every variant uses: only that variant's grid runs (e.g. `sft`: every
+    variant at span SFT's own selected learning rate, as in a dose-response against SFT); None = each
+    variant is selected on its own grid."""
 
     def points(self, label: str) -> list[list[str]]:
         """Every grid point of `label` as `key=value` overrides (the cartesian product, in key order)."""
@@ -185,6 +189,17 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
         unknown = sorted(set(config.select.variants) - set(config.variants))
         if unknown:
             raise ConfigError(f"select.variants names {unknown[0]!r}, not one of {list(config.variants)}")
+        source = config.select.shared_from
+        if source is not None and source not in config.variants:
+            raise ConfigError(
+                f"select.shared_from={source!r} is not one of the variants {list(config.variants)}"
+            )
+        unused = sorted(set(config.select.variants) - {source}) if source is not None else []
+        if unused:
+            raise ConfigError(
+                f"select.variants gives {unused[0]!r} its own grid, but select.shared_from={source!r} runs only "
+                f"{source!r}'s grid: move the keys to select.grid or select.variants.{source}"
+            )
     for label in config.variants:
         for point in config.select.points(label) if config.select else [[]]:
             try:

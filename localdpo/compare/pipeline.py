@@ -18,7 +18,7 @@ import torch
 
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, save_compare_config
-from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift
+from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift, dose_plots
 from localdpo.compare.report import RunRecord, intervals_note, summarize, write_csv, write_markdown
 from localdpo.fileio import atomic_write_text
 from localdpo.steers import Steer, load_steers, save_steers
@@ -284,14 +284,16 @@ def _finished_run(
 
 def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _TaskSteers, cache):
     """Train every grid point of every variant once (first seed), score it on the validation split; the points
-    trained by an earlier invocation are read from their records, so the same points are chosen."""
+    trained by an earlier invocation are read from their records, so the same points are chosen. With
+    `select.shared_from` only that variant's grid runs, and every variant gets its chosen point."""
     from localdpo.compare.selection import GridPoint, choose
 
     points: list[GridPoint] = []
     chosen: dict[str, GridPoint] = {}
     eval_reference = None
     seed = config.seeds[0]
-    for label in labels:
+    source = config.select.shared_from
+    for label in [source] if source else labels:
         candidates = []
         for point in config.select.points(label):
             run_config = config.run_config(label, seed, task=task, point=point, selection=True)
@@ -308,6 +310,8 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _
         chosen[label] = choose(candidates)
         _log(f"[{task}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
         points += candidates
+    if source:
+        chosen |= {label: chosen[source] for label in labels}  # the one chosen point, for every variant
     return points, chosen
 
 
@@ -392,8 +396,14 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
     )
     selection_md = ""
     if config.select is not None:
+        source = config.select.shared_from
         notes.append(
-            f"Hyperparameters chosen per variant on {config.select.validation_prompts} validation prompts "
+            (
+                f"Hyperparameters chosen for `{source}` and used by every variant, "
+                if source
+                else "Hyperparameters chosen per variant "
+            )
+            + f"on {config.select.validation_prompts} validation prompts "
             f"({len(validation_steers)} validation steers), one run each with seed {config.seeds[0]}: higher "
             "validation task accuracy, then higher validation preference accuracy, then lower chosen-span NLL, "
             "then lower drift. The held-out split was not read during selection."
@@ -417,6 +427,7 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
     plots = [
         accuracy_over_steps(records, out / "accuracy_over_steps.png"),
         accuracy_vs_drift(rows, out / "accuracy_vs_drift.png"),
+        *dose_plots(rows, out),  # metric against α, when the variants are named `sft+0.3ldpo_b0.1`, ...
     ]
     return records, (results_md, results_csv, plots)
 
@@ -473,6 +484,12 @@ def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
         values[label] = f"lr {run.optim.lr:g}, beta {run.loss.beta:g}"
     if len(set(values.values())) == 1 and not chosen:
         return f"the same {next(iter(values.values()))}."
+    source = config.select.shared_from if chosen and config.select is not None else None
+    if source:
+        return (
+            f"`{source}`'s grid point, chosen on the validation split (below) and shared by every variant (with "
+            "its own overrides): " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
+        )
     where = "chosen on the validation split (below)" if chosen else "set per variant"
     return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
 
@@ -502,7 +519,9 @@ def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, 
         f"wall time {seconds / 60:.1f} min.",
     ]
     if chosen:
-        notes.append(edge_note(chosen, {label: config.select.points(label) for label in chosen}))
+        source = config.select.shared_from
+        selected = {source: chosen[source]} if source else chosen  # a shared point: one variant's grid ran
+        notes.append(edge_note(selected, {label: config.select.points(label) for label in selected}))
     if steer_summaries:
         notes.append(
             "Steer yield: "

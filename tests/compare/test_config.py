@@ -22,6 +22,16 @@ def test_bad_comparison_configs_are_clear():
         load_compare_config(preset_path("tiny"), ["seeds=[0,b]"])
     with pytest.raises(ConfigError, match="select grids must map a key to a non-empty list"):
         load_compare_config(preset_path("tiny"), ["select={grid: {optim.lr: []}}"])
+    with pytest.raises(ConfigError, match=r"select.shared_from='nope' is not one of the variants"):
+        load_compare_config(preset_path("tiny"), ["select={grid: {optim.lr: [1.0e-3]}, shared_from: nope}"])
+    with pytest.raises(ConfigError, match=r"select.variants gives 'ldpo' its own grid, but select.shared_from"):
+        load_compare_config(
+            preset_path("tiny"),
+            [
+                "variants={sft: [method=sft], ldpo: [method=ldpo]}",
+                "select={grid: {optim.lr: [1.0e-3]}, variants: {ldpo: {loss.beta: [0.1]}}, shared_from: sft}",
+            ],
+        )
     with pytest.raises(ConfigError, match="comparison config not found"):
         load_compare_config(preset_path("tiny").with_name("missing.yaml"))
 
@@ -53,3 +63,28 @@ def test_overrides_are_typed_and_the_saved_config_round_trips(tmp_path):
     path = save_compare_config(config, tmp_path / "compare_config.yaml")
     again = load_compare_config(path)
     assert isinstance(again, CompareConfig) and again == config
+
+
+def test_dose_preset_is_sft_plus_alpha_times_each_term_at_sfts_learning_rate():
+    """The `dose` preset: 13 variants, each `sft + α · term` as its label says (α = 0 is plain sft), sft's lr
+    selected and shared, 5 seeds on two tasks: 2 x (6 selection + 13 x 5 final) = 142 runs, as its header says."""
+    from localdpo.compare.plots import dose_label
+    from localdpo.losses import LossType
+    from localdpo.trainer.methods import Method
+
+    config = load_compare_config(preset_path("dose"))
+    assert config.tasks == ["running_sum", "addition"] and config.seeds == [0, 1, 2, 3, 4]
+    assert config.baseline == "sft" and config.select.shared_from == "sft"
+    doses = {label: dose_label(label) for label in config.variants if label != "sft"}
+    assert sorted((d.term, d.beta or 0, d.alpha) for d in doses.values()) == sorted(
+        (term, beta, alpha) for term, beta in (("ldpo", 0.1), ("ldpo", 1.0), ("ul", 0)) for alpha in (0.1, 0.3, 1, 3)
+    )
+    assert config.run_config("sft", 0).method is Method.SFT
+    for label, dose in doses.items():
+        run = config.run_config(label, 0)
+        term = LossType.SIGMOID if dose.term == "ldpo" else LossType.UNLIKELIHOOD
+        assert run.method is Method.LDPO and run.loss.combination == [(LossType.SFT, 1.0), (term, dose.alpha)]
+        if dose.beta is not None:
+            assert run.loss.beta == dose.beta
+    runs = len(config.tasks) * (len(config.select.points("sft")) + len(config.variants) * len(config.seeds))
+    assert runs == 142 and "142 training runs" in preset_path("dose").read_text()

@@ -183,6 +183,41 @@ def test_selection_then_final_runs_on_two_tasks(tmp_path):
     assert "pooled over addition, multiples" in result.results_md.read_text()
 
 
+@pytest.mark.slow
+def test_selection_shared_from_one_variant(tmp_path):
+    """`select.shared_from: sft`: only sft's grid trains, and every variant's final runs use its chosen lr."""
+    tiny = load_compare_config(preset_path("tiny"))
+    validation = [replace_meta(s, f"addition/validation/{i}") for i, s in enumerate(load_steers(tiny.steers.heldout_file)[:2])]
+    save_steers(validation, tmp_path / "validation.jsonl")
+    config = load_compare_config(
+        preset_path("tiny"),
+        [
+            f"out_dir={tmp_path / 'out'}",
+            f"run.cache_dir={tmp_path / 'cache'}",
+            f"steers.validation_file={tmp_path / 'validation.jsonl'}",
+            "variants={sft: [method=sft], ldpo: [method=ldpo], ul: [method=ldpo, 'loss.loss_type=[sft,unlikelihood]']}",
+            "seeds=[0]",
+            "run.train.max_steps=1",
+            "run.eval.task_every=0",
+            "select={grid: {optim.lr: [1.0e-3, 1.0e-5]}, validation_prompts: 3, shared_from: sft}",
+        ],
+    )
+    result = run_comparison(config)
+    rows = [json.loads(line) for line in (result.out_dir / "records.jsonl").read_text().splitlines()]
+    selection = [r for r in rows if r["phase"] == "selection"]
+    assert [(r["method"], r["overrides"]) for r in selection] == [
+        ("sft", ["optim.lr=0.001"]),
+        ("sft", ["optim.lr=1.0e-05"]),
+    ]
+    finals = {r["method"]: r["overrides"] for r in rows if r["phase"] == "final" and r["method"] != "base"}
+    assert set(finals) == {"sft", "ldpo", "ul"} and finals["ldpo"] == finals["ul"] == finals["sft"]
+    assert len(finals["sft"]) == 1
+    text = result.results_md.read_text()
+    assert "Hyperparameters chosen for `sft` and used by every variant" in text
+    assert "`sft`'s grid point, chosen on the validation split (below) and shared by every variant" in text
+    assert text.count("**yes**") == 1  # the selection table marks sft's one chosen point
+
+
 def replace_meta(steer, prompt_id):
     from dataclasses import replace
 

@@ -107,3 +107,55 @@ def test_styles_are_distinct_and_unknown_labels_are_stable():
     assert len({color for color, _ in METHOD_STYLES.values()}) == len(METHOD_STYLES)
     assert method_style("my_variant") == method_style("my_variant")
     assert method_style("my_variant") not in METHOD_STYLES.values()
+
+
+def test_dose_labels_parse_to_term_alpha_and_beta():
+    from localdpo.compare.plots import DoseLabel, dose_label
+
+    assert dose_label("sft+0.3ldpo_b0.1") == DoseLabel("sft", 0.3, "ldpo", 0.1)
+    assert dose_label("sft+1ldpo_b1") == DoseLabel("sft", 1.0, "ldpo", 1.0)
+    assert dose_label("sft+3ul") == DoseLabel("sft", 3.0, "ul", None)
+    assert dose_label("sft+3ul").curve == "ul" and dose_label("sft+0.1ldpo_b0.1").curve == "ldpo β=0.1"
+    for label in ("sft", "ldpo+sft", "ldpo_dpop", "sft+ul", "base"):
+        assert dose_label(label) is None, label
+
+
+def dose_records():
+    """sft (α = 0) at accuracy 0.2; ldpo β=0.1 at 0.3 (α 0.1) and 0.4 (α 1); ul at 0.5 (α 0.3): every seed
+    and item the same, so each mean is exact. Recurrence only for sft and ul."""
+    accuracy = {"sft": 0.2, "sft+0.1ldpo_b0.1": 0.3, "sft+1ldpo_b0.1": 0.4, "sft+0.3ul": 0.5}
+    out = [RunRecord("base", 0, {"task_accuracy": [0.0] * 10})]
+    for method, value in accuracy.items():
+        for seed in (0, 1):
+            items = {"task_accuracy": [value] * 10, "drift_kl": [0.01] * 10}
+            if method in ("sft", "sft+0.3ul"):
+                items["recurrence"] = [value / 2] * 10
+            out.append(RunRecord(method, seed, items))
+    return out
+
+
+def test_dose_response_draws_one_line_per_term_through_the_baseline_at_alpha_zero(tmp_path):
+    from localdpo.compare.plots import dose_plots, draw_dose_response
+
+    rows = summarize(dose_records(), baseline="sft", n_boot=50)
+    (ax,) = draw_dose_response(rows).axes
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # one ErrorbarContainer per line
+    assert list(lines) == ["ldpo β=0.1", "ul", "sft (α = 0)"]
+    ldpo, ul = lines["ldpo β=0.1"], lines["ul"]
+    # x: 0 (the shared baseline), then each α nudged ±3% so the bars stay apart; y: percent
+    assert ldpo.get_xdata() == pytest.approx([0.0, 0.1 * 0.97, 1.0 * 0.97])
+    assert ldpo.get_ydata() == pytest.approx([20.0, 30.0, 40.0])
+    assert ul.get_xdata() == pytest.approx([0.0, 0.3 * 1.03]) and ul.get_ydata() == pytest.approx([20.0, 50.0])
+    assert lines["sft (α = 0)"].get_xydata().tolist() == [[0.0, pytest.approx(20.0)]]
+    assert ax.get_xscale() == "symlog" and ax.get_ylabel() == "held-out task accuracy (%)"
+    # another metric by name, drawn where the variants have it
+    (ax,) = draw_dose_response(rows, metric="recurrence").axes
+    assert {c.get_label(): c.lines[0].get_ydata().tolist() for c in ax.containers} == {
+        "ul": pytest.approx([10.0, 25.0]),
+        "sft (α = 0)": pytest.approx([10.0]),
+    }
+    paths = dose_plots(rows, tmp_path)
+    assert [p.name for p in paths] == ["dose_task_accuracy.png", "dose_recurrence.png", "dose_drift_kl.png"]
+    assert _png_size(paths[0]) == (768, 480)
+    # a comparison whose variants do not follow the dose naming gets no dose plot
+    assert dose_plots(summarize(records(), n_boot=50), tmp_path / "none") == []
