@@ -50,6 +50,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -620,7 +621,8 @@ def main(argv=None) -> int:
     run = dict(machine=machine, batch=batch, warmup=args.warmup, steps=plan.steps if plan else args.steps or 3,
                rounds=max((row.get("rounds", 0) for row in rows), default=0), wall_min=wall_min,
                load_start=load_start, load_end=os.getloadavg()[0], budget_min=budget_min,
-               command="python experiments/bench_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv))  # fmt: skip
+               date=time.strftime("%Y-%m-%d"),
+               command=shlex.join(["python", "experiments/bench_throughput.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     table = render(rows, run, flops=peak_flops(args.device, args.peak_tflops), cuda=cuda)
     print(table)
     if args.out:
@@ -680,6 +682,12 @@ def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
             need = math.ceil(least.seconds / 60) + 1
             instead = (f"--budget-min {need}" if args.quick or args.only
                        else f"--quick (the headline contenders), --only NAME..., or --budget-min {need}")  # fmt: skip
+            load, cores = os.getloadavg()[0], os.cpu_count() or 1
+            if not args.threads and torch.get_num_threads() > 1 and load > cores - 0.5:
+                # torch's threads wait on each other when other jobs hold the cores: one thread is often faster
+                instead += (
+                    f"; the machine is busy (load average {load:.1f} on {cores} cores): try --threads 1 first"
+                )
             print(f"bench_throughput: will not fit: {len(contenders)} contenders x {len(shapes)} shape(s) with "
                   f"{min(step_choices)} timed step need about {least.seconds / 60:.0f} min on this machine now "
                   f"({basis}); the budget is {budget_min:g} min. Run instead with {instead}.", flush=True)  # fmt: skip
@@ -792,7 +800,7 @@ def render(rows, run: dict, *, flops, cuda) -> str:
     rounds = run["rounds"]
     order = "alternating order" if rounds > 1 else "one visit each"
     lines = [
-        f"Machine: {run['machine']}; load average {run['load_start']:.1f} at start, {run['load_end']:.1f} at end. "
+        f"{run['date']}. Machine: {run['machine']}; load average {run['load_start']:.1f} at start, {run['load_end']:.1f} at end. "
         f"Command: `{run['command']}`, {run['wall_min']:.1f} min wall time. Batch {run['batch']} pairs; "
         f"{rounds} round(s) ({order}) of {run['warmup']} warm-up + {run['steps']} timed step(s) per contender; "
         "step time: median over rounds of each round's median; `vs fastest TRL`: median over rounds of the "
