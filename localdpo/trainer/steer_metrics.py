@@ -10,9 +10,9 @@ where the two sides first differ), on token ids, never on text:
   correction itself. Over the steers with a non-empty chosen span.
 - `continuation_accuracy` (task steers only): from prompt + prefix + chosen (the whole chosen side as
   tokenized, which runs to the end of the chosen span or past it), greedy to the end of the answer (EOS, or
-  the task's answer budget of new tokens); 1 when the task's checker judges prefix + chosen + continuation
-  right. A steer whose correction ends the answer (`chosen_complete`: its chosen side ends with EOS) is
-  judged as it stands.
+  the task's answer budget `max_new_tokens`, counted from the answer's first token as for a fresh answer);
+  1 when the task's checker judges prefix + chosen + continuation right. A steer whose correction ends the
+  answer (`chosen_complete`: its chosen side ends with EOS) is judged as it stands.
 
 The spans are `tokenize_steer`'s divergent spans (the edit: from the first differing token to where the
 correction rejoins the original), each read from `divergence` to its end. Recurrence and uptake are decided
@@ -160,10 +160,11 @@ def continuation_items(
     """`continuation_accuracy` per task steer (0/1 float64, `probes` order, the probes without a task prompt
     left out; absent when there is none).
 
-    Each task's steers are continued together, for at most `max_new_tokens` new tokens (None: the task's
-    `max_new_tokens`, the budget of a fresh answer), and a row stops as soon as the checker judges a mistake
-    in its answer so far (the verdict is decided then, as in `localdpo.taskeval`). The caller puts the model
-    in eval mode.
+    The corrected answer gets the budget of a fresh one: `max_new_tokens` tokens of answer in all (None: the
+    task's `max_new_tokens`), prefix and chosen included, so a row continues for what is left of it; an answer
+    already that long is judged as it stands, cut off. A row also stops as soon as the checker judges a mistake
+    in its answer so far (the verdict is decided then, as in `localdpo.taskeval`). Each task's steers are
+    continued together. The caller puts the model in eval mode.
     """
     tasked = [i for i, probe in enumerate(probes) if probe.task_prompt is not None]
     if not tasked:
@@ -177,24 +178,32 @@ def continuation_items(
     for name in dict.fromkeys(probes[i].task_prompt.task for i in tasked):
         task = get_task(name)
         mine = [i for i in tasked if probes[i].task_prompt.task == name]
-        todo = [i for i in mine if not probes[i].ends_answer]
+        budget = {
+            i: (max_new_tokens or task.max_new_tokens) - (len(probes[i].chosen_side) - probes[i].answer_start)
+            for i in mine
+        }
+        todo = [i for i in mine if not probes[i].ends_answer and budget[i] > 0]
 
-        def wrong_so_far(j: int, new: list[int], todo=todo, task=task) -> bool:
+        def stop(j: int, new: list[int], todo=todo, task=task, budget=budget) -> bool:
+            if new[-1] in eos_ids:  # the end of turn ends the row, as a finished answer
+                return False
             probe = probes[todo[j]]
-            return task.check(probe.task_prompt, answer(probe, new), complete=False).verdict is Verdict.WRONG
+            wrong = task.check(probe.task_prompt, answer(probe, new), complete=False).verdict is Verdict.WRONG
+            return wrong or len(new) >= budget[todo[j]]
 
         written = greedy_token_continuations(
             model,
             [probes[i].chosen_side for i in todo],
-            max_new_tokens=max_new_tokens or task.max_new_tokens,
+            max_new_tokens=max((budget[i] for i in todo), default=0),
             eos_ids=eos_ids,
             pad_id=pad_id,
             batch_size=batch_size,
-            should_stop=wrong_so_far,
+            should_stop=stop,
         )
         continued = dict(zip(todo, written))
         for i in mine:
-            new, ended = continued.get(i, ([], True))  # a finished answer stands as it is
+            # a finished answer stands as it is; one with no budget left is judged cut off
+            new, ended = continued.get(i, ([], probes[i].ends_answer))
             verdict = task.check(probes[i].task_prompt, answer(probes[i], new), complete=ended).verdict
             right[i] = verdict is Verdict.CORRECT
     values = [right[i] for i in tasked]

@@ -136,8 +136,10 @@ def _addition_steer(prefix: str, chosen: str, *, complete: bool = False, task: b
 
 def test_continuation_accuracy_judges_prefix_chosen_and_the_greedy_continuation(tiny):
     """12 + 34 = 46. S0: chosen "46", partial: the answer is "12 + 34 = 46" + the model's greedy continuation
-    (by hand, to its end-of-turn or the task's 48 tokens), judged by the addition checker. S1: chosen "46"
-    ends the answer: right as it stands. S2: chosen "45": wrong whatever follows. S3 has no task: no item."""
+    (by hand, to its end-of-turn or the task's 48 answer tokens, those of "12 + 34 = 46" included), judged by
+    the addition checker. S1: chosen "46" ends the answer: right as it stands. S2: chosen "45": wrong whatever
+    follows. S3 has no task: no item. With a budget the answer so far already fills, S0 is judged cut off
+    inside its result (not right); S1 is finished."""
     model, tokenizer = tiny
     steers = [
         _addition_steer("12 + 34 = ", "46", i=0),
@@ -149,12 +151,17 @@ def test_continuation_accuracy_judges_prefix_chosen_and_the_greedy_continuation(
     probes = steer_probes(examples, tokenizer, [task_prompt_of(s.meta) for s in steers])
     assert [p.ends_answer for p in probes] == [False, True, False, False]
     task, prompt = get_task("addition"), task_prompt_of(steers[0].meta)
-    written = _greedy(model, examples[0].chosen_ids.tolist(), task.max_new_tokens, tokenizer.eos_token_id)
+    answer_tokens = len(examples[0].chosen_ids) - examples[0].chosen_assistant_start  # "12 + 34 = 46"
+    assert 0 < answer_tokens < 12
+    budget = task.max_new_tokens - answer_tokens
+    written = _greedy(model, examples[0].chosen_ids.tolist(), budget, tokenizer.eos_token_id)
     ended = written[-1:] == [tokenizer.eos_token_id]
     answer = "12 + 34 = 46" + tokenizer.decode(written, skip_special_tokens=True)
     expected = float(task.check(prompt, answer, complete=ended).verdict.value == "correct")
     items = continuation_items(model, tokenizer, probes, batch_size=2)
     assert items["continuation_accuracy"].tolist() == [expected, 1.0, 0.0]
+    short = continuation_items(model, tokenizer, probes, batch_size=2, max_new_tokens=answer_tokens)
+    assert short["continuation_accuracy"].tolist() == [0.0, 1.0, 0.0]
     # with no task steer there is no item vector at all
     assert continuation_items(model, tokenizer, probes[3:], batch_size=2) == {}
 
