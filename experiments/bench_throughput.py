@@ -1,7 +1,7 @@
 """Training-step throughput of localdpo's fast path against TRL 1.16's DPOTrainer, on the same steers.
 
     python experiments/bench_throughput.py --quick --out results_cpu.md      # CPU, the headline: < 10 min on 2 cores
-    python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, all 12 contenders, prefixes 256, 1024
+    python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, 12 contenders x 2 shapes: ~75 min
     python experiments/bench_throughput.py --device cuda --out results.md    # one H100: < 9 minutes (not yet run)
 
 Every contender trains the same policy on the same synthetic steers (random token ids: a shared
@@ -31,8 +31,8 @@ contender runs in its own subprocess and reports the growth of its peak resident
 after model loading to the end of its steps.
 
 Sizing the run (CPU). One subprocess per contender and round (a *visit*: load, reference precompute, one
-warm-up step, timed steps). The first visit's first step is measured before anything else is decided: from
-it `plan_run` picks the timed steps per visit and the number of rounds that fit the budget (`--budget-min`:
+warm-up step, timed steps), one torch thread each (`--threads`, see `CPU_THREADS`). The first visit's first
+timed step is measured before anything else is decided: from it `plan_run` picks the timed steps per visit and the number of rounds that fit the budget (`--budget-min`:
 9 for `--quick`, none otherwise) and prints the plan and its estimate; when not even one round of one timed
 step fits, it says so, names what to run instead, and stops (exit status 1). Rounds alternate the order
 (ABC, CBA, ...); after each, another starts only when the round just measured fits the time left. The budget
@@ -68,6 +68,12 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 """Dense bf16 tensor-core peak FLOP/s by device name fragment (NVIDIA datasheets, no sparsity)."""
 QUICK_BUDGET_MIN = 9.0
 """`--quick`'s default budget: the whole command, model loads included, stays under 10 minutes."""
+CPU_THREADS = 1
+"""Default torch threads per contender on CPU. Two threads wait on each other whenever another job holds a core:
+`--quick --threads 2` on the shared 2-core machine (load average 2.3-2.8, 2026-11-30) timed localdpo's cached
+path at 33 s a step and its live path, which does more work, at 4.6 s (11x TRL); with one thread, under a
+load average of 2.9-4.0, the cached path's ratio to TRL stayed within 2.82-3.11x over three rounds.
+`--threads 2` on an idle machine."""
 HANG_FACTOR = 4.0
 """A visit running past this many times its planned estimate (plus a minute) is killed as hung: `timeout`."""
 
@@ -573,8 +579,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch CPU threads per contender (default: torch's, all cores)",
+        default=CPU_THREADS,
+        help="torch CPU threads per contender (CPU; default 1: steadier on a machine other jobs share)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -602,7 +608,7 @@ def main(argv=None) -> int:
         parser.error(f"--only {' '.join(args.only)}: no contender's name contains any of these")
     machine = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
     if not cuda:
-        machine += f", {args.threads or torch.get_num_threads()} torch thread(s) per contender"
+        machine += f", {args.threads} torch thread(s) per contender"
     machine += f", torch {torch.__version__}"
     load_start = os.getloadavg()[0]
     print(f"# bench_throughput on {machine} (load average {load_start:.1f}): models {models}, prefixes {prefixes}, "
@@ -683,7 +689,7 @@ def run_on_cpu(args, shapes, contenders, batch, budget_min, tmp):
             instead = (f"--budget-min {need}" if args.quick or args.only
                        else f"--quick (the headline contenders), --only NAME..., or --budget-min {need}")  # fmt: skip
             load, cores = os.getloadavg()[0], os.cpu_count() or 1
-            if not args.threads and torch.get_num_threads() > 1 and load > cores - 0.5:
+            if args.threads > 1 and load > cores - 0.5:
                 # torch's threads wait on each other when other jobs hold the cores: one thread is often faster
                 instead += (
                     f"; the machine is busy (load average {load:.1f} on {cores} cores): try --threads 1 first"
