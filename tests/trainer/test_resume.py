@@ -60,7 +60,8 @@ def test_resume_in_process_is_bitwise_equal(tmp_path, smol_tokenizer):
     assert resumed_result.final["eval/margin"] == full_result.final["eval/margin"]
     # the step-0 per-item values (what comparisons pair against) come back from the checkpoint
     assert resumed_result.history[0] == full_result.history[0] and resumed_result.history[0]["step"] == 0
-    assert full.initial_items.keys() == resumed.initial_items.keys() == {"preference_accuracy", "chosen_nll"}
+    keys = {"preference_accuracy", "chosen_nll", "recurrence", "uptake"}  # the steers name no task
+    assert full.initial_items.keys() == resumed.initial_items.keys() == keys
     for name, values in full.initial_items.items():
         assert (resumed.initial_items[name] == values).all(), name
 
