@@ -1,7 +1,7 @@
 """Training-step throughput of localdpo's fast path against TRL 1.16's DPOTrainer, on the same steers.
 
     python experiments/bench_throughput.py --quick --out results_cpu.md      # CPU, the headline: < 10 min on 2 cores
-    python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, 12 contenders x 2 shapes: ~75 min
+    python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, 12 contenders x 2 shapes: ~70 min
     python experiments/bench_throughput.py --device cuda --out results.md    # one H100: < 9 minutes (not yet run)
 
 Every contender trains the same policy on the same synthetic steers (random token ids: a shared
