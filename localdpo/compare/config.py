@@ -152,6 +152,7 @@ class CompareConfig:
             config.eval.at_start = False
             config.eval.every = 0
             config.eval.task_every = 0
+            config.eval.steer_metrics = False  # the selection score never reads them (~20 s a run saved)
         else:
             config.run_dir = str(self.task_dir(task) / "runs" / f"{label}-seed{seed}")
             config.wandb.name = f"{prefix}/{label}/seed{seed}"
