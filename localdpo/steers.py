@@ -74,8 +74,8 @@ class Steer:
     """The rejected text ends the answer too (whole-answer preference rows); steers leave this False."""
     replaces: int | None = None
     """Characters at the start of `rejected` that the correction replaces: the mistake itself, as its maker
-    knew it (a task checker in `make-steers`); what follows is the model's run-on. None: not known, the span
-    rule finds the edit's extent from the tokens alone."""
+    knew it (a task checker in `make-steers`); what follows is the model's run-on. None (or 0, an inserted
+    item): not known, the span rule finds the edit's extent from the tokens alone."""
     id: str | None = None
     """Stable identifier; caches and results point back to it."""
     meta: dict[str, Any] = field(default_factory=dict)

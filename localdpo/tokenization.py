@@ -81,10 +81,10 @@ def divergent_span(
     only at an occurrence that leaves both spans non-empty (the first such), never as an insertion or a
     deletion. Without a rejoin, or with `resync=False` (span mode `to_end`), each span runs to its side's end.
 
-    `replaced_end` is where the mistake ends in rejected when its maker knew it (`Steer.replaces`, as a token
-    index; 0 when nothing was replaced, a pure insertion): the rejected span is then `[p, max(replaced_end,
-    p + 1))` (at least the token rejected wrote where chosen differs; empty for a pure insertion), and chosen
-    rejoins only with a suffix that rejected holds exactly there; the rest of rejected is the model's run-on.
+    `replaced_end` is where the mistake ends in rejected when its maker knew it (`Steer.replaces` > 0, as a
+    token index): the rejected span is then `[p, max(replaced_end, p + 1))` (at least the token rejected wrote
+    where chosen differs), and chosen rejoins only with a suffix that rejected holds exactly there; the rest of
+    rejected is the model's run-on.
 
     Examples (one token per digit, as SmolLM2 splits them):
     - chosen `[a b X s t]`, rejected `[a b Y Z s t u v]` -> `(2, 3, 2, 4)`: `[X]` against `[Y Z]`.
@@ -135,7 +135,7 @@ def _anchored_span(
 ) -> tuple[int, int, int, int]:
     """`divergent_span` when the mistake's end in rejected is known: the longest suffix of chosen's tail
     that rejected holds right at the rejected span's end is the rejoin (one token only if chosen keeps one)."""
-    rejected_end = p if replaced_end == 0 else min(len(rejected), max(replaced_end, p + 1))
+    rejected_end = min(len(rejected), max(replaced_end, p + 1))
     rejoin = 0
     for length in range(len(chosen) - p, 0, -1):
         if rejected[rejected_end : rejected_end + length] == chosen[len(chosen) - length :]:
@@ -267,14 +267,13 @@ def tokenize_steer(
     chosen_ids, chosen_start, _ = _tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.chosen, steer.chosen_complete
     )
-    mark = None if steer.replaces is None else len(steer.prefix) + steer.replaces
+    # an inserted item (nothing replaced) has no extent in rejected to anchor on: the rule decides
+    mark = len(steer.prefix) + steer.replaces if steer.replaces else None
     rejected_ids, rejected_start, replaced_end = _tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.rejected, steer.rejected_complete, mark
     )
     if chosen_ids == rejected_ids:
         raise ValueError(f"steer {steer.id!r}: chosen and rejected tokenize to the same ids")
-    if steer.replaces == 0:
-        replaced_end = 0  # nothing replaced: a pure insertion
     c_start, c_end, r_start, r_end = divergent_span(
         chosen_ids, rejected_ids, resync=True, replaced_end=replaced_end
     )

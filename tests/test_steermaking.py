@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -238,16 +240,18 @@ def test_steer_from_a_wrong_middle_item(smol_tokenizer):
     assert steer.id == "multiples/k=7,n=6#5"
     assert steer.meta["output"] == output and steer.meta["task"] == "multiples"
     assert steer.meta["mistake"]["kind"] == "wrong" and steer.meta["mistake"]["item"] == 4
+    assert steer.replaces == 2  # the checker's mistake, "45": the rest of rejected is the run-on
     tokenized = tokenize_steer(steer, smol_tokenizer)
-    chosen_span = tokenized.chosen_ids[tokenized.chosen_mask].tolist()
-    assert (
-        smol_tokenizer.decode(chosen_span) == "3"
-    )  # "35" vs "45": the digits differ only in the first token
+    # the whole wrong item against its fix, though the two agree on their last digit
+    assert smol_tokenizer.decode(tokenized.chosen_ids[tokenized.chosen_mask]) == "35"
+    assert smol_tokenizer.decode(tokenized.rejected_ids[tokenized.rejected_mask]) == "45"
 
 
 def test_correction_that_reads_as_a_deletion_is_kept(monkeypatch, smol_tokenizer):
-    """Regression: "3, 2, 5" corrected to "3, 5" (rejected "2, 5", chosen "5") has an empty chosen span
-    (the edit is the deletion of "2, "); such steers were reported unusable, though the loss scores them."""
+    """Regression: "3, 2, 5" corrected to "3, 5" (rejected "2, 5", chosen "5") read as the deletion of "2, "
+    (an empty chosen span) and such steers were reported unusable. With the checker's extent recorded
+    (`replaces`: the wrong item "2") the steer scores the item against its fix; without it, one agreeing
+    token ("5") never empties a span, so both run to their ends."""
     task = get_task("running_sum")
     prompt = task.build([3, 2, 5, 2, 8])
     output = "The list of running totals is 3, 2, 5, 2, 8."
@@ -255,8 +259,10 @@ def test_correction_that_reads_as_a_deletion_is_kept(monkeypatch, smol_tokenizer
     steer = steer_from_mistake(task, prompt, Generation(output, True, 20), mistake, smol_tokenizer)
     assert (steer.rejected, steer.chosen) == ("2, 5", "5")
     tokenized = tokenize_steer(steer, smol_tokenizer)
-    assert not tokenized.chosen_mask.any()
-    assert smol_tokenizer.decode(tokenized.rejected_ids[tokenized.rejected_mask]) == "2, "
+    assert smol_tokenizer.decode(tokenized.chosen_ids[tokenized.chosen_mask]) == "5"
+    assert smol_tokenizer.decode(tokenized.rejected_ids[tokenized.rejected_mask]) == "2"
+    unknown = tokenize_steer(replace(steer, replaces=None), smol_tokenizer)
+    assert smol_tokenizer.decode(unknown.rejected_ids[unknown.rejected_mask]) == "2, 5"
     monkeypatch.setattr("localdpo.steermaking.generate_answers", _scripted([(output, True)]))
     monkeypatch.setattr(task, "prompts", lambda n, seed, split: [prompt])
     steers, summary = make_steers(None, smol_tokenizer, task, n=1, seed=0)

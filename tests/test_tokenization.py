@@ -65,7 +65,6 @@ def test_one_agreeing_token_never_empties_a_span(chosen, rejected, expected):
         ("7 2", "7 nl 2 .", 1, (1, 2, 1, 2)),  # 72 / 7\n2.: the mistake 7 is shared; [2] against [nl]
         ("a X s t", "a Y s t u", 2, (1, 2, 1, 2)),  # the rejoin sits right after the mistake
         ("a X s t", "a Y Z s t", 2, (1, 4, 1, 2)),  # ... or it is not a rejoin at all
-        ("a X b", "a b c", 0, (1, 2, 1, 1)),  # nothing replaced: a pure insertion
     ],
 )
 def test_known_mistake_end_anchors_the_rejected_span(chosen, rejected, replaced_end, expected):
