@@ -516,7 +516,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self, *, task: bool = False) -> dict[str, float]:
+    def evaluate(self, *, task: bool = False, steer_metrics: bool = True) -> dict[str, float]:
         """Held-out metrics of the current policy: preference accuracy, mean margin, chosen-span NLL, recurrence,
         uptake and continuation accuracy at the held-out steers, drift (, task).
 
@@ -539,7 +539,7 @@ class Trainer:
                 to_device=self._to_device,
                 task=task,
                 forward=self.policy_forward,
-                probes=self.eval_probes,
+                probes=self.eval_probes if steer_metrics else [],
             )
         finally:
             model.train(was_training)
@@ -551,7 +551,7 @@ class Trainer:
         # Evaluation must not consume training randomness (a resumed run skips evaluations already logged).
         python_state = random.getstate()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            metrics = self.evaluate(task=task)
+            metrics = self.evaluate(task=task, steer_metrics=final or self.step == 0)
         random.setstate(python_state)
         self.history.append(metrics)
         if self.step == 0:

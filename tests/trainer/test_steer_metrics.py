@@ -166,10 +166,11 @@ def test_continuation_accuracy_judges_prefix_chosen_and_the_greedy_continuation(
     assert continuation_items(model, tokenizer, probes[3:], batch_size=2) == {}
 
 
-def test_a_run_has_the_steer_metrics_at_every_evaluation_on_the_same_items(tmp_path, smol_tokenizer):
+def test_a_run_has_the_steer_metrics_at_its_first_and_final_evaluation_on_the_same_items(tmp_path, smol_tokenizer):
     """Step 0 (the `base` row of a comparison) and the final evaluation: `eval/recurrence`, `eval/uptake`,
     `eval/continuation_accuracy` logged, and item vectors of one length per metric (the held-out steers with a
-    non-empty rejected span, chosen span, task); `eval.steer_metrics=false` turns them off."""
+    non-empty rejected span, chosen span, task); not at the evaluation in between (step 1 of 2);
+    `eval.steer_metrics=false` turns them off."""
     model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
     held = load_steers(TINY_HELDOUT)
     keys = ("recurrence", "uptake", "continuation_accuracy")
@@ -177,7 +178,11 @@ def test_a_run_has_the_steer_metrics_at_every_evaluation_on_the_same_items(tmp_p
     for flag in ("true", "false"):
         trainer = Trainer(
             tiny_config(
-                tmp_path / flag, "eval.at_start=true", f"eval.steer_metrics={flag}", "train.max_steps=2"
+                tmp_path / flag,
+                "eval.at_start=true",
+                "eval.every=1",
+                f"eval.steer_metrics={flag}",
+                "train.max_steps=2",
             ),
             model=model,
             tokenizer=tokenizer,
@@ -197,8 +202,11 @@ def test_a_run_has_the_steer_metrics_at_every_evaluation_on_the_same_items(tmp_p
     for items in (trainer.initial_items, trainer.final_items):
         assert {k: len(items[k]) for k in keys} == sizes
         assert all(set(items[k].tolist()) <= {0.0, 1.0} for k in keys)
-    for evaluation in result.history:
+    assert [evaluation["step"] for evaluation in result.history] == [0, 1, 2]
+    first, between, final = result.history
+    for evaluation in (first, final):
         assert all(0.0 <= evaluation[f"eval/{k}"] <= 1.0 for k in keys)
+    assert not any(f"eval/{k}" in between for k in keys)
     trainer, result = runs["false"]
     assert trainer.eval_probes == [] and not set(keys) & set(trainer.final_items)
     assert not any(f"eval/{k}" in result.final for k in keys)
