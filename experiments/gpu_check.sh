@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests throughput refcache lease compare; default all)
+# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests throughput refcache lease dose compare; default all)
 #
 # Everything the project measures on one GPU, each stage writing its log and tables under OUT_DIR
 # (default outputs/gpu): the CUDA-only tests (FlexAttention backward, bf16 autocast training), the fast path
 # against TRL's DPOTrainer (135M and a random SmolLM2-1.7B shape; prefixes 256/1024/2048; --flex), the
 # reference cache against a live reference, the `gpu` preset cut down to fit a 15-minute lease (`lease`: about
-# 11 min on one H200; docs/results/gpu-lease) and `localdpo compare --preset gpu` (about 75 min on one H200,
-# estimated from the lease run's per-run times). Stages run in the order
+# 11 min on one H200 with its earlier 3-value grid; docs/results/gpu-lease; now the 6-value grid 1e-7..3e-5,
+# not yet run), the negative signal's dose-response on running_sum sized like the lease run (`dose`: 5 seeds,
+# sft's lr chosen on validation; not yet run on a GPU) and `localdpo compare --preset gpu` (about 75 min on one
+# H200 with the earlier grid, estimated from the lease run's per-run times). Stages run in the order
 # given, so a machine with a per-command time limit can run them one call each. Installs nothing: run
 # `make install` first (a GPU box keeps its own torch build).
 set -euo pipefail
 out=${1:-outputs/gpu}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests throughput refcache lease compare)
+[ ${#stages[@]} -eq 0 ] && stages=(tests throughput refcache lease dose compare)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=${WANDB_MODE:-offline}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
@@ -26,11 +28,15 @@ for stage in "${stages[@]}"; do
                 | tee "$out/refcache.log" ;;
     lease) python -m localdpo compare --preset gpu --out "$out/compare-gpu-lease" name=gpu-lease task=addition \
              "seeds=[0,1,2]" steers.train_prompts=600 steers.heldout_prompts=300 \
-             "select.grid={optim.lr: [1.0e-6, 5.0e-6, 3.0e-5]}" "select.variants={}" select.validation_prompts=150 \
+             "select.variants={}" select.validation_prompts=150 \
              run.train.max_steps=60 run.eval.task_every=0 run.wandb.mode=disabled run.train.progress=false 2>&1 \
              | tee "$out/lease.log" ;;
+    dose) python -m localdpo compare --preset dose --out "$out/dose-lease" name=dose-lease task=running_sum \
+            steers.train_prompts=600 steers.heldout_prompts=300 select.validation_prompts=150 \
+            run.train.max_steps=60 run.train.batch_size=32 run.wandb.mode=disabled run.train.progress=false 2>&1 \
+            | tee "$out/dose.log" ;;
     compare) python -m localdpo compare --preset gpu --out "$out/compare-gpu" 2>&1 | tee "$out/compare.log" ;;
-    *) echo "unknown stage $stage (tests throughput refcache lease compare)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (tests throughput refcache lease dose compare)" >&2; exit 2 ;;
   esac
 done
 echo "results under $out"
