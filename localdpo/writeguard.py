@@ -5,9 +5,9 @@ A command never replaces a file by accident. `claimed_output` checks the path wh
 any slow work) and again when it writes, and refuses, with one line that names the path and the choices
 (`OutputRefusedError`: exit status 2 from the CLI):
 
-1. a directory;
+1. a directory (a command that writes a directory, `localdpo export`, says `directory=True`: then a file);
 2. a path that is also an input of the same command (the same file: `./a.jsonl`, `a.jsonl`, a symlink or a
-   hard link to it), even with `--overwrite`;
+   hard link to it; for a directory output, also an input inside it), even with `--overwrite`;
 3. a file that a running `localdpo studio` holds (it saves a person's steers there), even with `--overwrite`;
 4. an existing file, unless the command is told `--overwrite` (replace it, atomically) or, for a steer file,
    `--append` (`localdpo.steers.write_steers`).
@@ -147,6 +147,13 @@ def _same_file(target: Path, other: str | os.PathLike) -> bool:
         return target == other.resolve()
 
 
+def _inside(target: Path, other: str | os.PathLike) -> bool:
+    """Whether `other` is an existing path inside the directory `target` (replacing `target` would delete
+    it); a name that is no path here (a hub model id) is not."""
+    other = Path(other).expanduser()
+    return other.exists() and other.resolve().is_relative_to(target)
+
+
 @contextmanager
 def claimed_output(
     path: str | os.PathLike,
@@ -154,26 +161,35 @@ def claimed_output(
     *,
     inputs: Iterable[str | os.PathLike] = (),
     steer_file: bool = False,
+    directory: bool = False,
 ) -> Iterator[Path]:
     """The resolved `path`, checked as the module docstring says, kept from a studio starting on it and held
     under its write lock (`_locked_against_studio`) while the block writes it.
 
     A symlink resolves to its target, so `--overwrite` replaces the target and the link stays. The checks
     read nothing of an existing file but its name and inode, and create no file but the write lock's when
-    appending.
+    appending. `directory`: the output is a directory, which the block replaces whole (an existing file there
+    is refused, and so is an input inside it).
     """
     mode = WriteMode(mode)
     if mode is WriteMode.APPEND and not steer_file:
         raise ValueError("WriteMode.APPEND is for steer files only")
     shown = str(path)
     target = Path(path).expanduser().resolve()
-    if target.is_dir():
+    if target.is_dir() and not directory:
         raise OutputRefusedError(f"{shown} is a directory; give a file path")
+    if directory and target.exists() and not target.is_dir():
+        raise OutputRefusedError(f"{shown} is a file; give a directory path")
     for source in inputs:
+        flags = "--overwrite and --append do not apply" if steer_file else "--overwrite does not apply"
         if _same_file(target, source):
-            flags = "--overwrite and --append do not apply" if steer_file else "--overwrite does not apply"
             raise OutputRefusedError(
                 f"{shown} is also this command's input ({source}); write to another path ({flags})"
+            )
+        if directory and _inside(target, source):
+            raise OutputRefusedError(
+                f"{shown} holds this command's input ({source}), which replacing it would delete; write to "
+                f"another path ({flags})"
             )
     with _locked_against_studio(target, shown, append=mode is WriteMode.APPEND):
         if mode is WriteMode.CREATE and target.exists():
@@ -190,9 +206,10 @@ def check_output(
     *,
     inputs: Iterable[str | os.PathLike] = (),
     steer_file: bool = False,
+    directory: bool = False,
 ) -> Path:
     """`claimed_output`'s checks now (before a command's slow work); returns the resolved path."""
-    with claimed_output(path, mode, inputs=inputs, steer_file=steer_file) as target:
+    with claimed_output(path, mode, inputs=inputs, steer_file=steer_file, directory=directory) as target:
         return target
 
 

@@ -45,6 +45,39 @@ def test_a_directory_is_refused(tmp_path):
         check_output(tmp_path, WriteMode.OVERWRITE)
 
 
+def test_a_directory_output_is_refused_when_it_exists_unless_overwrite_and_a_file_always(tmp_path):
+    """`localdpo export`'s OUT: a directory replaced whole."""
+    out = tmp_path / "exported"
+    assert check_output(out, directory=True) == out
+    out.mkdir()
+    with pytest.raises(OutputRefusedError) as refused:
+        check_output(out, directory=True)
+    assert str(refused.value) == f"{out} exists; pass --overwrite to replace it, or choose another path"
+    assert check_output(out, WriteMode.OVERWRITE, directory=True) == out
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputRefusedError, match=r"file is a file; give a directory path"):
+        check_output(tmp_path / "file", WriteMode.OVERWRITE, directory=True)
+
+
+def test_a_directory_output_holding_the_input_is_refused_even_with_overwrite(tmp_path, monkeypatch):
+    """`export runs/x/final runs/x --overwrite` would delete the model it reads."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    with pytest.raises(OutputRefusedError) as refused:
+        check_output(run, WriteMode.OVERWRITE, inputs=[run / "final"], directory=True)
+    assert str(refused.value) == (
+        f"{run} holds this command's input ({run / 'final'}), which replacing it would delete; write to "
+        "another path (--overwrite does not apply)"
+    )
+    with pytest.raises(OutputRefusedError, match=r"is also this command's input"):
+        check_output(run / "final", WriteMode.OVERWRITE, inputs=[run / "final"], directory=True)
+    # beside or below the input is fine, and so is a hub id that happens to read as a path inside OUT
+    assert check_output(tmp_path / "out", inputs=[run / "final"], directory=True)
+    assert check_output(run / "final" / "gguf", inputs=[run / "final"], directory=True)
+    assert check_output(tmp_path, WriteMode.OVERWRITE, inputs=["HuggingFaceTB/x"], directory=True)
+
+
 @pytest.mark.parametrize("spelling", ["dot", "relative", "symlink", "hardlink"])
 @pytest.mark.parametrize("mode", list(WriteMode))
 def test_an_input_of_the_command_is_refused_in_every_mode(tmp_path, monkeypatch, spelling, mode):
