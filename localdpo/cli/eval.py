@@ -8,7 +8,12 @@ HELP = "greedy accuracy of a model (name, path or checkpoint dir) on held-out pr
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--task", action="append", required=True, help="task name (repeatable) or 'all'")
+    parser.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="task name (repeatable), 'all', or module:Class / file.py:Class for a task of your own (docs/tasks.md)",
+    )
     parser.add_argument(
         "--model",
         default="smollm2-135m-instruct",

@@ -23,6 +23,13 @@ def add_arguments(parser) -> None:
         "--token-limit", type=int, default=1024, help="most tokens one answer segment may ask for"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        help="a task of your own to offer beside the built-in ones: module:Class or path/to/file.py:Class "
+        "(repeatable; docs/tasks.md)",
+    )
 
 
 def run(args) -> int:
@@ -36,6 +43,13 @@ def run(args) -> int:
         return fail(f"--port {args.port} is not a port number")
     if args.token_limit < 1:
         return fail(f"--token-limit must be >= 1, got {args.token_limit}")
+    from localdpo.tasks import UnknownTaskError, get_task
+
+    try:
+        for spec in args.task:  # before the model loads: a task that does not fit fails at once
+            get_task(spec)
+    except UnknownTaskError as error:
+        return fail(str(error))
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401

@@ -34,7 +34,7 @@ from starlette.routing import Route
 from localdpo.studio.errors import StudioError
 from localdpo.studio.review import steer_view
 from localdpo.studio.session import Sampling, Studio, TaskContext, draw_task_prompt
-from localdpo.tasks import TASKS
+from localdpo.tasks import known_tasks
 from localdpo.tokenization import SpanMode, tokenize_steer
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -132,7 +132,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             {
                 "model": studio.runner.name,
                 "steers_file": str(studio.store.path),
-                "tasks": [{"name": t.name, "description": t.description} for t in TASKS.values()],
+                "tasks": [{"name": t.name, "description": t.description} for t in known_tasks().values()],
                 "span_modes": [mode.value for mode in SpanMode],
                 "token_limit": studio.token_limit,
                 "defaults": dataclasses.asdict(Sampling()),
@@ -142,8 +142,8 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
     async def task_prompt(request: Request) -> Response:
         body = await read_json(request)
         name = field(body, "task", str)
-        if name not in TASKS:
-            raise StudioError(400, f"field 'task': unknown task {name!r} (known: {', '.join(TASKS)})")
+        if name not in known_tasks():
+            raise StudioError(400, f"field 'task': unknown task {name!r} (known: {', '.join(known_tasks())})")
         seed = in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1)
         drawn = draw_task_prompt(name, seed)
         return JSONResponse(
@@ -171,7 +171,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         task_ref = field(body, "task", dict, None)
         if task_ref is not None:
             name = field(task_ref, "name", str)
-            if name not in TASKS:
+            if name not in known_tasks():
                 raise StudioError(400, f"field 'task.name': unknown task {name!r}")
             drawn = draw_task_prompt(
                 name, in_range("task.seed", field(task_ref, "seed", int, 0), 0, 2**31 - 1)

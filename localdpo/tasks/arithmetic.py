@@ -42,7 +42,7 @@ class Addition(Task):
             data={"a": a, "b": b, "op": op},
         )
 
-    def _from_id_body(self, body: str) -> TaskPrompt:
+    def from_id_body(self, body: str) -> TaskPrompt:
         match = _ID_BODY.fullmatch(body)
         if match is None:
             raise ValueError(body)

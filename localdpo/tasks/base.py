@@ -126,18 +126,22 @@ class Task(ABC):
     def correct(self, prompt: TaskPrompt, output: str, mistake: Mistake) -> Correction:
         """The right text for the mistaken span."""
 
-    @abstractmethod
-    def _from_id_body(self, body: str) -> TaskPrompt:
-        """The prompt whose id is `f"{name}/{body}"` (may raise ValueError on a body of another form)."""
+    def from_id_body(self, body: str) -> TaskPrompt:
+        """The prompt whose id is `f"{name}/{body}"` (may raise ValueError on a body of another form).
+
+        Optional for a task of one's own (docs/tasks.md): without it, steers loaded from a file cannot be
+        checked again, so continuation accuracy leaves them out (`task_prompt_of` gives None)."""
+        raise NotImplementedError(f"task {self.name} cannot rebuild a prompt from its id (no from_id_body)")
 
     def from_id(self, prompt_id: str) -> TaskPrompt:
         """The prompt whose `id` is `prompt_id` (what a steer's `meta["prompt_id"]` records), so an answer to
-        it can be checked again; ValueError when `prompt_id` is no id of this task."""
+        it can be checked again; ValueError when `prompt_id` is no id of this task, NotImplementedError when
+        the task does not rebuild prompts (`from_id_body`)."""
         head, _, body = prompt_id.partition("/")
         try:
             if head != self.name:
                 raise ValueError
-            prompt = self._from_id_body(body)
+            prompt = self.from_id_body(body)
         except ValueError:
             prompt = None
         if prompt is None or prompt.id != prompt_id:

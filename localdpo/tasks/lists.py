@@ -111,7 +111,7 @@ class RunningSum(ListTask):
             data={"values": values, "echo": [str(v) for v in values]},
         )
 
-    def _from_id_body(self, body: str) -> TaskPrompt:
+    def from_id_body(self, body: str) -> TaskPrompt:
         return self.build([int(v) for v in body.split("-")])
 
 
@@ -134,7 +134,7 @@ class Multiples(ListTask):
             data={"k": k, "n": n},
         )
 
-    def _from_id_body(self, body: str) -> TaskPrompt:
+    def from_id_body(self, body: str) -> TaskPrompt:
         k, n = (part.partition("=") for part in body.split(","))
         if (k[0], n[0]) != ("k", "n"):
             raise ValueError(body)
@@ -177,7 +177,7 @@ class SortWords(ListTask):
             data={"words": words, "echo": words},
         )
 
-    def _from_id_body(self, body: str) -> TaskPrompt:
+    def from_id_body(self, body: str) -> TaskPrompt:
         words = body.split("-")
         if not all(word.isalpha() for word in words):
             raise ValueError(body)
