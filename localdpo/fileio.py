@@ -109,3 +109,37 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
     with atomic_open(path, "w", encoding=encoding) as handle:
         handle.write(text)
     return Path(path)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """`with atomic_directory(path) as tmp:` fill `tmp`; when the block ends without error it replaces the
+    directory `path` (or takes its place), so a reader sees the old directory or the new one, never a mix.
+
+    `tmp` is a hidden directory beside `path` (`.<name>.*.tmp`): on an error, or a kill, only it is left
+    (removed on error). An old `path` is renamed aside before the new one is renamed in, then deleted; a kill
+    between the two renames leaves `path` missing and the old copy as `.<name>.*.old` beside it.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # what `mkdir` would give, not `mkdtemp`'s owner-only 0o700
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                fsync_file(file)
+        fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

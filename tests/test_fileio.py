@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from localdpo.fileio import atomic_open, atomic_write_bytes, atomic_write_text
+from localdpo.fileio import atomic_directory, atomic_open, atomic_write_bytes, atomic_write_text
 
 
 def test_writes_text_and_bytes_and_replaces_the_old_file(tmp_path):
@@ -54,3 +54,28 @@ def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
         assert (atomic_write_text(tmp_path / "kept.md", "new").stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_directory_is_replaced_whole_and_a_failure_keeps_the_old_one(tmp_path):
+    out = tmp_path / "exported"
+    with atomic_directory(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".exported.") and not out.exists()
+        (tmp / "a.txt").write_text("first")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("b")
+    assert sorted(p.name for p in out.rglob("*")) == ["a.txt", "b.txt", "sub"]
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask_now()
+    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert (out / "a.txt").read_text() == "first"
+    with atomic_directory(out) as tmp:
+        (tmp / "c.txt").write_text("second")
+    assert [p.name for p in out.iterdir()] == ["c.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary or old copy left
+
+
+def _umask_now() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
