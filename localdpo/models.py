@@ -295,15 +295,21 @@ def peft_wrapping() -> Iterator[None]:
         yield
 
 
-def _load_adapter_dir(directory: Path, **kwargs):
-    """Base model + the peft adapter in `directory`, merged; the directory's tokenizer when it has one."""
+def merge_adapter(base, directory: str | os.PathLike):
+    """`base` with the peft adapter saved in `directory` merged into its weights (`merge_and_unload`): a plain
+    model again, changed in place."""
     from peft import PeftModel
 
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+
+
+def _load_adapter_dir(directory: Path, **kwargs):
+    """Base model + the peft adapter in `directory`, merged; the directory's tokenizer when it has one."""
     base_name = _adapter_base_name(directory)
     device = kwargs.pop("device")
     base, tokenizer = load_model(base_name, device="cpu", **kwargs)
-    with peft_wrapping():
-        model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+    model = merge_adapter(base, directory)
     if (directory / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
