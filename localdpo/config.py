@@ -16,6 +16,8 @@ a `dict[str, Any]` field sets that nested entry (`run.train.max_steps=10`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import os
 import types
 import typing
@@ -44,11 +46,11 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def _optional_inner(tp) -> tuple[Any, bool]:
-    """`(X, True)` for `X | None`, else `(tp, False)`."""
+    """`(X, True)` for `X | None` (`(X | Y, True)` for `X | Y | None`), else `(tp, False)`."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
+        args = tuple(a for a in typing.get_args(tp) if a is not type(None))
+        if len(args) < len(typing.get_args(tp)):
+            return functools.reduce(operator.or_, args), True
     return tp, False
 
 

@@ -30,8 +30,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start over: first remove the runs, steers and tables an earlier comparison left in the output "
         "directory (without it, the same command resumes that comparison)",
     )
-    parser.add_argument("--steers", default=None, help="train steers JSONL instead of making them")
-    parser.add_argument("--heldout-steers", default=None, help="held-out steers JSONL instead of making them")
+    parser.add_argument(
+        "--steers",
+        default=None,
+        help="your steers (JSONL): without --task, the comparison is on them alone, split into train, validation "
+        "and held-out by a hash of each prompt (unless --heldout-steers gives the held-out ones), measured "
+        "without a checker; with --task, the train steers instead of making them",
+    )
+    parser.add_argument(
+        "--heldout-steers", default=None, help="held-out steers JSONL instead of cutting or making them"
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="the task checking the answers: a built-in name (localdpo tasks) or module:Class / file.py:Class for "
+        "your own (docs/tasks.md); default: the preset's, or none with --steers",
+    )
     parser.add_argument("--variants", default=None, help="comma-separated subset of the config's variants")
     parser.add_argument(
         "--with-sft-full", action="store_true", help="also run sft_full (SFT on the whole sequence)"
@@ -56,6 +70,16 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    if args.task:
+        overrides.append(f"task={args.task}")
+    task_given = any(item.startswith("task=") for item in overrides)
+    if not args.config and (task_given or args.steers):
+        # a preset's steer files belong to its own task: never to another task or to the person's steers
+        if args.steers and not task_given:
+            overrides.append("task=null")
+        for key in ("train_file", "heldout_file", "validation_file"):
+            if not any(item.startswith(f"steers.{key}=") for item in overrides):
+                overrides.append(f"steers.{key}=null")
     if args.steers:
         overrides.append(f"steers.train_file={args.steers}")
     if args.heldout_steers:

@@ -5,6 +5,10 @@ other, through the same config layer as a training config (`localdpo.config`: ty
 unknown keys listed). `run:` is a `RunConfig` mapping shared by every run (`localdpo.trainer.config`); each variant adds
 its own `key=value` overrides, so the methods differ only in what those overrides say. `select:` gives each
 variant a grid of hyperparameters chosen on the validation prompts before the final runs.
+
+Without a task (`task: null`, the default when `steers.train_file` is given and `task:` is not), the comparison
+is on a person's own steers alone: one file split by a hash of each prompt (`localdpo.compare.splits`), or
+with its held-out file, measured only by what the steers measure themselves (no checker).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class SteerSource:
     train_file: str | None = None
     """Train steers from this JSONL file instead of making them (with several tasks, `{task}` in the name
-    stands for each task's name)."""
+    stands for each task's name). Without a task: a person's own steers, split into train, validation and
+    held-out by a hash of each prompt (`localdpo.compare.splits`) for the splits not given as files."""
     heldout_file: str | None = None
-    """Held-out steers from this JSONL file instead of making them."""
+    """Held-out steers from this JSONL file instead of making them (or, without a task, cutting them from
+    `train_file`)."""
     train_prompts: int = 400
     """Train-split task prompts the starting model answers to make train steers (one steer per wrong answer)."""
     heldout_prompts: int = 200
@@ -76,9 +82,12 @@ def _override_value(value: Any) -> str:
 class CompareConfig:
     name: str = "cpu"
     """Name of the comparison: the W&B group and the default output directory `outputs/compare-<name>`."""
-    task: str | list[str] = "addition"
-    """Checkable task the steers come from (`localdpo tasks`), or a list: one comparison per task (its own
-    steers, reference cache, selection and tables) and a table pooled over the tasks."""
+    task: str | list[str] | None = "addition"
+    """Checkable task the steers come from (`localdpo tasks`, or `module:Class` / `file.py:Class` for a task
+    of one's own: docs/tasks.md), or a list: one comparison per task (its own steers, reference cache,
+    selection and tables) and a table pooled over the tasks. None: no task, the steers of
+    `steers.train_file` alone, measured by what needs no checker (the default when `steers.train_file` is
+    given and `task:` is not)."""
     model: str = "smollm2-135m-instruct"
     """Starting model of every run (`tiny`, the embedded model, a directory or a hub id)."""
     out_dir: str | None = None
@@ -111,12 +120,22 @@ class CompareConfig:
         return Path(self.out_dir) if self.out_dir else Path("outputs") / f"compare-{self.name}"
 
     @property
-    def tasks(self) -> list[str]:
-        return [self.task] if isinstance(self.task, str) else list(self.task)
+    def tasks(self) -> list[str | None]:
+        """The tasks compared, one comparison each; `[None]` without a task."""
+        return [self.task] if isinstance(self.task, str) or self.task is None else list(self.task)
 
-    def task_dir(self, task: str) -> Path:
+    def task_name(self, task: str | None) -> str:
+        """How a task names its directory, files and runs: a task's `name` (also for `module:Class`); without
+        a task, the stem of the steer file."""
+        if task is None:
+            return Path(self.steers.train_file or "steers").stem
+        from localdpo.tasks import get_task, is_task_spec
+
+        return get_task(task).name if is_task_spec(task) else task
+
+    def task_dir(self, task: str | None) -> Path:
         """Where one task's steers, runs and tables go: the output directory itself for a single task."""
-        return self.output_dir if len(self.tasks) == 1 else self.output_dir / task
+        return self.output_dir if len(self.tasks) == 1 else self.output_dir / self.task_name(task)
 
     def run_config(
         self,
@@ -132,7 +151,7 @@ class CompareConfig:
         is scored once, at its end, on the validation prompts."""
         if label not in self.variants:
             raise ConfigError(f"unknown variant {label!r}; variants: {', '.join(self.variants)}")
-        task = task or self.tasks[0]
+        task = task if task is not None else self.tasks[0]
         config = from_dict(self.run or {})
         for item in [*self.variants[label], *(point or []), *(extra or [])]:
             apply_override(config, item)
@@ -142,7 +161,7 @@ class CompareConfig:
         config.eval.task = task
         config.eval.task_seed = self.steers.seed
         config.eval.task_batch_size = config.eval.task_batch_size or self.eval_batch_size
-        prefix = f"{self.name}/{task}" if len(self.tasks) > 1 else self.name
+        prefix = f"{self.name}/{self.task_name(task)}" if len(self.tasks) > 1 else self.name
         if selection:
             name = f"{label}-" + "-".join(p.replace("=", "") for p in point or []) if point else label
             config.run_dir = str(self.task_dir(task) / "select" / name)
@@ -152,7 +171,8 @@ class CompareConfig:
             config.eval.at_start = False
             config.eval.every = 0
             config.eval.task_every = 0
-            config.eval.steer_metrics = False  # the selection score never reads them (~20 s a run saved)
+            if task is not None:  # the score reads task accuracy first, never them (~20 s a run saved)
+                config.eval.steer_metrics = False
         else:
             config.run_dir = str(self.task_dir(task) / "runs" / f"{label}-seed{seed}")
             config.wandb.name = f"{prefix}/{label}/seed{seed}"
@@ -174,11 +194,22 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
         raise ConfigError("'seeds' is empty")
     if not config.tasks:
         raise ConfigError("'task' is empty")
-    from localdpo.tasks import TASKS
+    from localdpo.tasks import UnknownTaskError, get_task
 
+    if config.task is None and not config.steers.train_file:
+        raise ConfigError(
+            "task=null compares on a person's own steers: give them (steers.train_file, or --steers FILE)"
+        )
     for task in config.tasks:
-        if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        if task is None:
+            continue
+        try:
+            get_task(task)  # a task of one's own is imported and checked against the protocol here
+        except UnknownTaskError as error:
+            raise ConfigError(str(error)) from None
+    names = [config.task_name(task) for task in config.tasks]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"task={config.task}: two tasks share a name ({names})")
     for key in ("train_file", "heldout_file", "validation_file"):
         value = getattr(config.steers, key)
         if len(config.tasks) > 1 and value and "{task}" not in value:
@@ -226,13 +257,19 @@ def load_compare_config(path: str | os.PathLike, overrides: list[str] | None = N
     """A `CompareConfig` from YAML, with `key=value` overrides (`seeds=[0,1]`, `run.train.max_steps=10`, ...)."""
     path = Path(path)
     data = read_yaml(path, "comparison config")
+    overrides = list(overrides or [])
     steers = data.get("steers")
+    own_file = (isinstance(steers, dict) and steers.get("train_file")) or any(
+        o.startswith("steers.train_file=") for o in overrides
+    )
+    if "task" not in data and own_file and not any(o.startswith("task=") for o in overrides):
+        data["task"] = None  # steers given and no task named: a person's own steers, no checker
     for key in ("train_file", "heldout_file", "validation_file") if isinstance(steers, dict) else ():
         # a steer file named in a config is looked for next to the config first (presets ship theirs)
         value = steers.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).is_file():
             steers[key] = str(path.parent / value)
-    return build(CompareConfig, data, overrides or [], validate=validate_compare, source=path)
+    return build(CompareConfig, data, overrides, validate=validate_compare, source=path)
 
 
 def save_compare_config(config: CompareConfig, path: Path) -> Path:

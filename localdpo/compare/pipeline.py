@@ -3,6 +3,9 @@
 Every run starts from the same weights, sees the same steers in the same seeded order for the same number
 of steps, and is evaluated on the same held-out prompts, held-out steers and drift prompts, so each
 metric is a vector over shared items and methods are compared item by item (`localdpo.compare.stats`).
+
+Without a task (`task: null`), the steers are a person's own (`localdpo.compare.splits`): no prompt is
+answered and checked, and the metrics are those the held-out steers measure themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ import torch
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, save_compare_config
 from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift, dose_plots
-from localdpo.compare.report import RunRecord, intervals_note, summarize, write_csv, write_markdown
+from localdpo.compare.report import (
+    METRICS_BY_KEY,
+    PRIMARY_METRIC,
+    RunRecord,
+    intervals_note,
+    summarize,
+    write_csv,
+    write_markdown,
+)
+from localdpo.compare.splits import OwnSteers, own_steers, prompt_key
+from localdpo.config import ConfigError
 from localdpo.fileio import atomic_write_text
 from localdpo.steers import Steer, load_steers, save_steers
 
@@ -40,23 +53,67 @@ def _log(message: str) -> None:
     print(f"[compare] {message}", flush=True)
 
 
-def _prompt_ids(steers: list[Steer]) -> set[str]:
-    return {s.meta.get("prompt_id") for s in steers if isinstance(s.meta, dict) and s.meta.get("prompt_id")}
+def _prompt_ids(steers: list[Steer]) -> dict[str, str]:
+    """What names the steers' prompts (each prompt itself, `prompt_key`, and the task prompt id it records) ->
+    how an error shows it."""
+    ids = {}
+    for steer in steers:
+        text = steer.prompt if isinstance(steer.prompt, str) else steer.prompt[-1]["content"]
+        ids[f"prompt:{prompt_key(steer.prompt)}"] = repr(text[:60] + ("..." if len(text) > 60 else ""))
+        if isinstance(steer.meta.get("prompt_id"), str):
+            ids[steer.meta["prompt_id"]] = repr(steer.meta["prompt_id"])
+    return ids
+
+
+def _check_disjoint(train: list[Steer], heldout: list[Steer], validation: list[Steer]) -> None:
+    """Nothing when no prompt is in two splits; `ConfigError` (the steers given are wrong) counting those that
+    are."""
+    for (a_name, a), (b_name, b) in (
+        (("held-out", heldout), ("training", train)),
+        (("validation", validation), ("training", train)),
+        (("validation", validation), ("held-out", heldout)),
+    ):
+        ids, others = _prompt_ids(a), _prompt_ids(b)
+        leaked = sorted(ids[key] for key in ids.keys() & others.keys() if not key.startswith("prompt:"))
+        leaked = leaked or sorted(ids[key] for key in ids.keys() & others.keys())
+        if leaked:
+            raise ConfigError(
+                f"{len(leaked)} {a_name} prompts also appear in the {b_name} steers, e.g. {', '.join(leaked[:3])}"
+            )
+
+
+def split_own_steers(config: CompareConfig) -> OwnSteers:
+    """A person's steers (no task) split as `localdpo.compare.splits.own_steers` splits them, for `config`."""
+    source = config.steers
+    return own_steers(
+        source.train_file,
+        heldout_file=source.heldout_file,
+        validation_file=source.validation_file,
+        validation=config.select is not None,
+    )
 
 
 def comparison_steers(
-    config: CompareConfig, task_name: str, model, tokenizer
+    config: CompareConfig, task_name: str | None, model, tokenizer
 ) -> tuple[list[Steer], list[Steer], list[Steer], dict]:
     """Train, held-out and (when selecting) validation steers of one task, loaded or made from the starting
-    model's own mistakes; checked so that no prompt reaches two splits."""
+    model's own mistakes, or without a task (None) a person's own, split (`split_own_steers`); checked so that
+    no prompt reaches two splits."""
     from localdpo.steermaking import GenerationConfig, make_steers
     from localdpo.tasks import get_task
 
+    if task_name is None:
+        own = split_own_steers(config)
+        train, heldout = own.splits["train"], own.splits["heldout"]
+        validation = own.splits.get("validation", [])
+        _check_disjoint(train, heldout, validation)
+        return train, heldout, validation, {}
     source, summaries = config.steers, {}
     task = get_task(task_name)
 
     def loaded(path: str) -> list[Steer]:
-        return load_steers(path.replace("{task}", task_name))  # one file per task: `{task}` in its name
+        # one file per task: `{task}` in its name
+        return load_steers(path.replace("{task}", config.task_name(task_name)))
 
     def made(split: str, n: int) -> list[Steer]:
         generation = GenerationConfig(
@@ -78,16 +135,7 @@ def comparison_steers(
             if source.validation_file
             else made("validation", config.select.validation_prompts)
         )
-    for (a_name, a), (b_name, b) in (
-        (("held-out", heldout), ("training", train)),
-        (("validation", validation), ("training", train)),
-        (("validation", validation), ("held-out", heldout)),
-    ):
-        leaked = _prompt_ids(a) & _prompt_ids(b)
-        if leaked:
-            raise ValueError(
-                f"{len(leaked)} {a_name} prompts also appear in the {b_name} steers, e.g. {sorted(leaked)[:3]}"
-            )
+    _check_disjoint(train, heldout, validation)
     if not train:
         raise ValueError(
             f"no training steers for {task_name}: the starting model made no usable mistake on the train prompts"
@@ -151,6 +199,8 @@ def run_comparison(
             _log(f"--restart: removed from {out}: {', '.join(str(p.relative_to(out)) for p in removed)}")
     elif saved.is_file():
         resume.check_config(saved, config)
+    if None in config.tasks:
+        split_own_steers(config)  # too few steers for a split: said now, before the model loads
     out.mkdir(parents=True, exist_ok=True)
     save_compare_config(config, saved)
 
@@ -213,13 +263,23 @@ class _TaskSteers:
     """Split -> its file in the task directory."""
     summaries: dict
     """Split -> yield summary of the steers the starting model made (empty for steers loaded from files)."""
+    own: OwnSteers | None = None
+    """Without a task: how the person's steers were split (None with a task)."""
 
 
-def _task_steers(config: CompareConfig, task: str, shared: _Shared) -> _TaskSteers:
+def _task_steers(config: CompareConfig, task: str | None, shared: _Shared) -> _TaskSteers:
     """The task's steers, loaded or made (`comparison_steers`), or those the starting model made into the task
     directory earlier from the same inputs (`resume.made_steers`); saved there, and read back from there so
-    that a run trained now and a run trained after a resume read the very same steers."""
+    that a run trained now and a run trained after a resume read the very same steers. Without a task, the
+    person's steers split (`split_own_steers`), saved and read back the same way."""
     out = config.task_dir(task)
+    if task is None:
+        own = split_own_steers(config)
+        _check_disjoint(own.splits["train"], own.splits["heldout"], own.splits.get("validation", []))
+        files = {split: out / f"steers_{split}.jsonl" for split in own.splits}
+        for split, steers in own.splits.items():
+            save_steers(steers, files[split])
+        return _TaskSteers({split: load_steers(path) for split, path in files.items()}, files, {}, own)
     key = resume.steers_key(config, task, shared.inputs)
     made_files, summaries = resume.made_steers(out, key) or ({}, {})
     source = config
@@ -256,8 +316,14 @@ def _finished_run(
     steers for the next run (the trained run's, or the one given)."""
     run_dir = run_config.resolved_run_dir
     name = str(run_dir.relative_to(config.output_dir))
+    from localdpo.tasks import task_code_digest
+
+    # a task of one's own: its code decides the prompts and the verdicts
+    code = task_code_digest(run_config.eval.task)
     fingerprint = resume.run_fingerprint(
-        run_config, [steers.files["train"], steers.files[evaluated]], shared.inputs
+        run_config,
+        [steers.files["train"], steers.files[evaluated]],
+        shared.inputs | ({"task code": code} if code else {}),
     )
     kept = resume.kept_run(run_dir, fingerprint, name)
     if kept is not None:
@@ -282,7 +348,7 @@ def _finished_run(
     return finished, trainer.eval_reference
 
 
-def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _TaskSteers, cache):
+def _select(config: CompareConfig, task: str | None, labels, shared: _Shared, steers: _TaskSteers, cache):
     """Train every grid point of every variant once (first seed), score it on the validation split; the points
     trained by an earlier invocation are read from their records, so the same points are chosen. With
     `select.shared_from` only that variant's grid runs, and every variant gets its chosen point."""
@@ -290,6 +356,7 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _
 
     points: list[GridPoint] = []
     chosen: dict[str, GridPoint] = {}
+    tag = config.task_name(task)
     eval_reference = None
     seed = config.seeds[0]
     source = config.select.shared_from
@@ -297,25 +364,67 @@ def _select(config: CompareConfig, task: str, labels, shared: _Shared, steers: _
         candidates = []
         for point in config.select.points(label):
             run_config = config.run_config(label, seed, task=task, point=point, selection=True)
-            doing = f"[{task}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps"
+            doing = f"[{tag}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps"
             run, eval_reference = _finished_run(
                 config, run_config, shared, steers, "validation", cache, eval_reference, doing
             )
             metrics = run.history[-1] if run.history else {}
             grid_point = GridPoint(
-                label, point, {k: float(v) for k, v in metrics.items() if k.startswith("eval/")}
+                label,
+                point,
+                {k: float(v) for k, v in metrics.items() if k.startswith("eval/")},
+                primary=primary_metric_of(config, task),
             )
             grid_point.run_dir = str(run.run_dir)
             candidates.append(grid_point)
         chosen[label] = choose(candidates)
-        _log(f"[{task}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
+        _log(f"[{tag}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
         points += candidates
     if source:
         chosen |= {label: chosen[source] for label in labels}  # the one chosen point, for every variant
     return points, chosen
 
 
-def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started: float):
+def primary_metric_of(config: CompareConfig, task: str | None) -> str:
+    """The comparison's primary metric (`localdpo.compare.report.PRIMARY_METRICS`): task accuracy with a task;
+    without one uptake, or held-out preference accuracy when the runs skip the steer metrics."""
+    if task is not None:
+        return PRIMARY_METRIC
+    steer_metrics = config.run_config(config.baseline, config.seeds[0], task=None).eval.steer_metrics
+    return "uptake" if steer_metrics else "preference_accuracy"
+
+
+SELECTION_WORDS = {
+    "task_accuracy": "validation task accuracy",
+    "uptake": "uptake at the validation steers",
+    "preference_accuracy": "validation preference accuracy",
+    "chosen_nll": "chosen-span NLL",
+    "drift_kl": "drift",
+}
+
+
+def _selection_order(primary: str) -> str:
+    """`higher validation task accuracy, then higher ...`: the order `score_keys(primary)` decides in."""
+    from localdpo.compare.selection import score_keys
+
+    return ", then ".join(
+        f"{'higher' if higher else 'lower'} {SELECTION_WORDS[key.removeprefix('eval/')]}"
+        for key, higher in score_keys(primary)
+    )
+
+
+def comparison_title(config: CompareConfig, task: str | None) -> str:
+    """The title of a task's results: the task's name, or without one the person's steer file(s)."""
+    if task is not None:
+        return f"localdpo comparison `{config.name}`: {config.task_name(task)} steers, {config.model}"
+    files = [Path(config.steers.train_file).name]
+    if config.steers.heldout_file:
+        files.append(f"held out: `{Path(config.steers.heldout_file).name}`")
+    steers = f"`{files[0]}`" + (f" ({files[1]})" if len(files) > 1 else "")
+    return f"localdpo comparison `{config.name}`: steers of {steers}, no task checker, {config.model}"
+
+
+def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, started: float):
     from localdpo.compare.selection import selection_table
     from localdpo.trainer.device import autocast_dtype
     from localdpo.trainer.reference import reference_cache_for
@@ -323,13 +432,17 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
     out = config.task_dir(task)
     out.mkdir(parents=True, exist_ok=True)
     kept_before = len(shared.kept_seconds)
+    tag = config.task_name(task)
     steers = _task_steers(config, task, shared)
     train_steers, heldout_steers = steers.splits["train"], steers.splits["heldout"]
     validation_steers = steers.splits.get("validation", [])
-    _log(
-        f"[{task}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
-        + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
-    )
+    if steers.own is not None:
+        _log(f"[{tag}] {steers.own.note()}")
+    else:
+        _log(
+            f"[{tag}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
+            + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
+        )
     probe = config.run_config(labels[0], config.seeds[0], task=task)
     cache = reference_cache_for(
         probe,
@@ -353,7 +466,7 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
             point = chosen[label].point if label in chosen else []
             run_config = config.run_config(label, seed, task=task, point=point, extra=extra)
             doing = (
-                f"[{task}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
+                f"[{tag}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
                 f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
             )
             run, eval_reference = _finished_run(
@@ -371,42 +484,42 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
                     run.items,
                     history=history,
                     run_dir=str(run.run_dir),
-                    task=task,
+                    task=tag if task is not None else None,
                     overrides=list(point),
                 )
             )
     if base_items is not None:
-        records.insert(0, RunRecord("base", 0, base_items, task=task))
+        records.insert(0, RunRecord("base", 0, base_items, task=tag if task is not None else None))
     kept = len(shared.kept_seconds) - kept_before
 
     rows = summarize(records, baseline=config.baseline)
     results_md, results_csv = out / "results.md", out / "results.csv"
-    write_csv(rows, results_csv, baseline=config.baseline, task=task, selection=grid_points)
-    seconds = time.perf_counter() - started + sum(shared.kept_seconds)  # kept runs: their own wall times
-    notes = _notes(
-        config,
-        task,
-        records,
-        steers.summaries,
-        len(train_steers),
-        len(heldout_steers),
-        seconds,
-        shared.device,
-        chosen,
+    write_csv(
+        rows,
+        results_csv,
+        baseline=config.baseline,
+        task=tag if task is not None else "",
+        selection=grid_points,
     )
+    seconds = time.perf_counter() - started + sum(shared.kept_seconds)  # kept runs: their own wall times
+    notes = _notes(config, task, records, steers, seconds, shared.device, chosen)
     selection_md = ""
     if config.select is not None:
         source = config.select.shared_from
+        where = (
+            f"{config.select.validation_prompts} validation prompts ({len(validation_steers)} validation steers)"
+            if task is not None
+            else f"the {len(validation_steers)} validation steers"
+        )
         notes.append(
             (
                 f"Hyperparameters chosen for `{source}` and used by every variant, "
                 if source
                 else "Hyperparameters chosen per variant "
             )
-            + f"on {config.select.validation_prompts} validation prompts "
-            f"({len(validation_steers)} validation steers), one run each with seed {config.seeds[0]}: higher "
-            "validation task accuracy, then higher validation preference accuracy, then lower chosen-span NLL, "
-            "then lower drift. The held-out split was not read during selection."
+            + f"on {where}, one run each with seed {config.seeds[0]}: "
+            + _selection_order(primary_metric_of(config, task))
+            + ". The held-out split was not read during selection."
         )
         selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, chosen)
     if kept:
@@ -419,14 +532,16 @@ def _run_task(config: CompareConfig, task: str, labels, shared: _Shared, started
         rows,
         results_md,
         baseline=config.baseline,
-        title=f"localdpo comparison `{config.name}`: {task} steers, {config.model}",
+        title=comparison_title(config, task),
         notes=notes,
         extra=selection_md,
     )
     _write_records(records, grid_points, out / "records.jsonl")
+    # without a task: preference accuracy over steps (measured at every evaluation), the primary against drift
+    over_steps = "task_accuracy" if task is not None else "preference_accuracy"
     plots = [
-        accuracy_over_steps(records, out / "accuracy_over_steps.png"),
-        accuracy_vs_drift(rows, out / "accuracy_vs_drift.png"),
+        accuracy_over_steps(records, out / "accuracy_over_steps.png", metric=over_steps),
+        accuracy_vs_drift(rows, out / "accuracy_vs_drift.png", metric=primary_metric_of(config, task)),
         *dose_plots(rows, out),  # metric against α, when the variants are named `sft+0.3ldpo_b0.1`, ...
     ]
     return records, (results_md, results_csv, plots)
@@ -453,12 +568,13 @@ def pooled_records(records: list[RunRecord]) -> list[RunRecord]:
 def _write_pooled(
     config: CompareConfig, records, results_md: Path, results_csv: Path, seconds, device
 ) -> None:
+    names = [config.task_name(task) for task in config.tasks]
     pooled = pooled_records(records)
     rows = summarize(pooled, baseline=config.baseline)
-    write_csv(rows, results_csv, baseline=config.baseline, task="+".join(config.tasks))
-    per_task = "\nPer task: " + ", ".join(f"[{task}]({task}/results.md)" for task in config.tasks) + "\n"
+    write_csv(rows, results_csv, baseline=config.baseline, task="+".join(names))
+    per_task = "\nPer task: " + ", ".join(f"[{task}]({task}/results.md)" for task in names) + "\n"
     notes = [
-        f"Pooled over the tasks {config.tasks}: each run's held-out items of every task side by side, so the "
+        f"Pooled over the tasks {names}: each run's held-out items of every task side by side, so the "
         f"paired difference against `{config.baseline}` weighs each task by its number of items; per-task "
         "tables are in each task's folder.",
         intervals_note(config.baseline),
@@ -469,7 +585,7 @@ def _write_pooled(
         rows,
         results_md,
         baseline=config.baseline,
-        title=f"localdpo comparison `{config.name}`: pooled over {', '.join(config.tasks)}, {config.model}",
+        title=f"localdpo comparison `{config.name}`: pooled over {', '.join(names)}, {config.model}",
         notes=notes,
         extra=per_task,
     )
@@ -494,41 +610,71 @@ def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
     return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
 
 
-def _notes(config, task, records, steer_summaries, n_train, n_heldout, seconds, device, chosen) -> list[str]:
+def _notes(config, task, records, steers: _TaskSteers, seconds, device, chosen) -> list[str]:
     from localdpo.compare.selection import edge_note
 
     run = config.run_config(config.baseline, config.seeds[0], task=task)
-    n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
+    n_train, n_heldout = len(steers.splits["train"]), len(steers.splits["heldout"])
+    primary = primary_metric_of(config, task)
     notes = [
         f"Seeds {config.seeds}; every variant trained {run.train.max_steps} steps x {run.train.batch_size} steers "
         f"(x{run.train.grad_accum} accumulation) from the same weights, at "
         + _training_hyperparameters(config, task, [r.method for r in records if r.method != "base"], chosen),
-        f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy mistakes "
-        f"(train and held-out prompts are disjoint by a fixed hash of each prompt).",
-        f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy and "
-        "chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || policy) on "
-        "unrelated chat prompts (per-prompt means).",
-        "Recurrence and uptake: greedy from prompt + prefix at each held-out steer, the model writes the rejected "
-        "span again, resp. the chosen span, token for token (over the steers with a non-empty such span); "
-        "continuation acc.: greedy from prompt + prefix + chosen to the end of the answer, judged right by the "
-        "task's checker (over the task steers).",
-        intervals_note(config.baseline),
+    ]
+    if task is not None:
+        n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
+        notes += [
+            f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy "
+            "mistakes (train and held-out prompts are disjoint by a fixed hash of each prompt).",
+            f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy "
+            "and chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || "
+            "policy) on unrelated chat prompts (per-prompt means).",
+            "Recurrence and uptake: greedy from prompt + prefix at each held-out steer, the model writes the "
+            "rejected span again, resp. the chosen span, token for token (over the steers with a non-empty such "
+            "span); continuation acc.: greedy from prompt + prefix + chosen to the end of the answer, judged right "
+            "by the task's checker (over the task steers).",
+        ]
+    else:
+        notes += [
+            steers.own.note(),
+            "No task checker: measured only by what the steers measure themselves. Held-out preference accuracy "
+            "and chosen-span NLL: the held-out steers (divergent span); recurrence and uptake: greedy from prompt "
+            "+ prefix at each held-out steer, the model writes the rejected span again, resp. the chosen span, "
+            "token for token (over the steers with a non-empty such span); drift: mean per-token KL(reference || "
+            "policy) on unrelated chat prompts (per-prompt means).",
+            f"Primary metric: {METRICS_BY_KEY[primary].label} (the Holm family; selection reads it first). "
+            + (
+                "Uptake is the behaviour a steer asks for (at the point of the mistake, the model now writes the "
+                "correction), read from greedy generation the same way for every method; preference accuracy "
+                "reads the policy's log-ratio against the reference, which the DPO-family losses push up directly "
+                "and SFT does not, so it would lean towards them."
+                if primary == "uptake"
+                else "The runs skip the steer metrics (eval.steer_metrics=false), so uptake is not measured."
+            ),
+        ]
+    notes += [
+        intervals_note(config.baseline, primary),
         "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
         "every margin is exactly 0 there (policy = reference): ties count as not preferred.",
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]
+    if run.eval.max_steers is not None and run.eval.max_steers < n_heldout:
+        notes.append(
+            f"The held-out steer metrics read the first {run.eval.max_steers} of the {n_heldout} held-out steers "
+            f"(run.eval.max_steers={run.eval.max_steers})."
+        )
     if chosen:
         source = config.select.shared_from
         selected = {source: chosen[source]} if source else chosen  # a shared point: one variant's grid ran
         notes.append(edge_note(selected, {label: config.select.points(label) for label in selected}))
-    if steer_summaries:
+    if steers.summaries:
         notes.append(
             "Steer yield: "
             + json.dumps(
                 {
                     k: {x: v[x] for x in ("tried", "correct", "uncheckable", "steers")}
-                    for k, v in steer_summaries.items()
+                    for k, v in steers.summaries.items()
                 }
             )
         )

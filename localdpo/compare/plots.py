@@ -70,9 +70,9 @@ def accuracy_over_steps(records: Sequence[RunRecord], path: Path, *, metric: str
     return _write(draw_accuracy_over_steps(records, metric=metric), path)
 
 
-def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path) -> Path:
+def accuracy_vs_drift(rows: Sequence[SummaryRow], path: Path, *, metric: str = "task_accuracy") -> Path:
     """Write `draw_accuracy_vs_drift` as a PNG at `path`; returns the path."""
-    return _write(draw_accuracy_vs_drift(rows), path)
+    return _write(draw_accuracy_vs_drift(rows, metric=metric), path)
 
 
 def _write(fig, path: Path) -> Path:
@@ -98,9 +98,11 @@ def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "tas
         color, marker = method_style(method)
         ax.plot(steps, mean, color=color, marker=marker, label=method)
         ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=color, alpha=0.15)
+    label = METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-    ax.set_title("Held-out task accuracy during training (band: min-max over seeds)")
+    ax.set_ylabel(f"{label} (%)")
+    held_out = label if label.startswith("held-out") else f"held-out {label}"
+    ax.set_title(f"{held_out.capitalize()} during training (band: min-max over seeds)")
     ax.grid(alpha=0.3)
     if by_method:
         ax.legend()
@@ -108,14 +110,14 @@ def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "tas
     return fig
 
 
-def draw_accuracy_vs_drift(rows: Sequence[SummaryRow]):
-    """Figure: final task accuracy (%) against drift KL, one point per method (labelled with it), with 95%
-    intervals on both axes."""
+def draw_accuracy_vs_drift(rows: Sequence[SummaryRow], *, metric: str = "task_accuracy"):
+    """Figure: final `metric` (%; task accuracy by default, the primary metric of a comparison without a task)
+    against drift KL, one point per method (labelled with it), with 95% intervals on both axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     by = {(r.method, r.metric): r.value for r in rows}
     for method in dict.fromkeys(r.method for r in rows):
-        acc, drift = by.get((method, "task_accuracy")), by.get((method, "drift_kl"))
+        acc, drift = by.get((method, metric)), by.get((method, "drift_kl"))
         if acc is None or drift is None:
             continue
         ax.errorbar(
@@ -129,7 +131,8 @@ def draw_accuracy_vs_drift(rows: Sequence[SummaryRow]):
             label=method,
         )
     ax.set_xlabel("drift: mean per-token KL(reference || policy) on unrelated prompts")
-    ax.set_ylabel("held-out task accuracy (%)")
+    label = METRICS_BY_KEY[metric].label
+    ax.set_ylabel(("held-out " if metric == "task_accuracy" else "") + f"{label} (%)")
     ax.set_title("What each method fixes against what it damages")
     ax.grid(alpha=0.3)
     ax.legend()

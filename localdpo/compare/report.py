@@ -41,8 +41,29 @@ METRICS: tuple[Metric, ...] = (
     Metric("continuation_accuracy", "continuation acc.", True, percent=True),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
-PRIMARY_METRIC = "task_accuracy"
-"""The metric whose comparisons with the baseline form the Holm-corrected family (held-out task accuracy)."""
+PRIMARY_METRICS = ("task_accuracy", "uptake", "preference_accuracy")
+"""The primary metric of a comparison, the first of these it measured: its differences with the baseline form
+the Holm-corrected family, and hyperparameter selection reads it first (`localdpo.compare.selection`).
+
+With a task, held-out task accuracy: the checker's verdict on whole greedy answers, what the person wants.
+Without one (a person's own steers), uptake: greedy from prompt + prefix at each held-out steer, the model
+writes the correction token for token. It is the behaviour a steer asks for, read from generation, and
+measured the same way for every method. Held-out preference accuracy is the fallback (runs without the steer
+metrics), not the first choice: it asks whether the policy's log-ratio against the reference favours chosen
+over rejected, the quantity the DPO-family losses push up directly and SFT only indirectly, so it leans
+towards the methods that optimise it, and it is 0 for the starting model by construction (ties).
+Recurrence stays a secondary column: a method that stops writing the mistake may write anything else."""
+PRIMARY_METRIC = PRIMARY_METRICS[0]
+"""The primary metric of a comparison with a task (see `PRIMARY_METRICS`)."""
+
+
+def primary_metric(keys) -> str:
+    """The primary metric (`PRIMARY_METRICS`) of a comparison whose metric keys are `keys`: task accuracy when
+    it has a task, else uptake, else held-out preference accuracy."""
+    keys = set(keys)
+    return next((key for key in PRIMARY_METRICS if key in keys), PRIMARY_METRIC)
+
+
 STARTING_MODEL = "base"
 """Method label of the untrained starting model: a reference row, not a variant of the Holm family."""
 FAMILY_ALPHA = 0.05
@@ -79,8 +100,8 @@ class SummaryRow:
     seed_test: SeedTest | None = None
     """Seed-level paired t test of the same difference (S - 1 df); None for the baseline or with one seed."""
     holm_p: float | None = None
-    """Holm-adjusted p-value of `seed_test` within the family (variants against the baseline on
-    `PRIMARY_METRIC`); None outside the family."""
+    """Holm-adjusted p-value of `seed_test` within the family (variants against the baseline on the primary
+    metric, `primary_metric`); None outside the family."""
 
     @property
     def separated(self) -> bool:
@@ -106,7 +127,8 @@ def stack_items(records: Sequence[RunRecord], method: str, metric: str) -> np.nd
 
 def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: int = 2000) -> list[SummaryRow]:
     """Mean and 95% interval per method and metric; the paired difference against `baseline` with both its
-    intervals (two-level bootstrap, seed-level t); Holm-adjusted p-values over the variants on `PRIMARY_METRIC`."""
+    intervals (two-level bootstrap, seed-level t); Holm-adjusted p-values over the variants on the primary
+    metric (`primary_metric` of the records' metrics)."""
     methods = list(dict.fromkeys(r.method for r in records))
     rows: list[SummaryRow] = []
     for method in methods:
@@ -140,11 +162,13 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
 
 def holm_family(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
     """The rows whose seed-level p-values Holm corrects together: every variant (not `STARTING_MODEL`) compared
-    with the baseline on `PRIMARY_METRIC` that has a seed-level test (two seeds or more)."""
+    with the baseline on the primary metric (`primary_metric` of the rows' metrics) that has a seed-level test
+    (two seeds or more)."""
+    primary = primary_metric(row.metric for row in rows)
     return [
         row
         for row in rows
-        if row.metric == PRIMARY_METRIC and row.method != STARTING_MODEL and row.seed_test is not None
+        if row.metric == primary and row.method != STARTING_MODEL and row.seed_test is not None
     ]
 
 
@@ -161,7 +185,7 @@ def write_csv(
 
     Difference columns: `diff_ci_*` the two-level bootstrap interval, `diff_t_*` the seed-level t interval and
     `diff_t_p` its two-sided p-value (blank with one seed), `separated` whether both intervals exclude 0,
-    `holm_p` the Holm-adjusted p-value (only on the family's rows: variants on `PRIMARY_METRIC`)."""
+    `holm_p` the Holm-adjusted p-value (only on the family's rows: variants on the primary metric)."""
     header = [
         "method",
         "metric",
@@ -240,9 +264,9 @@ def _difference_cell(row: SummaryRow, metric: Metric) -> str:
 
 
 def holm_summary(rows: Sequence[SummaryRow], *, baseline: str) -> str:
-    """One sentence: which variants' differences against `baseline` on `PRIMARY_METRIC` survive Holm's
+    """One sentence: which variants' differences against `baseline` on the primary metric survive Holm's
     correction at family-wise `FAMILY_ALPHA` (seed-level paired t p-values), with m and each adjusted p."""
-    label = METRICS_BY_KEY[PRIMARY_METRIC].label
+    label = METRICS_BY_KEY[primary_metric(row.metric for row in rows)].label
     family = [row for row in holm_family(rows) if row.holm_p is not None]
     if not family:
         return (
@@ -266,15 +290,15 @@ def holm_summary(rows: Sequence[SummaryRow], *, baseline: str) -> str:
     )
 
 
-def intervals_note(baseline: str) -> str:
-    """The results note on what the intervals and verdicts mean."""
+def intervals_note(baseline: str, primary: str = PRIMARY_METRIC) -> str:
+    """The results note on what the intervals and verdicts mean (`primary`: the Holm family's metric)."""
     return (
         "Intervals: 95%. Each value: two-level bootstrap (seeds, then items). Each paired difference against "
         f"`{baseline}`: the bootstrap interval and a seed-level Student t interval (the per-seed mean differences, "
         "S-1 df; undefined with one seed), since a bootstrap over a few seeds sees few distinct seed draws (10 for "
         "3 seeds). 'better' / 'worse' only where both exclude 0; 'not separated' otherwise: the data cannot tell "
-        "those two apart. The Holm line corrects the seed-level p-values on task accuracy for the number of "
-        f"variants compared with `{baseline}`."
+        "those two apart. The Holm line corrects the seed-level p-values on "
+        f"{METRICS_BY_KEY[primary].label} for the number of variants compared with `{baseline}`."
     )
 
 
@@ -311,7 +335,7 @@ def markdown_tables(rows: Sequence[SummaryRow], *, baseline: str) -> str:
             else:
                 cells.append(_difference_cell(row, m))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if PRIMARY_METRIC in {m.key for m in metrics}:
+    if primary_metric(m.key for m in metrics) in {m.key for m in metrics}:
         lines += ["", holm_summary(rows, baseline=baseline)]
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,10 @@
 """Hyperparameter selection on the validation split: score every grid point, choose one per variant.
 
 Score of a grid point (one run, first seed, evaluated once at its end on validation data only), compared in
-order: higher validation task accuracy; then higher validation preference accuracy; then lower chosen-span
-NLL on the validation steers; then lower drift KL; a full tie keeps the earlier grid point (the grid's order).
+order: the comparison's primary metric (`localdpo.compare.report.PRIMARY_METRICS`: validation task accuracy
+with a task, uptake at the validation steers without one); then higher validation preference accuracy; then
+lower chosen-span NLL on the validation steers; then lower drift KL; a full tie keeps the earlier grid point
+(the grid's order).
 
 A chosen value that is the first or last of its key's grid values (grids are written in ascending order) is on
 the grid's edge: the best value may lie beyond the grid, and the tables say so.
@@ -14,13 +16,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-SCORE_KEYS: tuple[tuple[str, bool], ...] = (
-    ("eval/task_accuracy", True),
-    ("eval/preference_accuracy", True),
-    ("eval/chosen_nll", False),
-    ("eval/drift_kl", False),
-)
-"""(metric, higher is better), in the order they decide."""
+from localdpo.compare.report import METRICS_BY_KEY, PRIMARY_METRIC
+
+TIE_BREAKS: tuple[str, ...] = ("preference_accuracy", "chosen_nll", "drift_kl")
+"""The metrics that decide after the primary one, in order."""
+
+
+def score_keys(primary: str = PRIMARY_METRIC) -> tuple[tuple[str, bool], ...]:
+    """(`eval/` metric, higher is better) in the order they decide: `primary`, then `TIE_BREAKS`."""
+    keys = dict.fromkeys([primary, *TIE_BREAKS])
+    return tuple((f"eval/{key}", METRICS_BY_KEY[key].higher_is_better) for key in keys)
+
+
+SCORE_KEYS = score_keys()
+"""The order with a task: validation task accuracy first."""
 
 
 @dataclass
@@ -32,11 +41,13 @@ class GridPoint:
     """`key=value` overrides of this point."""
     metrics: dict[str, float] = field(default_factory=dict)
     run_dir: str | None = None
+    primary: str = PRIMARY_METRIC
+    """The comparison's primary metric, which decides first (`score_keys`)."""
 
     def score(self) -> tuple[float, ...]:
         """Larger is better, key by key; a metric the run lacks ranks below every measured value."""
         out = []
-        for key, higher in SCORE_KEYS:
+        for key, higher in score_keys(self.primary):
             value = self.metrics.get(key)
             if value is None or math.isnan(value):
                 out.append(-math.inf)
@@ -99,11 +110,19 @@ def _fmt(value: float | None, percent: bool) -> str:
 
 
 def selection_table(points: Sequence[GridPoint], chosen: dict[str, GridPoint]) -> str:
-    """Markdown: every grid point's validation scores, the chosen point of each variant in bold, marked where a
-    chosen value lies on its grid's edge (`edge_values`)."""
+    """Markdown: every grid point's validation scores (the `score_keys` in the order they decide), the chosen
+    point of each variant in bold, marked where a chosen value lies on its grid's edge (`edge_values`)."""
+    keys = score_keys(points[0].primary if points else PRIMARY_METRIC)
+    metrics = [METRICS_BY_KEY[key.removeprefix("eval/")] for key, _ in keys]
+    names = [
+        ("" if m.key == "drift_kl" else "val. ")
+        + m.label.removeprefix("held-out ")
+        + (" (%)" if m.percent else "")
+        for m in metrics
+    ]
     lines = [
-        "| variant | grid point | val. task accuracy (%) | val. pref. acc. (%) | val. chosen-span NLL | drift KL | chosen |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | grid point | " + " | ".join(names) + " | chosen |",
+        "|---|---|" + "---|" * len(names) + "---|",
     ]
     any_edge = False
     for point in points:
@@ -111,12 +130,7 @@ def selection_table(points: Sequence[GridPoint], chosen: dict[str, GridPoint]) -
         grid = [p.point for p in points if p.label == point.label]
         edges = edge_values(grid, point.point) if picked else []
         any_edge = any_edge or bool(edges)
-        cells = [
-            _fmt(point.metrics.get("eval/task_accuracy"), True),
-            _fmt(point.metrics.get("eval/preference_accuracy"), True),
-            _fmt(point.metrics.get("eval/chosen_nll"), False),
-            _fmt(point.metrics.get("eval/drift_kl"), False),
-        ]
+        cells = [_fmt(point.metrics.get(f"eval/{m.key}"), m.percent) for m in metrics]
         where = " ".join(point.point) or "(as written)"
         mark = ("**yes**" + (f", on the grid's edge ({' '.join(edges)})" if edges else "")) if picked else ""
         lines.append(f"| {point.label} | {where} | " + " | ".join(cells) + f" | {mark} |")

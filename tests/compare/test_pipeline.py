@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from localdpo.compare.pipeline import comparison_steers, pooled_records, run_com
 from localdpo.compare.results import load_records, load_summary
 from localdpo.steers import load_steers, save_steers
 from localdpo.trainer.logging import read_offline_run
+
+SPELL = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "spell.py"
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,7 @@ def test_heldout_prompts_never_reach_training(tmp_path):
 def _multiples_steers(path, split, n):
     from localdpo.steers import Steer
 
+    start = {"train": 3, "heldout": 30, "validation": 60}[split]  # no prompt in two splits
     steers = [
         Steer(
             prompt=f"List the first 4 multiples of {k}.",
@@ -116,7 +120,7 @@ def _multiples_steers(path, split, n):
             id=f"{split}-{k}",
             meta={"task": "multiples", "prompt_id": f"multiples/{split}/{k}", "split": split},
         )
-        for k in range(3, 3 + n)
+        for k in range(start, start + n)
     ]
     save_steers(steers, path)
 
@@ -187,7 +191,10 @@ def test_selection_then_final_runs_on_two_tasks(tmp_path):
 def test_selection_shared_from_one_variant(tmp_path):
     """`select.shared_from: sft`: only sft's grid trains, and every variant's final runs use its chosen lr."""
     tiny = load_compare_config(preset_path("tiny"))
-    validation = [replace_meta(s, f"addition/validation/{i}") for i, s in enumerate(load_steers(tiny.steers.heldout_file)[:2])]
+    validation = [
+        replace_meta(s, f"addition/validation/{i}")
+        for i, s in enumerate(load_steers(tiny.steers.heldout_file)[:2])
+    ]
     save_steers(validation, tmp_path / "validation.jsonl")
     config = load_compare_config(
         preset_path("tiny"),
@@ -219,9 +226,12 @@ def test_selection_shared_from_one_variant(tmp_path):
 
 
 def replace_meta(steer, prompt_id):
+    """`steer` on another prompt (its text and id changed), as a validation steer."""
     from dataclasses import replace
 
-    return replace(steer, id=prompt_id, meta={**steer.meta, "prompt_id": prompt_id, "split": "validation"})
+    prompt = [{**steer.prompt[-1], "content": steer.prompt[-1]["content"] + " (validation)"}]
+    meta = {**steer.meta, "prompt_id": prompt_id, "split": "validation"}
+    return replace(steer, prompt=prompt, id=prompt_id, meta=meta)
 
 
 def test_results_notes_name_each_variants_own_learning_rate():
@@ -246,3 +256,166 @@ def test_results_notes_name_each_variants_own_learning_rate():
         "its own hyperparameters, chosen on the validation split (below): sft lr 3e-05, beta 0.1; "
         "ldpo lr 1e-06, beta 0.1."
     )
+
+
+def _own_steers(path, n: int = 48):
+    """`n` steers a person might bring (converted preference rows: no task, no meta), one prompt each."""
+    from localdpo.steers import Steer
+
+    animals = ["cat", "dog", "owl", "fox", "eel", "yak", "ant", "bee"]
+    steers = [
+        Steer(
+            prompt=f"Which animal is number {i} on my list, and why?",
+            prefix="It is the ",
+            rejected=f"{animals[i % 8]}, because it is small.",
+            chosen=f"{animals[(i + 3) % 8]}, because it is small.",
+            chosen_complete=True,
+            rejected_complete=True,
+            id=f"rows:{i}",
+        )
+        for i in range(n)
+    ]
+    save_steers(steers, path)
+    return steers
+
+
+@pytest.mark.slow
+def test_own_steers_without_a_task_are_split_measured_without_a_checker_and_titled_with_the_file(tmp_path):
+    """`localdpo compare --preset tiny --steers mine.jsonl`: no task (the preset's task and steer files are
+    dropped), the file split by prompt hash, selection on the validation steers by uptake, every metric one
+    that needs no checker, the primary (uptake) stated, the title naming the file."""
+    from localdpo.cli import main
+    from localdpo.compare.splits import prompt_key
+
+    mine = _own_steers(tmp_path / "mine.jsonl", n=64)
+    out = tmp_path / "out"
+    status = main(
+        [
+            "compare",
+            "--preset",
+            "tiny",
+            "--steers",
+            str(tmp_path / "mine.jsonl"),
+            "--out",
+            str(out),
+            f"run.cache_dir={tmp_path / 'cache'}",
+            "variants={sft: [method=sft], ldpo: [method=ldpo]}",
+            "select={grid: {optim.lr: [1.0e-3, 1.0e-2]}}",
+        ]
+    )
+    assert status == 0
+    assert "task: null" in (out / "compare_config.yaml").read_text()
+    splits = {
+        split: load_steers(out / f"steers_{split}.jsonl") for split in ("train", "validation", "heldout")
+    }
+    assert sorted(s.id for steers in splits.values() for s in steers) == sorted(s.id for s in mine)
+    keys = {split: {prompt_key(s.prompt) for s in steers} for split, steers in splits.items()}
+    assert not keys["train"] & keys["heldout"] and not keys["validation"] & (keys["train"] | keys["heldout"])
+    sizes = {split: len(steers) for split, steers in splits.items()}
+    assert sizes == {"train": 37, "validation": 6, "heldout": 21}
+
+    text = (out / "results.md").read_text()
+    assert text.startswith("# localdpo comparison `tiny`: steers of `mine.jsonl`, no task checker, tiny\n")
+    assert "addition" not in text and "task accuracy" not in text.split("## Selection")[0].split("- Seeds")[0]
+    assert "(64 steers on 64 prompts) split by a stable hash of each prompt" in text
+    assert ": 37 train, 6 validation, 21 held-out." in text
+    assert "- Primary metric: uptake (the Holm family; selection reads it first)." in text
+    assert (
+        "on the 6 validation steers, one run each with seed 0: higher uptake at the validation steers, then"
+        in text
+    )
+    assert "| variant | grid point | val. uptake (%) | val. pref. acc. (%) |" in text
+    assert "compared with `sft` on uptake" in text
+    summary = load_summary(out)
+    assert {r["metric"] for r in summary if r["phase"] == "final"} == {
+        "preference_accuracy",
+        "chosen_nll",
+        "drift_kl",
+        "recurrence",
+        "uptake",
+    }
+    finals = [r for r in load_records(out) if r["method"] != "base"]
+    assert {r["task"] for r in finals} == {None}
+    assert all(len(r["items"]["preference_accuracy"]) == 6 for r in finals)  # the preset's eval.max_steers
+    assert "read the first 6 of the 21 held-out steers (run.eval.max_steers=6)" in text
+    selection = load_records(out, "selection")
+    assert len(selection) == 4 and all("eval/uptake" in r["metrics"] for r in selection)
+
+
+def test_own_steers_too_few_to_split_are_one_line_before_any_model_loads(tmp_path, capsys):
+    from localdpo.cli import main
+
+    _own_steers(tmp_path / "few.jsonl", n=16)
+    assert (
+        main(
+            [
+                "compare",
+                "--preset",
+                "tiny",
+                "--steers",
+                str(tmp_path / "few.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("localdpo compare: `few.jsonl` (16 steers on 16 prompts) split by a stable hash")
+    assert "a comparison needs at least 10 held-out steers" in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "runs").exists()
+
+
+def _spell_steers(path, split: str, n: int):
+    """`n` steers on `split` prompts of the example task, as a watcher makes them: the first wrong letter of a
+    written answer, its correction from the task's own `correct`."""
+    from localdpo.steers import Steer
+    from localdpo.tasks import get_task
+
+    task = get_task(f"{SPELL}:Spell")
+    steers = []
+    for prompt in task.prompts(n, seed=0, split=split):
+        word = prompt.data["word"]
+        output = "Sure: " + "-".join(word[:2] + "x" + word[3:])  # the third letter is wrong
+        mistake = task.check(prompt, output).mistake
+        assert mistake.item == 2 and mistake.found == "x"
+        steers.append(
+            Steer(
+                prompt=[{"role": "user", "content": prompt.text}],
+                prefix=output[: mistake.start],
+                rejected=output[mistake.start : mistake.end + 2],
+                chosen=task.correct(prompt, output, mistake).text,
+                replaces=1,
+                id=prompt.id,
+                meta={"task": task.name, "prompt_id": prompt.id},
+            )
+        )
+    save_steers(steers, path)
+
+
+@pytest.mark.slow
+def test_a_task_of_ones_own_gives_task_accuracy_on_its_prompts(tmp_path):
+    """`--task examples/tasks/spell.py:Spell`: task accuracy on the task's held-out prompts, continuation
+    accuracy judged by its checker, the title naming the task, the task's code in every run's fingerprint."""
+    import hashlib
+
+    from localdpo.cli import main
+
+    _spell_steers(tmp_path / "train.jsonl", "train", 12)
+    _spell_steers(tmp_path / "heldout.jsonl", "heldout", 6)
+    spec = f"{SPELL}:Spell"
+    out = tmp_path / "out"
+    argv = ["compare", "--preset", "tiny", "--task", spec, "--steers", str(tmp_path / "train.jsonl")]
+    argv += ["--heldout-steers", str(tmp_path / "heldout.jsonl"), "--out", str(out)]
+    assert (
+        main([*argv, f"run.cache_dir={tmp_path / 'cache'}", "seeds=[0]", "variants={sft: [method=sft]}"]) == 0
+    )
+    text = (out / "results.md").read_text()
+    assert text.startswith("# localdpo comparison `tiny`: spell steers, tiny\n")
+    assert "| task accuracy (%) | format kept (%) |" in text and "continuation acc. (%)" in text
+    run = next(r for r in load_records(out) if r["method"] == "sft")
+    assert len(run["items"]["task_accuracy"]) == 6 and len(run["items"]["continuation_accuracy"]) == 6
+    assert {r["task"] for r in load_records(out)} == {"spell"}
+    record = json.loads((out / "runs" / "sft-seed0" / "record.json").read_text())
+    digest = hashlib.sha256(SPELL.read_bytes()).hexdigest()
+    assert record["fingerprint"]["task code"] == digest and record["fingerprint"]["eval.task"] == spec

@@ -3,7 +3,15 @@ import csv
 import numpy as np
 import pytest
 
-from localdpo.compare.report import RunRecord, markdown_tables, summarize, write_csv, write_markdown
+from localdpo.compare.report import (
+    RunRecord,
+    intervals_note,
+    markdown_tables,
+    primary_metric,
+    summarize,
+    write_csv,
+    write_markdown,
+)
 from localdpo.compare.results import load_summary
 
 from .conftest import records
@@ -97,3 +105,31 @@ def test_one_seed_has_no_seed_level_interval_and_no_verdict():
     table = markdown_tables(rows, baseline="sft")
     assert "| ldpo | 100.0 [100.0, 100.0] t undefined (1 seed) not separated |" in table
     assert table.splitlines()[-1].startswith("Holm correction on task accuracy: not applied")
+
+
+def test_without_task_accuracy_the_holm_family_is_on_uptake():
+    """A comparison on a person's own steers has no task accuracy: its primary metric is uptake (else held-out
+    preference accuracy), and the Holm family and line follow it. Same per-seed numbers as the test above, now
+    as uptake; preference accuracy beside it never enters the family."""
+    recs = [
+        RunRecord(
+            r.method,
+            r.seed,
+            {"uptake": r.items["task_accuracy"], "preference_accuracy": r.items["task_accuracy"]},
+        )
+        for r in _spread_seeds_records()
+    ]
+    assert primary_metric({"uptake", "preference_accuracy", "drift_kl"}) == "uptake"
+    assert primary_metric({"preference_accuracy", "chosen_nll"}) == "preference_accuracy"
+    assert primary_metric({"task_accuracy", "uptake"}) == "task_accuracy"
+    rows = summarize(recs, baseline="sft", n_boot=200)
+    family = {(r.method, r.metric) for r in rows if r.holm_p is not None}
+    assert family == {("spread", "uptake")}
+    assert (
+        markdown_tables(rows, baseline="sft")
+        .splitlines()[-1]
+        .startswith(
+            "Holm correction over the m = 1 variant compared with `sft` on uptake (seed-level paired t test, 2 df)"
+        )
+    )
+    assert "seed-level p-values on uptake for the number of variants" in intervals_note("sft", "uptake")

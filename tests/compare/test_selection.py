@@ -1,4 +1,4 @@
-from localdpo.compare.selection import GridPoint, choose, edge_note, edge_values, selection_table
+from localdpo.compare.selection import GridPoint, choose, edge_note, edge_values, score_keys, selection_table
 
 LRS = ["optim.lr=1.0e-07", "optim.lr=1.0e-06", "optim.lr=3.0e-05"]
 
@@ -38,3 +38,22 @@ def test_an_edge_chosen_variant_is_marked_in_the_table_and_the_note():
         edge_note({"sft": chosen["sft"]}, grids) == "No variant's chosen value lies on the edge of its grid."
     )
     assert "edge" not in selection_table(sft, {"sft": chosen["sft"]})
+
+
+def test_without_a_task_uptake_decides_first_then_the_tie_breaks():
+    """Primary `uptake` (no task): the point with more uptake wins though its preference accuracy is lower; on
+    equal uptake, preference accuracy decides; the table's columns follow the order that decides."""
+    a = GridPoint("sft", [LRS[0]], {"eval/uptake": 0.2, "eval/preference_accuracy": 0.9}, primary="uptake")
+    b = GridPoint("sft", [LRS[1]], {"eval/uptake": 0.3, "eval/preference_accuracy": 0.1}, primary="uptake")
+    c = GridPoint("sft", [LRS[2]], {"eval/uptake": 0.3, "eval/preference_accuracy": 0.4}, primary="uptake")
+    assert choose([a, b]) is b and choose([a, b, c]) is c
+    assert [key for key, _ in score_keys("uptake")] == [
+        "eval/uptake",
+        "eval/preference_accuracy",
+        "eval/chosen_nll",
+        "eval/drift_kl",
+    ]
+    header = selection_table([a, b, c], {"sft": c}).splitlines()[0]
+    assert header == (
+        "| variant | grid point | val. uptake (%) | val. pref. acc. (%) | val. chosen-span NLL | drift KL | chosen |"
+    )
