@@ -1,7 +1,8 @@
 def test_unknown_task_is_one_line(one_line_error, tmp_path):
     line = one_line_error("make-steers", "--task", "nope", "--out", tmp_path / "s.jsonl", "--model", "tiny")
     assert line == (
-        "localdpo make-steers: unknown task 'nope'; known tasks: addition, running_sum, multiples, sort_words (or all)"
+        "localdpo make-steers: unknown task 'nope'; known tasks: addition, running_sum, multiples, sort_words (or all, "
+        "or module:Class for a task of your own: docs/tasks.md)"
     )
     assert not (tmp_path / "s.jsonl").exists()
 
