@@ -370,6 +370,13 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(f"optim.lr={config.optim.lr}: must be > 0")
     if not 0 <= config.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={config.data.eval_fraction}: must be in [0, 1)")
+    if config.eval.task is not None:
+        from localdpo.tasks import UnknownTaskError, get_task
+
+        try:  # a task of one's own is loaded (and registered) now, before its steers are read
+            get_task(config.eval.task)
+        except UnknownTaskError as error:
+            raise ConfigError(f"eval.task: {error}") from None
     return config
 
 

@@ -148,6 +148,21 @@ def test_cli_lists_a_loaded_task_and_refuses_a_misfit_in_one_line(tmp_path, caps
         assert err == f"localdpo {command[0]}: task '{path}:Nope': {path} has no 'Nope'\n"
 
 
+def test_a_run_config_loads_its_task_when_validated_so_its_steers_find_it():
+    """`localdpo train eval.task=file.py:Class`: the task is registered before the held-out steers' meta is
+    read (`task_prompt_of`), and a name that reaches no task is a config error naming the key."""
+    from localdpo.config import ConfigError
+    from localdpo.trainer.config import from_dict, validate
+
+    assert task_prompt_of({"task": "spell", "prompt_id": "spell/tiger"}) is None  # not loaded yet
+    validate(from_dict({"eval": {"task": f"{SPELL}:Spell"}}))
+    assert task_prompt_of({"task": "spell", "prompt_id": "spell/tiger"}).answer == tuple("tiger")
+    with pytest.raises(
+        ConfigError, match=r"^eval.task: unknown task 'nope'; known tasks: addition, .*, spell \(or all"
+    ):
+        validate(from_dict({"eval": {"task": "nope"}}))
+
+
 def make_module(tmp_path: Path, name: str, body: str, *, from_id: bool = True) -> Path:
     """A module holding `Echo`, a minimal task that fits (answer: the number said), then `body`."""
     rebuild = "    def from_id_body(self, body):\n        return self.build(int(body))\n" if from_id else ""
