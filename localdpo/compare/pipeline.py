@@ -314,12 +314,11 @@ def _finished_run(
     fingerprint, else (after clearing what a cut-off attempt left, and logging `doing`) trained now on the train
     steers, evaluated on the `evaluated` split, and recorded; `eval_reference` is the reference of the evaluated
     steers for the next run (the trained run's, or the one given)."""
-    run_dir = run_config.resolved_run_dir
-    name = str(run_dir.relative_to(config.output_dir))
     from localdpo.tasks import task_code_digest
 
-    # a task of one's own: its code decides the prompts and the verdicts
-    code = task_code_digest(run_config.eval.task)
+    run_dir = run_config.resolved_run_dir
+    name = str(run_dir.relative_to(config.output_dir))
+    code = task_code_digest(run_config.eval.task)  # a task of yours: its code decides the verdicts
     fingerprint = resume.run_fingerprint(
         run_config,
         [steers.files["train"], steers.files[evaluated]],
