@@ -31,3 +31,10 @@ def test_bind_a_free_loopback_port_and_print_its_address():
         sock.close()
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+def test_a_task_that_does_not_load_is_one_line_before_the_model(capsys):
+    assert main(["studio", "--model", "tiny", "--task", "nowhere_at_all:Task"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("localdpo studio: task 'nowhere_at_all:Task': no module 'nowhere_at_all'")
+    assert err.count("\n") == 1

@@ -262,3 +262,21 @@ def test_the_checker_marks_the_embedded_models_mistake(tmp_path):
     assert steer["prefix"].endswith("797 + 953 = ") and steer["rejected"].startswith("1768")
     assert steer["prefix"] + steer["rejected"] == "".join(pieces)
     assert steer["meta"]["task"] == "addition" and steer["meta"]["prompt_id"] == "addition/797+953"
+
+
+def test_a_task_of_ones_own_is_offered_and_drawn_once_loaded(client, monkeypatch):
+    """`localdpo studio --task examples/tasks/spell.py:Spell` loads the task before serving: the page lists it
+    beside the built-in ones and draws its training-split prompts, as for a built-in task."""
+    from pathlib import Path
+
+    from localdpo.tasks import get_task, registry, split_of
+
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(registry, "_BY_NAME", {})
+    assert client.post("/api/task-prompt", json={"task": "spell"}).status_code == 400
+    get_task(f"{Path(__file__).resolve().parents[2] / 'examples' / 'tasks' / 'spell.py'}:Spell")
+    names = [t["name"] for t in client.get("/api/info").json()["tasks"]]
+    assert names == ["addition", "running_sum", "multiples", "sort_words", "spell"]
+    drawn = client.post("/api/task-prompt", json={"task": "spell", "seed": 3}).json()
+    assert drawn["prompt_id"].startswith("spell/") and split_of(drawn["prompt_id"]) == "train"
+    assert drawn["prompt"].startswith("Spell the word '")
