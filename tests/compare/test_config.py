@@ -88,3 +88,28 @@ def test_dose_preset_is_sft_plus_alpha_times_each_term_at_sfts_learning_rate():
             assert run.loss.beta == dose.beta
     runs = len(config.tasks) * (len(config.select.points("sft")) + len(config.variants) * len(config.seeds))
     assert runs == 142 and "142 training runs" in preset_path("dose").read_text()
+
+
+def test_a_yaml_names_its_task_its_own_task_or_none(tmp_path):
+    """`task: file.py:Class` loads a task of one's own (named by its `name`); steers and no `task:` mean a
+    person's own steers without a task; `task: null` without steers is refused, saying what to give."""
+    from pathlib import Path
+
+    spell = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "spell.py"
+    (tmp_path / "mine.jsonl").write_text("")
+    own = tmp_path / "own.yaml"
+    own.write_text(f"name: own\nmodel: tiny\ntask: {spell}:Spell\n")
+    config = load_compare_config(own)
+    assert config.tasks == [f"{spell}:Spell"] and config.task_name(config.tasks[0]) == "spell"
+    assert config.run_config("sft", 0).eval.task == f"{spell}:Spell"
+    steers = tmp_path / "steers.yaml"
+    steers.write_text("name: mine\nmodel: tiny\nsteers: {train_file: mine.jsonl}\n")
+    config = load_compare_config(steers)
+    assert config.task is None and config.tasks == [None] and config.task_name(None) == "mine"
+    assert config.steers.train_file == str(tmp_path / "mine.jsonl")  # found next to the config
+    assert config.run_config("sft", 0).eval.task is None
+    assert load_compare_config(steers, ["task=addition"]).tasks == ["addition"]
+    with pytest.raises(ConfigError, match=r"task=null compares on a person's own steers: give them \(steers.train_file"):
+        load_compare_config(own, ["task=null"])
+    with pytest.raises(ConfigError, match=r"task 'nowhere:Task': no module 'nowhere'"):
+        load_compare_config(own, ["task=nowhere:Task"])
