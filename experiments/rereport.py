@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from localdpo.compare.pipeline import pooled_records
+from localdpo.compare.plots import dose_plots
 from localdpo.compare.report import RunRecord, markdown_tables, summarize
 from localdpo.compare.results import load_records
 from localdpo.fileio import atomic_write_text
@@ -74,6 +75,9 @@ def main() -> None:
         "--in-progress", action="store_true", help="read runs/*/record.json of an unfinished comparison"
     )
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    parser.add_argument(
+        "--plots", action="store_true", help="also the dose-response plots (dose_<metric>.png) beside --out"
+    )
     args = parser.parse_args()
     sections, every = [], []
     for task in args.tasks or [None]:
@@ -87,10 +91,13 @@ def main() -> None:
         sections.append((name, records))
     if len(args.tasks) > 1:
         sections.append(("pooled over " + ", ".join(args.tasks), pooled_records(every)))
+    summaries = [(name, summarize(records, baseline=args.baseline)) for name, records in sections]
     text = f"# {args.directory}: the tables re-read under today's statistics\n\n" + "".join(
-        f"## {name}\n\n{markdown_tables(summarize(records, baseline=args.baseline), baseline=args.baseline)}\n"
-        for name, records in sections
+        f"## {name}\n\n{markdown_tables(rows, baseline=args.baseline)}\n" for name, rows in summaries
     )
+    if args.plots:
+        for path in dose_plots(summaries[0][1], args.out.parent):
+            print(f"wrote {path}")
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
 
