@@ -255,9 +255,10 @@ def _verdict(row: SummaryRow, metric: Metric) -> str:
 
 
 def _difference_cell(row: SummaryRow, metric: Metric) -> str:
-    """`mean [bootstrap] t [seed-level t] verdict`; the t interval is undefined with one seed."""
+    """`mean [bootstrap] t [seed-level t] verdict`; the t interval is undefined with one seed, or with seeds
+    that agree exactly on a non-zero difference."""
     if row.seed_test is None:
-        t = "t undefined (1 seed)"
+        t = "t undefined (1 seed)" if row.n_seeds < 2 else "t undefined (seeds agree exactly)"
     else:
         t = "t " + row.seed_test.interval.format_bounds(**_digits(metric))
     return f"{_cell(row.difference, metric)} {t} {_verdict(row, metric)}"

@@ -151,8 +151,9 @@ def t_quantile(p: float, df: int) -> float:
 
 def seed_t_test(per_seed, *, confidence: float = 0.95) -> SeedTest | None:
     """Student t interval of the mean of `per_seed` values (one per seed: mean +- t_{(1+c)/2, S-1} sd / sqrt(S))
-    and the two-sided p-value of mean = 0; None with fewer than two seeds, where it is undefined. Seeds that
-    agree exactly give a point interval (p 0, or 1 if they are all 0).
+    and the two-sided p-value of mean = 0; None where it is undefined: fewer than two seeds, or seeds that
+    agree exactly on a non-zero value (zero spread is no evidence of a small one: with per-seed accuracies on a
+    few hundred items, three equal means happen). Seeds all exactly 0 give the point interval [0, 0], p 1.
 
     Shape: per_seed (S,).
     """
@@ -164,7 +165,7 @@ def seed_t_test(per_seed, *, confidence: float = 0.95) -> SeedTest | None:
         raise ValueError("per-seed values contain NaN")
     mean, se = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(n)
     if se == 0.0:
-        return SeedTest(Interval(mean, mean, mean), 1.0 if mean == 0.0 else 0.0, n)
+        return SeedTest(Interval(mean, mean, mean), 1.0, n) if mean == 0.0 else None
     half = t_quantile((1 + confidence) / 2, n - 1) * se
     p_value = 1.0 - t_central_mass(mean / se, n - 1)
     return SeedTest(Interval(mean, mean - half, mean + half), max(p_value, 0.0), n)
