@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "studio": "studio",
     "show": "show",
     "convert": "convert",
+    "export": "export",
 }
 
 USAGE_ERROR_STATUS = 2
@@ -56,6 +57,7 @@ def checked_device(name: str | None) -> str:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input, never a bug: each message names the input and what to do."""
     from localdpo.convert import ConvertError
+    from localdpo.gguf_export import ExportError
     from localdpo.models import ModelNotFoundError
     from localdpo.steers import SteerFileError, SteerValidationError
     from localdpo.tasks import UnknownTaskError
@@ -72,6 +74,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ModelNotFoundError,
         UnknownTaskError,
         ConvertError,
+        ExportError,
         OutputRefusedError,
         FileNotFoundError,
     )
