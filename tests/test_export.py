@@ -244,10 +244,16 @@ def _llama_cpp_python() -> str:
 
 @pytest.mark.llamacpp
 @pytest.mark.embedded
-@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
 def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_answer(embedded_run, tmp_path, outtype):
-    """The exported file in llama.cpp itself: its tokenizer splits the rendered prompt as ours does, and its
-    greedy answer is the trained model's."""
+    """The exported file in llama.cpp itself: its tokenizer splits the rendered prompt as ours does, its logits
+    stay within the type's tolerance and its greedy answer is the trained model's (f32, f16).
+
+    q8_0 in llama.cpp also rounds the activations to 8 bits: measured (llama-cpp-python 0.3.36) 0.054 (f32),
+    0.089 (f16) and 2.0 (q8_0) of a largest |logit| of 38.3, and this trained model's first answer token is a
+    near tie ("The" 24.759 against "L" 24.744) that q8_0 flips. So for q8_0 the test asks that llama.cpp's
+    choice differs from the model's only where the model's top-2 margin is within twice that difference.
+    """
     import json
     import subprocess
 
@@ -257,8 +263,8 @@ def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_answer(embedd
     from localdpo.steermaking import render_chat
 
     python = _llama_cpp_python()
-    result = export_model(embedded_run, tmp_path / "out", outtype=outtype)
-    trained, tokenizer = load_model(embedded_run / "final")
+    result = export_model(embedded_run, tmp_path / "out", outtype=outtype, verify=outtype != "q8_0")
+    trained, tokenizer = load_source(resolve_source(embedded_run))
     text = render_chat(tokenizer, ROUND_TRIP_PROMPT)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     gguf = str(tmp_path / "out" / "model.gguf")
@@ -275,9 +281,16 @@ def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_answer(embedd
     ran = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
     llama = json.loads(ran.stdout.strip().splitlines()[-1])
     assert llama["tokenized"] == ids
-    assert llama["answer"] == result.round_trip.model_answer
     with torch.no_grad():
         logits = trained(torch.tensor([ids])).logits[0].numpy()  # (T, V)
-    difference = float(np.abs(np.load(tmp_path / "l.npy") - logits).max())
-    print(f"llama.cpp {outtype}: max |logit difference| {difference:.3g} of {np.abs(logits).max():.3g}")
-    assert difference <= {"f32": 0.01, "q8_0": 0.1}[outtype] * float(np.abs(logits).max())
+    llama_logits = np.load(tmp_path / "l.npy")  # (T, V)
+    difference = float(np.abs(llama_logits - logits).max())
+    scale = float(np.abs(logits).max())
+    print(f"llama.cpp {outtype}: max |logit difference| {difference:.3g} of {scale:.3g}")
+    assert difference <= {"f32": 0.01, "f16": 0.01, "q8_0": 0.1}[outtype] * scale
+    if outtype != "q8_0":
+        assert llama["answer"] == result.round_trip.model_answer
+        return
+    top2 = np.sort(logits, axis=-1)[:, -2:]  # (T, 2)
+    flipped = llama_logits.argmax(-1) != logits.argmax(-1)  # (T,)
+    assert np.all(top2[flipped, 1] - top2[flipped, 0] <= 2 * difference)
