@@ -24,25 +24,22 @@ WORDS = (
     "tomato tunnel turnip turtle valley velvet violin wagon walnut walrus window winter wizard yellow zipper"
 ).split()
 
-LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
-"""A letter standing alone: no letter right before or after it."""
-HYPHEN_GAP = re.compile(r"\s*-\s*")
-"""What stands between two letters of one spelling ("g-a-r", "G - A - R")."""
+HYPHENATED = re.compile(r"[A-Za-z]+(?:\s*-\s*[A-Za-z]+)+")
+"""Letters or chunks of letters joined by hyphens ("g-a-r", "G - A - R", "Ga-R-D", "step-by-step")."""
+CHUNK = re.compile(r"[A-Za-z]+")
 
 
 def spelled_letters(output: str) -> list[re.Match]:
-    """The first run of two or more lone letters joined by hyphens in `output` (empty when there is none).
+    """The items of the first spelling in `output`: the chunks of the first hyphen-joined run that holds a
+    lone letter (so "step-by-step" is prose, not a spelling); empty when there is none.
 
-    E.g. "Sure: g-a-r-d-n." -> the matches of g, a, r, d, n (the "S" of "Sure" is no lone letter)."""
-    run: list[re.Match] = []
-    for match in LETTER.finditer(output):
-        if run and HYPHEN_GAP.fullmatch(output[run[-1].end() : match.start()]):
-            run.append(match)
-            continue
-        if len(run) >= 2:
-            break
-        run = [match]
-    return run if len(run) >= 2 else []
+    E.g. "Sure: g-a-r-d-n." -> g, a, r, d, n; "Garden: Ga-R-D-E-N" -> Ga, R, D, E, N (the first item is
+    wrong: two letters where one belongs)."""
+    for run in HYPHENATED.finditer(output):
+        chunks = list(CHUNK.finditer(output, run.start(), run.end()))
+        if any(len(chunk[0]) == 1 for chunk in chunks):
+            return chunks
+    return []
 
 
 class Spell(Task):
@@ -76,7 +73,7 @@ class Spell(Task):
             letters.pop()  # the last letter may be the start of a word still being written
         expected = prompt.answer
         for i, (found, want) in enumerate(zip(letters, expected)):
-            if found[0].lower() != want:
+            if found[0].lower() != want:  # a wrong letter, or several letters where one belongs
                 mistake = Mistake(i, found.start(), found.end(), MistakeKind.WRONG, found[0], want)
                 return Judgement(Verdict.WRONG, mistake, items_found=len(letters))
         if len(letters) > len(expected):  # a letter too many: the answer should have ended before it
@@ -97,5 +94,5 @@ class Spell(Task):
         letter = mistake.expected
         if mistake.kind is MistakeKind.MISSING:
             written = spelled_letters(output)[-1][0]
-            return Correction("-" + (letter.upper() if written.isupper() else letter))
-        return Correction(letter.upper() if mistake.found.isupper() else letter)
+            return Correction("-" + (letter.upper() if written[:1].isupper() else letter))
+        return Correction(letter.upper() if mistake.found[:1].isupper() else letter)
