@@ -1,6 +1,7 @@
 """Shared records of the comparison report and plot tests."""
 
 import numpy as np
+import pytest
 
 from localdpo.compare.report import RunRecord
 
@@ -26,3 +27,13 @@ def records():
             )
         )
     return out
+
+
+@pytest.fixture
+def fresh_task_registry(monkeypatch):
+    """Tasks of one's own loaded by a test stay in this test: the registry of loaded tasks starts empty and
+    is put back after it (a `spell` left registered would change other tests' lists of known tasks)."""
+    from localdpo.tasks import registry
+
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(registry, "_BY_NAME", {})

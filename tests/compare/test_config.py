@@ -90,7 +90,7 @@ def test_dose_preset_is_sft_plus_alpha_times_each_term_at_sfts_learning_rate():
     assert runs == 142 and "142 training runs" in preset_path("dose").read_text()
 
 
-def test_a_yaml_names_its_task_its_own_task_or_none(tmp_path):
+def test_a_yaml_names_its_task_its_own_task_or_none(tmp_path, fresh_task_registry):
     """`task: file.py:Class` loads a task of one's own (named by its `name`); steers and no `task:` mean a
     person's own steers without a task; `task: null` without steers is refused, saying what to give."""
     from pathlib import Path

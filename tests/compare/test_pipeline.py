@@ -394,7 +394,7 @@ def _spell_steers(path, split: str, n: int):
 
 
 @pytest.mark.slow
-def test_a_task_of_ones_own_gives_task_accuracy_on_its_prompts(tmp_path):
+def test_a_task_of_ones_own_gives_task_accuracy_on_its_prompts(tmp_path, fresh_task_registry):
     """`--task examples/tasks/spell.py:Spell`: task accuracy on the task's held-out prompts, continuation
     accuracy judged by its checker, the title naming the task, the task's code in every run's fingerprint."""
     import hashlib
