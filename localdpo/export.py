@@ -8,7 +8,7 @@ adapter), a checkpoint (`checkpoints/step-000040`, rebuilt from the run's `confi
 directory with `base=`, or any model name `localdpo.models.load_model` takes. A LoRA adapter is merged into
 its base (`merge_and_unload`). The output directory holds, for `hf`: `config.json`,
 `generation_config.json`, `model.safetensors`, the tokenizer files with `chat_template.jinja`, and `README.md`
-(the model card); for `gguf`: `model.gguf` (`localdpo.gguf_export`), `Modelfile` (`localdpo.ollama`) and
+(the model card, `localdpo.modelcard`); for `gguf`: `model.gguf` (`localdpo.gguf_export`), `Modelfile` (`localdpo.ollama`) and
 `README.md`. A GGUF is read back before it is kept (`localdpo.gguf_export.read_back`); one that differs from
 the model beyond its type's tolerance is an `ExportError` and nothing is written. The directory is filled
 beside its place and renamed in (`localdpo.fileio.atomic_directory`), checked by `localdpo.writeguard` first.
@@ -23,24 +23,12 @@ from enum import Enum
 from pathlib import Path
 
 from localdpo.gguf_export import ExportError, OutType, RoundTrip  # noqa: F401  (ExportError: part of this API)
+from localdpo.modelcard import RUN_CONFIG, model_card, round_trip_lines, run_config, run_summary
 from localdpo.writeguard import WriteMode
 
 GGUF_FILE = "model.gguf"
 MODELFILE = "Modelfile"
 CARD = "README.md"
-RUN_CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
-CARD_METRICS = (
-    "eval/preference_accuracy",
-    "eval/margin",
-    "eval/chosen_nll",
-    "eval/recurrence",
-    "eval/uptake",
-    "eval/continuation_accuracy",
-    "eval/task_accuracy",
-    "eval/drift_kl",
-)
-"""Held-out metrics the model card shows, at the run's first and last evaluation (those it logged)."""
 
 
 class ExportFormat(str, Enum):
@@ -113,12 +101,6 @@ def resolve_source(name: str | os.PathLike) -> ExportSource:
     )
 
 
-def _run_config(run_dir: Path):
-    from localdpo.trainer.config import load_config
-
-    return load_config(run_dir / RUN_CONFIG)
-
-
 def load_source(source: ExportSource, *, base: str | None = None, cache_dir: str | os.PathLike | None = None):
     """`(model, tokenizer)` of `source`: float32, CPU, eval mode, any LoRA adapter merged.
 
@@ -127,7 +109,7 @@ def load_source(source: ExportSource, *, base: str | None = None, cache_dir: str
     """
     from localdpo.models import load_model, merge_adapter
 
-    config = _run_config(source.run_dir) if source.run_dir is not None else None
+    config = run_config(source.run_dir) if source.run_dir is not None else None
     if source.kind in (SourceKind.MODEL, SourceKind.NAMED):
         return load_model(source.path, cache_dir=cache_dir)
     if base is not None:
@@ -181,54 +163,6 @@ def _with_checkpoint_weights(model, path: Path, config):
     return model.merge_and_unload() if config.model.lora.enabled else model
 
 
-@dataclass(frozen=True)
-class SteerFile:
-    role: str
-    """`train` or `held out`."""
-    path: str
-    sha256: str | None
-    """None when the file is not found from here."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the model card says about the run: its config, steer files and held-out metrics."""
-
-    run_dir: Path
-    config: object
-    """The run's `RunConfig`."""
-    steer_files: list[SteerFile]
-    evaluations: list[dict[str, float]]
-    """The run's first and last evaluation (`metrics.jsonl` rows with `eval/` keys), fewer if it logged fewer."""
-
-
-def _steer_file(role: str, path: str | os.PathLike) -> SteerFile:
-    from localdpo.fileintegrity import sha256_file
-
-    file = Path(path).expanduser()
-    return SteerFile(role, str(path), sha256_file(file) if file.is_file() else None)
-
-
-def run_summary(run_dir: str | os.PathLike, *, steers: str | os.PathLike | None = None) -> RunSummary:
-    """The `RunSummary` of `run_dir`; `steers` names the train steer file when the run's config does not
-    (steers passed in by `localdpo compare`)."""
-    run_dir = Path(run_dir)
-    config = _run_config(run_dir)
-    named = [("train", steers or config.data.train_steers), ("held out", config.data.eval_steers)]
-    evaluations = []
-    metrics = run_dir / METRICS
-    if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        evaluations = [r for r in rows if any(k.startswith("eval/") for k in r)]
-        evaluations = evaluations[:1] + evaluations[1:][-1:]
-    return RunSummary(
-        run_dir=run_dir,
-        config=config,
-        steer_files=[_steer_file(role, path) for role, path in named if path],
-        evaluations=evaluations,
-    )
-
-
 @dataclass
 class ExportResult:
     """What `export_model` wrote."""
@@ -242,96 +176,6 @@ class ExportResult:
     round_trip: RoundTrip | None = None
     notes: list[str] = field(default_factory=list)
     """What the user should know (a Modelfile without TEMPLATE, a greedy answer that rounding changed)."""
-
-
-def _training_lines(summary: RunSummary | None, source: ExportSource) -> list[str]:
-    if summary is None:
-        return [f"Not a localdpo run: `{source.path}` ({source.kind.value}) exported as it is."]
-    config = summary.config
-    lora = config.model.lora
-    losses = ", ".join(f"{t.value}×{w:g}" for t, w in config.loss.combination)
-    lines = [
-        f"- run: `{summary.run_dir}` ({source.kind.value} `{source.path}`)",
-        f"- starting model: `{config.model.name}`"
-        + (f" (seed {config.model.tiny_seed})" if config.model.name == "tiny" else ""),
-        f"- method: `{config.method.value}`, span `{config.span_mode.value}`, loss {losses}, β {config.loss.beta:g}",
-        f"- optimizer: lr {config.optim.lr:g}, {config.train.max_steps} steps of "
-        f"{config.train.batch_size}×{config.train.grad_accum} steers, seed {config.train.seed}",
-    ]
-    if lora.enabled:
-        lines.append(f"- LoRA r {lora.r}, alpha {lora.alpha} on {', '.join(lora.target_modules)}: merged")
-    for steer in summary.steer_files:
-        digest = f"sha256 `{steer.sha256}`" if steer.sha256 else "not found from the export's directory"
-        lines.append(f"- {steer.role} steers: `{steer.path}`, {digest}")
-    if not any(s.role == "train" for s in summary.steer_files):
-        lines.append("- train steers: passed in by the caller (`localdpo compare`); no file recorded")
-    if not config.data.eval_steers:
-        lines.append(
-            f"- held-out steers: {config.data.eval_fraction:g} of the train steers (data seed {config.data_seed})"
-        )
-    return lines
-
-
-def _metrics_table(evaluations: list[dict[str, float]]) -> list[str]:
-    keys = [k for k in CARD_METRICS if any(k in e for e in evaluations)]
-    if not keys:
-        return ["No held-out evaluation was logged (`metrics.jsonl`)."]
-    steps = [f"step {int(e['step'])}" for e in evaluations]
-    lines = ["| metric | " + " | ".join(steps) + " |", "|---" * (len(steps) + 1) + "|"]
-    for key in keys:
-        values = [f"{e[key]:.4g}" if key in e else "" for e in evaluations]
-        lines.append(f"| {key} | " + " | ".join(values) + " |")
-    return lines
-
-
-def _round_trip_lines(round_trip: RoundTrip | None, tokenizer) -> list[str]:
-    if round_trip is None:
-        return ["Not read back (`--no-verify`)."]
-    answer = tokenizer.decode(round_trip.model_answer, skip_special_tokens=True)
-    same = "the same" if round_trip.greedy_match else "different (rounding flipped a near tie)"
-    return [
-        f"Read back with transformers' GGUF loader, on the prompt {round_trip.prompt!r}: max |logit difference| "
-        f"{round_trip.max_abs_logit_diff:.3g} (largest |logit| {round_trip.logit_scale:.3g}; accepted up to "
-        f"{round_trip.tolerance:.3g} for {round_trip.outtype.value}); greedy answer {same}: {answer!r}.",
-    ]
-
-
-def model_card(
-    *,
-    title: str,
-    fmt: ExportFormat,
-    outtype: OutType | None,
-    source: ExportSource,
-    summary: RunSummary | None,
-    round_trip: RoundTrip | None,
-    tokenizer,
-) -> str:
-    """The README.md written beside an export: what it was trained on, how it did, and how to run it."""
-    lines = [f"# {title}", "", "Exported by `localdpo export`"]
-    lines[-1] += (
-        f" as {'a GGUF file (' + outtype.value + ')' if fmt is ExportFormat.GGUF else 'a Hugging Face model'}."
-    )
-    lines += ["", "## Training", "", *_training_lines(summary, source)]
-    if summary is not None:
-        lines += ["", "## Held-out metrics", "", *_metrics_table(summary.evaluations)]
-    lines += ["", "## Use", ""]
-    if fmt is ExportFormat.GGUF:
-        lines += [
-            "```",
-            f"ollama create {title} -f {MODELFILE} && ollama run {title}",
-            f"llama-cli -m {GGUF_FILE} -cnv",
-            "```",
-            "",
-            *_round_trip_lines(round_trip, tokenizer),
-        ]
-    else:
-        lines += [
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'model = AutoModelForCausalLM.from_pretrained("."); tokenizer = AutoTokenizer.from_pretrained(".")',
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def ollama_name(title: str) -> str:
@@ -399,15 +243,26 @@ def export_model(
                     result.notes.append(
                         f"{outtype.value} rounding changes the greedy answer to the check prompt; f32 keeps it"
                     )
-        card = model_card(
-            title=title,
-            fmt=fmt,
-            outtype=outtype,
-            source=resolved,
-            summary=summary,
-            round_trip=result.round_trip,
-            tokenizer=tokenizer,
-        )
+        if fmt is ExportFormat.GGUF:
+            exported_as = f"a GGUF file ({outtype.value})"
+            use = [
+                "```",
+                f"ollama create {title} -f {MODELFILE} && ollama run {title}",
+                f"llama-cli -m {GGUF_FILE} -cnv",
+                "```",
+                "",
+                *round_trip_lines(result.round_trip, tokenizer),
+            ]
+        else:
+            exported_as = "a Hugging Face model"
+            use = [
+                "```python",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                'model = AutoModelForCausalLM.from_pretrained("."); tokenizer = AutoTokenizer.from_pretrained(".")',
+                "```",
+            ]
+        source_text = f"`{resolved.path}` ({resolved.kind.value})"
+        card = model_card(title=title, exported_as=exported_as, source=source_text, summary=summary, use=use)
         atomic_write_text(tmp / CARD, card)
         result.files = sorted(p.name for p in tmp.iterdir())
     return result
