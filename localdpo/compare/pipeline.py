@@ -83,14 +83,17 @@ def _check_disjoint(train: list[Steer], heldout: list[Steer], validation: list[S
 
 
 def split_own_steers(config: CompareConfig) -> OwnSteers:
-    """A person's steers (no task) split as `localdpo.compare.splits.own_steers` splits them, for `config`."""
+    """A person's steers (no task) split as `localdpo.compare.splits.own_steers` splits them, for `config`,
+    checked so that no prompt reaches two splits (a held-out file may share prompts with the train file)."""
     source = config.steers
-    return own_steers(
+    own = own_steers(
         source.train_file,
         heldout_file=source.heldout_file,
         validation_file=source.validation_file,
         validation=config.select is not None,
     )
+    _check_disjoint(own.splits["train"], own.splits["heldout"], own.splits.get("validation", []))
+    return own
 
 
 def comparison_steers(
@@ -104,10 +107,7 @@ def comparison_steers(
 
     if task_name is None:
         own = split_own_steers(config)
-        train, heldout = own.splits["train"], own.splits["heldout"]
-        validation = own.splits.get("validation", [])
-        _check_disjoint(train, heldout, validation)
-        return train, heldout, validation, {}
+        return own.splits["train"], own.splits["heldout"], own.splits.get("validation", []), {}
     source, summaries = config.steers, {}
     task = get_task(task_name)
 
@@ -200,7 +200,7 @@ def run_comparison(
     elif saved.is_file():
         resume.check_config(saved, config)
     if None in config.tasks:
-        split_own_steers(config)  # too few steers for a split: said now, before the model loads
+        split_own_steers(config)  # too few steers, or a prompt in two splits: said before the model loads
     out.mkdir(parents=True, exist_ok=True)
     save_compare_config(config, saved)
 
@@ -275,7 +275,6 @@ def _task_steers(config: CompareConfig, task: str | None, shared: _Shared) -> _T
     out = config.task_dir(task)
     if task is None:
         own = split_own_steers(config)
-        _check_disjoint(own.splits["train"], own.splits["heldout"], own.splits.get("validation", []))
         files = {split: out / f"steers_{split}.jsonl" for split in own.splits}
         for split, steers in own.splits.items():
             save_steers(steers, files[split])

@@ -125,9 +125,11 @@ def own_steers(
     if short:
         needs = " and ".join(f"{MIN_STEERS[split]} {SPLIT_NAMES[split]}" for split in short)
         why = "; ".join(SHORT_REASONS[split] for split in short)
+        hint = (
+            ", or give the held-out steers as their own file (--heldout-steers)" if "heldout" in cut else ""
+        )
         raise TooFewSteersError(
             f"{own.note().removeprefix('Steers: ').rstrip('.')}; a comparison needs at least {needs} steers "
-            f"({why}): bring more steers on more prompts, or give the held-out steers as their own file "
-            "(--heldout-steers)"
+            f"({why}): bring more steers on more prompts{hint}"
         )
     return own

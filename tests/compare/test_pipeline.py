@@ -419,3 +419,21 @@ def test_a_task_of_ones_own_gives_task_accuracy_on_its_prompts(tmp_path, fresh_t
     record = json.loads((out / "runs" / "sft-seed0" / "record.json").read_text())
     digest = hashlib.sha256(SPELL.read_bytes()).hexdigest()
     assert record["fingerprint"]["task code"] == digest and record["fingerprint"]["eval.task"] == spec
+
+
+def test_a_heldout_file_sharing_prompts_with_the_train_file_is_one_line_before_any_model_loads(
+    tmp_path, capsys
+):
+    from localdpo.cli import main
+
+    mine = _own_steers(tmp_path / "mine.jsonl")
+    save_steers(mine[:12], tmp_path / "heldout.jsonl")
+    argv = ["compare", "--preset", "tiny", "--steers", str(tmp_path / "mine.jsonl")]
+    assert (
+        main([*argv, "--heldout-steers", str(tmp_path / "heldout.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "localdpo compare: 12 held-out prompts also appear in the training steers, e.g. 'Which animal is number "
+    )
+    assert err.count("\n") == 1 and not (tmp_path / "o" / "runs").exists()
