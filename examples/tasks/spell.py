@@ -3,7 +3,7 @@
 localdpo tasks --task examples/tasks/spell.py:Spell        # loads and checks it against the protocol
 localdpo eval --task examples/tasks/spell.py:Spell --n 30
 localdpo make-steers --task examples/tasks/spell.py:Spell --n 80 --out spell_steers.jsonl
-localdpo compare --preset cpu --task examples/tasks/spell.py:Spell
+localdpo compare --preset cpu --task examples/tasks/spell.py:Spell steers.train_prompts=90 steers.heldout_prompts=33
 """
 
 import random

@@ -60,7 +60,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from localdpo.gguf_export import ExportError
     from localdpo.models import ModelNotFoundError
     from localdpo.steers import SteerFileError, SteerValidationError
-    from localdpo.tasks import UnknownTaskError
+    from localdpo.tasks import PromptSpaceError, UnknownTaskError
     from localdpo.tokenization import SteerTooLongError
     from localdpo.trainer.config import ConfigError
     from localdpo.writeguard import OutputRefusedError
@@ -73,6 +73,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         SteerTooLongError,
         ModelNotFoundError,
         UnknownTaskError,
+        PromptSpaceError,
         ConvertError,
         ExportError,
         OutputRefusedError,

@@ -22,6 +22,10 @@ what was the train share, so the held-out split is the same as before the valida
 SPLITS = ("train", "validation", "heldout")
 
 
+class PromptSpaceError(ValueError):
+    """More distinct prompts of a split were asked for than the task's prompt space holds."""
+
+
 class Verdict(str, Enum):
     """What a checker concluded about one output."""
 
@@ -160,8 +164,9 @@ class Task(ABC):
         while len(chosen) < n:
             attempts += 1
             if attempts > 200 * n + 1000:
-                raise ValueError(
-                    f"task {self.name}: could not find {n} distinct {split} prompts (found {len(chosen)})"
+                raise PromptSpaceError(
+                    f"task {self.name}: could not find {n} distinct {split} prompts (found {len(chosen)}); "
+                    f"ask for at most {len(chosen)}"
                 )
             prompt = self.sample(rng)
             if prompt.id not in chosen and split_of(prompt.id, split_seed) == split:

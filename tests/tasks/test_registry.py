@@ -163,6 +163,33 @@ def test_a_run_config_loads_its_task_when_validated_so_its_steers_find_it():
         validate(from_dict({"eval": {"task": "nope"}}))
 
 
+def test_asking_for_more_prompts_than_the_task_holds_is_one_line(tmp_path, capsys):
+    """The example has 91 train prompts: `make-steers --n 100` says so (exit status 2), as `compare` does for
+    `steers.train_prompts`."""
+    from localdpo.cli import main
+    from localdpo.tasks import PromptSpaceError
+
+    with pytest.raises(
+        PromptSpaceError, match="could not find 100 distinct train prompts .found 91.; ask for at most 91"
+    ):
+        get_task(f"{SPELL}:Spell").prompts(100, seed=0, split="train")
+    argv = [
+        "make-steers",
+        "--task",
+        f"{SPELL}:Spell",
+        "--n",
+        "100",
+        "--model",
+        "tiny",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    ]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "localdpo make-steers: task spell: could not find 100 distinct train prompts (found 91); ask for at most 91\n"
+    )
+
+
 def make_module(tmp_path: Path, name: str, body: str, *, from_id: bool = True) -> Path:
     """A module holding `Echo`, a minimal task that fits (answer: the number said), then `body`."""
     rebuild = "    def from_id_body(self, body):\n        return self.build(int(body))\n" if from_id else ""
