@@ -28,6 +28,8 @@ STEER_FIELDS = (
     "chosen_complete",
     "rejected_complete",
     "replaces",
+    "rejected_by",
+    "round",
     "id",
     "meta",
 )
@@ -76,6 +78,12 @@ class Steer:
     """Characters at the start of `rejected` that the correction replaces: the mistake itself, as its maker
     knew it (a task checker in `make-steers`); what follows is the model's run-on. None (or 0, an inserted
     item): not known, the span rule finds the edit's extent from the tokens alone."""
+    rejected_by: str | None = None
+    """The model that wrote `rejected`, as `<name>@<fingerprint digest>` (`localdpo.fingerprint`): steers of
+    one round are the mistakes of one model, so a person's rounds can be told apart. None: not recorded."""
+    round: int | None = None
+    """Steering round the steer belongs to (1 = steers of the starting model; r = steers of the model trained
+    on rounds 1..r-1). None: not part of a sequence of rounds."""
     id: str | None = None
     """Stable identifier; caches and results point back to it."""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +138,12 @@ def validate_steer(steer: Steer) -> None:
         raise SteerValidationError(
             "replaces", f"expected null or a character count in [0, {len(steer.rejected)}], got {steer.replaces!r}"
         )
+    if steer.rejected_by is not None and (not isinstance(steer.rejected_by, str) or not steer.rejected_by):
+        raise SteerValidationError("rejected_by", f"expected null or a non-empty string, got {steer.rejected_by!r}")
+    if steer.round is not None and (
+        isinstance(steer.round, bool) or not isinstance(steer.round, int) or steer.round < 1
+    ):
+        raise SteerValidationError("round", f"expected null or a round number >= 1, got {steer.round!r}")
     if steer.id is not None and not isinstance(steer.id, str):
         raise SteerValidationError("id", f"expected a string, got {type(steer.id).__name__}")
     if not isinstance(steer.meta, dict):

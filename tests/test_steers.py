@@ -27,6 +27,8 @@ def test_round_trip_keeps_every_field(tmp_path):
             rejected="x",
             chosen="y",
             chosen_complete=True,
+            rejected_by="smollm2-135m-instruct@0123456789ab",
+            round=2,
             id="b",
         ),
     ]
@@ -91,6 +93,21 @@ def test_trl_conversational_row():
             '{"prompt": "p", "prefix": "", "rejected": "r", "chosen": "c", "colour": 1}',
             "colour",
             "unknown field",
+        ),
+        (
+            '{"prompt": "p", "prefix": "", "rejected": "r", "chosen": "c", "round": 0}',
+            "round",
+            "round number >= 1, got 0",
+        ),
+        (
+            '{"prompt": "p", "prefix": "", "rejected": "r", "chosen": "c", "round": true}',
+            "round",
+            "round number >= 1, got True",
+        ),
+        (
+            '{"prompt": "p", "prefix": "", "rejected": "r", "chosen": "c", "rejected_by": ""}',
+            "rejected_by",
+            "non-empty string",
         ),
         ('["not", "an", "object"]', "<row>", "expected a JSON object"),
     ],
