@@ -154,7 +154,7 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
             )
     family = holm_family(rows)
     if family:
-        adjusted = holm_adjusted([row.seed_test.p_value for row in family])  # (m,)
+        adjusted = holm_adjusted([untested_p(row) for row in family])  # (m,)
         holm_p = {(row.method, row.metric): float(p) for row, p in zip(family, adjusted)}
         rows = [replace(row, holm_p=holm_p.get((row.method, row.metric))) for row in rows]
     return rows
@@ -162,14 +162,24 @@ def summarize(records: Sequence[RunRecord], *, baseline: str = "sft", n_boot: in
 
 def holm_family(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
     """The rows whose seed-level p-values Holm corrects together: every variant (not `STARTING_MODEL`) compared
-    with the baseline on the primary metric (`primary_metric` of the rows' metrics) that has a seed-level test
-    (two seeds or more)."""
+    with the baseline on the primary metric (`primary_metric` of the rows' metrics) over two seeds or more.
+    A variant whose seed-level test is undefined there (its seeds agree exactly on a non-zero difference) stays
+    in the family with p = 1 (`untested_p`): it was compared, so it counts in m; leaving it out would make
+    every other variant's correction smaller than the comparisons made."""
     primary = primary_metric(row.metric for row in rows)
     return [
         row
         for row in rows
-        if row.metric == primary and row.method != STARTING_MODEL and row.seed_test is not None
+        if row.metric == primary
+        and row.method != STARTING_MODEL
+        and row.difference is not None
+        and row.n_seeds >= 2
     ]
+
+
+def untested_p(row: SummaryRow) -> float:
+    """The seed-level p-value of a family row; 1 where the test is undefined (a hypothesis never rejected)."""
+    return row.seed_test.p_value if row.seed_test is not None else 1.0
 
 
 def write_csv(
@@ -274,10 +284,12 @@ def holm_summary(rows: Sequence[SummaryRow], *, baseline: str) -> str:
             f"Holm correction on {label}: not applied (no variant has a seed-level test against `{baseline}`; "
             "it needs two seeds or more)."
         )
-    df = ", ".join(sorted({str(row.seed_test.n_seeds - 1) for row in family}))
+    df = ", ".join(sorted({str(row.n_seeds - 1) for row in family}))
     listed = "; ".join(
         f"`{row.method}` p {row.seed_test.p_value:.3g}, adjusted {row.holm_p:.3g}"
-        for row in sorted(family, key=lambda r: r.holm_p)
+        if row.seed_test is not None
+        else f"`{row.method}` t undefined (seeds agree exactly), counted as p 1"
+        for row in sorted(family, key=lambda r: (r.holm_p, r.method))
     )
     survivors = [f"`{row.method}`" for row in family if row.holm_p <= FAMILY_ALPHA]
     if not survivors:

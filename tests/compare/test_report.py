@@ -94,6 +94,27 @@ def test_holm_line_names_the_variants_that_survive_and_leaves_out_the_starting_m
     )
 
 
+def test_a_variant_whose_seeds_agree_exactly_counts_in_holm_m_with_p_1():
+    """`exact` is right on 50 more items than `sft` in every seed (per-seed differences 0.25, 0.25, 0.25): its
+    t test is undefined, but it was compared, so m = 3 and it enters with p 1. Sorted p: 4.385e-5, 0.2354, 1;
+    adjusted: 3 * 4.385e-5, max(that, 2 * 0.2354) = 0.4708, max(that, 1 * 1) = 1."""
+    recs = _spread_seeds_records()
+    for seed, right in enumerate((100, 100, 102)):
+        recs.append(RunRecord("steady", seed, {"task_accuracy": (np.arange(200) < right).astype(float)}))
+        recs.append(RunRecord("exact", seed, {"task_accuracy": (np.arange(200) < 50).astype(float)}))
+    rows = summarize(recs, baseline="sft", n_boot=200)
+    by = {r.method: r for r in rows}
+    assert by["exact"].seed_test is None and not by["exact"].separated
+    assert by["steady"].holm_p == pytest.approx(3 * 4.385e-5, rel=1e-3)
+    assert by["spread"].holm_p == pytest.approx(2 * 0.2354, abs=2e-4)
+    assert by["exact"].holm_p == 1.0
+    assert markdown_tables(rows, baseline="sft").splitlines()[-1] == (
+        "Holm correction over the m = 3 variants compared with `sft` on task accuracy (seed-level paired t test, "
+        "2 df): at family-wise 0.05, `steady` survives (`steady` p 4.39e-05, adjusted 0.000132; `spread` p 0.235, "
+        "adjusted 0.471; `exact` t undefined (seeds agree exactly), counted as p 1)."
+    )
+
+
 def test_one_seed_has_no_seed_level_interval_and_no_verdict():
     recs = [
         RunRecord("sft", 0, {"task_accuracy": np.zeros(50)}),
