@@ -146,11 +146,6 @@ def aggregate_preference_items(items: dict[str, torch.Tensor], beta: float) -> d
     }
 
 
-def preference_metrics(model, examples: Sequence[TokenizedSteer], reference, **kwargs) -> dict[str, float]:
-    """Aggregated held-out preference metrics of `model` on `examples` (see `preference_items`)."""
-    return aggregate_preference_items(preference_items(model, examples, reference, **kwargs), kwargs["beta"])
-
-
 def task_metrics(
     model,
     tokenizer,
