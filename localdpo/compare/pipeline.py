@@ -346,7 +346,7 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, s
         grid_points, chosen = _select(config, task, labels, shared, steers, cache)
 
     records: list[RunRecord] = []
-    first: dict[tuple[str, int], resume.FinishedRun] = {}  # in rounds: round 1's runs, which round 2 continues
+    first: dict[tuple[str, int], resume.FinishedRun] = {}  # in rounds: the runs round 2 continues
     base_items, base_point = None, None
     eval_reference = None  # the held-out steers' reference log-probs, computed by the first run, then shared
     for seed in config.seeds:
@@ -495,6 +495,12 @@ def _write_pooled(
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]
+    if config.rounds is not None:
+        notes.insert(
+            1,
+            f"Steering in rounds: the runs of the last round ({config.rounds.count}); every round is in "
+            "each task's folder.",
+        )
     write_markdown(
         rows,
         results_md,

@@ -300,3 +300,37 @@ def test_a_comparison_killed_between_rounds_resumes_to_the_uninterrupted_tables(
     assert kept == ["runs/sft-seed0", "runs/ldpo-seed0"]
     assert "training sft seed 0 from its round 1 weights" in resumed.stdout
     assert _tables(out) == _tables(rounds_out)
+
+
+def test_a_round_starts_from_exactly_the_weights_the_last_one_saved(tmp_path):
+    """Full weights come back bit for bit (same fingerprint); a LoRA run's adapter is merged in, so the model
+    the next round loads gives the LoRA model's logits (to float rounding of the merge)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from localdpo.compare.rounds import load_weights, writer
+    from localdpo.compare.runs import save_weights
+    from localdpo.models import tiny_model
+    from localdpo.trainer.config import load_config
+    from localdpo.trainer.modeling import apply_lora
+
+    model, tokenizer = tiny_model(seed=3)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "lora").mkdir()
+    save_weights(SimpleNamespace(model=model, tokenizer=tokenizer, run_dir=tmp_path / "full"))
+    loaded = load_weights(tmp_path / "full", torch.device("cpu"))
+    assert writer("x", loaded) == writer("x", model)
+
+    lora = apply_lora(tiny_model(seed=3)[0], load_config(None, ["model.lora.enabled=true", "model.lora.r=4"]))
+    with torch.no_grad():
+        for name, tensor in lora.named_parameters():
+            if "lora_B" in name:
+                tensor.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[1, 5, 9, 200, 7]])
+    expected = lora(input_ids=ids).logits
+    save_weights(SimpleNamespace(model=lora, tokenizer=tokenizer, run_dir=tmp_path / "lora"))
+    merged = load_weights(tmp_path / "lora", torch.device("cpu"))
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    assert not torch.allclose(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-3)
