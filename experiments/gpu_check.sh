@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests throughput refcache lease dose compare; default all)
+# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests throughput refcache lease dose rounds compare; default all)
 #
 # Everything the project measures on one GPU, each stage writing its log and tables under OUT_DIR
 # (default outputs/gpu): the CUDA-only tests (FlexAttention backward, bf16 autocast training), the fast path
@@ -7,7 +7,9 @@
 # reference cache against a live reference, the `gpu` preset cut down to fit a 15-minute lease (`lease`: about
 # 11 min on one H200 with its earlier 3-value grid; docs/results/gpu-lease; now the 6-value grid 1e-7..3e-5,
 # not yet run), the negative signal's dose-response on running_sum sized like the lease run (`dose`: 5 seeds,
-# sft's lr chosen on validation; not yet run on a GPU) and `localdpo compare --preset gpu` (about 75 min on one
+# sft's lr chosen on validation; not yet run on a GPU), steering in rounds on running_sum sized for a lease
+# (`rounds`: the rounds-cpu design, 3 rounds x sft/ldpo/ldpo+sft x 3 seeds; ~11 min estimated from the lease
+# run's per-run times, not yet run) and `localdpo compare --preset gpu` (about 75 min on one
 # H200 with the earlier grid, estimated from the lease run's per-run times). Stages run in the order
 # given, so a machine with a per-command time limit can run them one call each. Installs nothing: run
 # `make install` first (a GPU box keeps its own torch build).
@@ -15,10 +17,22 @@ set -euo pipefail
 out=${1:-outputs/gpu}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests throughput refcache lease dose compare)
+[ ${#stages[@]} -eq 0 ] && stages=(tests throughput refcache lease dose rounds compare)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=${WANDB_MODE:-offline}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+
+# Steering in rounds (`--preset rounds-cpu`) on running_sum for a 15-minute lease: 3 selection runs + 3 variants x
+# 3 seeds x 3 rounds = 30 runs of 30 steps x 32 steers (~0.15 s a step on one H200), each later round on the
+# chain's own mistakes on 300 fresh prompts; task accuracy on 200 held-out prompts after every round.
+rounds_stage() {
+  python -m localdpo compare --preset rounds-cpu --out "$out/rounds-lease" name=rounds-lease task=running_sum \
+    steers.train_prompts=400 steers.heldout_prompts=200 select.validation_prompts=100 eval_batch_size=128 \
+    rounds.train_prompts=300 rounds.max_steps=30 run.train.max_steps=30 run.train.batch_size=32 \
+    run.eval.batch_size=64 run.eval.max_steers=null run.wandb.mode=disabled run.train.progress=false 2>&1 \
+    | tee "$out/rounds.log"
+}
+
 for stage in "${stages[@]}"; do
   case "$stage" in
     tests) python -m pytest -q -m gpu -rs tests 2>&1 | tee "$out/gpu_tests.log" ;;
@@ -35,8 +49,9 @@ for stage in "${stages[@]}"; do
             steers.train_prompts=600 steers.heldout_prompts=300 select.validation_prompts=150 \
             run.train.max_steps=60 run.train.batch_size=32 run.wandb.mode=disabled run.train.progress=false 2>&1 \
             | tee "$out/dose.log" ;;
+    rounds) rounds_stage ;;
     compare) python -m localdpo compare --preset gpu --out "$out/compare-gpu" 2>&1 | tee "$out/compare.log" ;;
-    *) echo "unknown stage $stage (tests throughput refcache lease dose compare)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (tests throughput refcache lease dose rounds compare)" >&2; exit 2 ;;
   esac
 done
 echo "results under $out"

@@ -28,7 +28,10 @@ from localdpo.fileio import atomic_write_text
 
 
 def records_of(directory: Path, task: str | None) -> list[RunRecord]:
-    """The final runs of one comparison directory as `RunRecord`s."""
+    """The final runs of one comparison directory as `RunRecord`s (of a comparison in rounds, the last round's,
+    as its `results.md` headline reads them)."""
+    rows = load_records(directory)
+    last = max((row["round"] for row in rows if "round" in row), default=None)
     return [
         RunRecord(
             method=row["method"],
@@ -36,7 +39,8 @@ def records_of(directory: Path, task: str | None) -> list[RunRecord]:
             items={key: np.asarray(values, dtype=np.float64) for key, values in row["items"].items()},
             task=task,
         )
-        for row in load_records(directory)
+        for row in rows
+        if row.get("round") == last
     ]
 
 

@@ -461,7 +461,7 @@ def make_steers(
     tokenizer,
     task: Task | str,
     *,
-    n: int,
+    n: int | None = None,
     seed: int = 0,
     split: str = "train",
     generation: GenerationConfig | None = None,
@@ -469,8 +469,10 @@ def make_steers(
     full_output: bool = False,
     meta: dict | None = None,
     progress: bool = True,
+    prompts: Sequence[TaskPrompt] | None = None,
 ) -> tuple[list[Steer], SteerSummary]:
-    """Steers from the model's answers to `n` prompts of `task` (`split` prompts, sampled with `seed`).
+    """Steers from the model's answers to `n` prompts of `task` (`split` prompts, sampled with `seed`), or to
+    the given `prompts` instead (`split` and `seed` then only recorded in each steer's meta and id).
 
     As a watcher would, generation of an answer stops `stop_after_tokens` tokens after its first mistake
     (`meta["output"]` then holds the answer up to there); `full_output=True` lets every answer run to
@@ -479,7 +481,9 @@ def make_steers(
     """
     task = get_task(task)
     config = generation or GenerationConfig(max_new_tokens=task.max_new_tokens)
-    prompts = task.prompts(n, seed, split)
+    if (n is None) == (prompts is None):
+        raise ValueError("give either n (prompts drawn with seed) or prompts")
+    prompts = list(prompts) if prompts is not None else task.prompts(n, seed, split)
     answers = generate_answers(
         model,
         tokenizer,

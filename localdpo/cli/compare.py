@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the task checking the answers: a built-in name (localdpo tasks) or module:Class / file.py:Class for "
         "your own (docs/tasks.md); default: the preset's, or none with --steers",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="steer in N rounds: after round 1, each variant x seed is steered again on its own model's mistakes "
+        "on fresh prompts and trained on, N-1 times (rounds.count=N; 1: one round, rounds=null)",
+    )
     parser.add_argument("--variants", default=None, help="comma-separated subset of the config's variants")
     parser.add_argument(
         "--with-sft-full", action="store_true", help="also run sft_full (SFT on the whole sequence)"
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out}")
     if args.task:
         overrides.append(f"task={args.task}")
+    if args.rounds is not None:
+        overrides.append("rounds=null" if args.rounds == 1 else f"rounds.count={args.rounds}")
     task_given = any(item.startswith("task=") for item in overrides)
     if not args.config and (task_given or args.steers):
         # a preset's steer files belong to its own task: never to another task or to the person's steers

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,42 @@ def _override_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+class RoundReference(str, Enum):
+    """The reference a later round's preference losses (and its steers' reference log-probs) are taken against."""
+
+    START = "start"
+    """The starting model in every round: one fixed KL anchor (the KL-regularised objective of iterative
+    preference learning against the initial policy, Xiong et al. 2024)."""
+    PREVIOUS = "previous"
+    """The model the round starts from, whose mistakes the round's steers are (iterative RPO, Pang et al. 2024:
+    iteration t trains from and against M_{t-1})."""
+
+
+@dataclass
+class RoundsConfig:
+    """Steering in rounds (`localdpo.compare.rounds`): round 1 is the comparison as without `rounds:`; in each
+    later round every variant x seed continues from its own previous round's weights, on new steers made from
+    that model's own greedy mistakes on fresh train prompts, and is evaluated on the same held-out prompts and
+    held-out steers. Hyperparameters are those chosen once on round 1's validation split."""
+
+    count: int = 3
+    """Rounds in all, round 1 included (at least 2; `rounds: null` is the one-round comparison)."""
+    train_prompts: int | None = None
+    """Fresh train-split prompts each later round's models answer (the same prompts for every variant and
+    seed, never those of an earlier round); None = `steers.train_prompts`."""
+    max_steps: int | None = None
+    """Optimizer steps of each later round (a fresh optimizer and schedule from the previous round's weights);
+    None = `run.train.max_steps`."""
+    reference: RoundReference = RoundReference.PREVIOUS
+    """`previous` (default): a later round's reference is the model the round starts from, as in iterative
+    RPO (Pang et al. 2024), where iteration t trains M_t from M_{t-1} with M_{t-1} as the reference: the
+    steers' rejected sides are that model's own output, so every log-ratio starts at 0 on them and β keeps
+    its meaning round after round. `start`: the starting model stays the reference (one fixed KL anchor,
+    the usual choice in iterative DPO analysed against the initial policy, Xiong et al. 2024); needs
+    `run.loss.reference=cache`. Drift and the held-out preference metrics are measured against the starting
+    model either way, so rounds compare."""
+
+
 @dataclass
 class CompareConfig:
     name: str = "cpu"
@@ -114,6 +151,8 @@ class CompareConfig:
     `run.eval.task_batch_size` sets its own)."""
     select: SelectConfig | None = None
     """Hyperparameters chosen per variant on the validation split (None = the variants as written)."""
+    rounds: RoundsConfig | None = None
+    """Steering in rounds (None = one round: the steers of the starting model only)."""
 
     @property
     def output_dir(self) -> Path:
@@ -146,9 +185,12 @@ class CompareConfig:
         extra: list[str] | None = None,
         point: list[str] | None = None,
         selection: bool = False,
+        round_: int = 1,
     ) -> RunConfig:
         """The `RunConfig` of one variant and seed (validated), with grid `point` overrides; a `selection` run
-        is scored once, at its end, on the validation prompts."""
+        is scored once, at its end, on the validation prompts; a run of a later round (`round_` >= 2) trains
+        `rounds.max_steps` steps in its own directory and does not evaluate its starting weights (the previous
+        round's final evaluation did)."""
         if label not in self.variants:
             raise ConfigError(f"unknown variant {label!r}; variants: {', '.join(self.variants)}")
         task = task if task is not None else self.tasks[0]
@@ -174,10 +216,14 @@ class CompareConfig:
             if task is not None:  # the score reads task accuracy first, never them (~20 s a run saved)
                 config.eval.steer_metrics = False
         else:
-            config.run_dir = str(self.task_dir(task) / "runs" / f"{label}-seed{seed}")
-            config.wandb.name = f"{prefix}/{label}/seed{seed}"
+            run = f"{label}-seed{seed}" + (f"-round{round_}" if round_ > 1 else "")
+            config.run_dir = str(self.task_dir(task) / "runs" / run)
+            config.wandb.name = f"{prefix}/{label}/seed{seed}" + (f"/round{round_}" if round_ > 1 else "")
             config.eval.task_split = TaskSplit.HELDOUT
             config.eval.task_n = self.steers.heldout_prompts
+            if round_ > 1:
+                config.train.max_steps = self.rounds.max_steps or config.train.max_steps
+                config.eval.at_start = False
         return validate(config)
 
 
@@ -232,6 +278,8 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
                 f"select.variants gives {unused[0]!r} its own grid, but select.shared_from={source!r} runs only "
                 f"{source!r}'s grid: move the keys to select.grid or select.variants.{source}"
             )
+    if config.rounds is not None:
+        _validate_rounds(config)
     for label in config.variants:
         for point in config.select.points(label) if config.select else [[]]:
             try:
@@ -239,6 +287,29 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
             except ConfigError as error:
                 raise ConfigError(f"variant {label!r} {' '.join(point)}: {error}") from None
     return config
+
+
+def _validate_rounds(config: CompareConfig) -> None:
+    rounds = config.rounds
+    if rounds.count < 2:
+        raise ConfigError(f"rounds.count={rounds.count}: must be >= 2 (rounds: null is the one-round comparison)")
+    for key in ("train_prompts", "max_steps"):
+        value = getattr(rounds, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"rounds.{key}={value}: must be >= 1 (or null)")
+    if None in config.tasks:
+        raise ConfigError(
+            "rounds need a task: each later round's steers are its models' own mistakes, found by the task's "
+            "checker (a person's own rounds of steers train with `localdpo train data.train_files=[...]`)"
+        )
+    if rounds.reference is RoundReference.START:
+        for label in config.variants:
+            if config.run_config(label, config.seeds[0], round_=2).loss.reference.value == "live":
+                raise ConfigError(
+                    f"rounds.reference=start with variant {label!r}'s loss.reference=live: a live reference is the "
+                    "weights a run starts from, the previous round's; use loss.reference=cache or "
+                    "rounds.reference=previous"
+                )
 
 
 def preset_names() -> list[str]:

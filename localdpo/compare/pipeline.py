@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, save_compare_config
-from localdpo.compare.plots import accuracy_over_steps, accuracy_vs_drift, dose_plots
+from localdpo.compare.plots import accuracy_over_rounds, accuracy_over_steps, accuracy_vs_drift, dose_plots
 from localdpo.compare.report import (
     METRICS_BY_KEY,
     PRIMARY_METRIC,
@@ -31,12 +31,11 @@ from localdpo.compare.report import (
     write_csv,
     write_markdown,
 )
+from localdpo.compare.runs import Shared, TaskSteers, finished_run, history_points, log
 from localdpo.compare.splits import OwnSteers, own_steers, prompt_key
 from localdpo.config import ConfigError
 from localdpo.fileio import atomic_write_text
 from localdpo.steers import Steer, load_steers, save_steers
-
-HISTORY_KEYS = {"eval/task_accuracy": "task_accuracy", "eval/task_format_kept": "format_kept"}
 
 
 @dataclass
@@ -47,10 +46,6 @@ class ComparisonResult:
     results_csv: Path
     plots: list[Path]
     seconds: float
-
-
-def _log(message: str) -> None:
-    print(f"[compare] {message}", flush=True)
 
 
 def _prompt_ids(steers: list[Steer]) -> dict[str, str]:
@@ -123,7 +118,7 @@ def comparison_steers(
             model, tokenizer, task, n=n, seed=source.seed, split=split, generation=generation
         )
         summaries[split] = summary.__dict__ | {"wrong": summary.wrong}
-        _log(summary.row())
+        log(summary.row())
         return steers
 
     train = loaded(source.train_file) if source.train_file else made("train", source.train_prompts)
@@ -141,35 +136,6 @@ def comparison_steers(
             f"no training steers for {task_name}: the starting model made no usable mistake on the train prompts"
         )
     return train, heldout, validation, summaries
-
-
-def _history(result_history: list[dict]) -> list[dict]:
-    points = []
-    for entry in result_history:
-        point = {"step": int(entry["step"])}
-        for key, name in HISTORY_KEYS.items():
-            if key in entry:
-                point[name] = float(entry[key])
-        if "eval/preference_accuracy" in entry:
-            point["preference_accuracy"] = float(entry["eval/preference_accuracy"])
-        if "eval/drift_kl" in entry:
-            point["drift_kl"] = float(entry["eval/drift_kl"])
-        points.append(point)
-    return points
-
-
-@dataclass
-class _Shared:
-    """What every task's runs share: the starting model, its tokenizer, device and drift set, the fingerprint
-    entries of every run, and the wall times of the runs kept from an earlier invocation."""
-
-    model: object
-    tokenizer: object
-    device: torch.device
-    drift: object
-    inputs: dict
-    """Starting model, tokenizer, device, localdpo version (`resume.shared_inputs`)."""
-    kept_seconds: list[float] = field(default_factory=list)
 
 
 def run_comparison(
@@ -196,7 +162,7 @@ def run_comparison(
     if restart:
         removed = resume.clear_comparison(config)
         if removed:
-            _log(f"--restart: removed from {out}: {', '.join(str(p.relative_to(out)) for p in removed)}")
+            log(f"--restart: removed from {out}: {', '.join(str(p.relative_to(out)) for p in removed)}")
     elif saved.is_file():
         resume.check_config(saved, config)
     if None in config.tasks:
@@ -208,7 +174,7 @@ def run_comparison(
     torch.manual_seed(0)
     model, tokenizer = load_base_model(probe)
     model.eval()
-    _log(
+    log(
         f"starting model: {config.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)"
     )
     device = resolve_device(probe.train.device)
@@ -216,7 +182,7 @@ def run_comparison(
     drift = None
     if probe.eval.drift:
         drift = DriftSet.for_eval(model, tokenizer, probe.eval, device=device)
-    shared = _Shared(model, tokenizer, device, drift, resume.shared_inputs(model, tokenizer, device))
+    shared = Shared(model, tokenizer, device, drift, resume.shared_inputs(model, tokenizer, device))
 
     records: list[RunRecord] = []
     outputs: list[tuple[Path, Path, list[Path]]] = []
@@ -232,42 +198,11 @@ def run_comparison(
         plots = [p for _, _, task_plots in outputs for p in task_plots]
     seconds = time.perf_counter() - started
     kept = f" ({len(shared.kept_seconds)} runs kept from earlier)" if shared.kept_seconds else ""
-    _log(f"done in {seconds / 60:.1f} min{kept}: {results_md}, {results_csv}")
+    log(f"done in {seconds / 60:.1f} min{kept}: {results_md}, {results_csv}")
     return ComparisonResult(out, records, results_md, results_csv, plots, seconds)
 
 
-def _train(run_config, shared: _Shared, steers, eval_steers, cache, eval_reference):
-    from localdpo.trainer import Trainer
-
-    trainer = Trainer(
-        run_config,
-        model=shared.model,
-        tokenizer=shared.tokenizer,
-        train_steers=steers,
-        eval_steers=eval_steers,
-        reference_cache=cache,
-        drift_set=shared.drift,
-        eval_reference=eval_reference,
-    )
-    result = trainer.run()
-    return trainer, result
-
-
-@dataclass
-class _TaskSteers:
-    """One task's steers as its runs read them (from the files in the task directory) and those files."""
-
-    splits: dict[str, list[Steer]]
-    """Split (`train`, `heldout`, and `validation` when selecting) -> its steers."""
-    files: dict[str, Path]
-    """Split -> its file in the task directory."""
-    summaries: dict
-    """Split -> yield summary of the steers the starting model made (empty for steers loaded from files)."""
-    own: OwnSteers | None = None
-    """Without a task: how the person's steers were split (None with a task)."""
-
-
-def _task_steers(config: CompareConfig, task: str | None, shared: _Shared) -> _TaskSteers:
+def _task_steers(config: CompareConfig, task: str | None, shared: Shared) -> TaskSteers:
     """The task's steers, loaded or made (`comparison_steers`), or those the starting model made into the task
     directory earlier from the same inputs (`resume.made_steers`); saved there, and read back from there so
     that a run trained now and a run trained after a resume read the very same steers. Without a task, the
@@ -278,15 +213,18 @@ def _task_steers(config: CompareConfig, task: str | None, shared: _Shared) -> _T
         files = {split: out / f"steers_{split}.jsonl" for split in own.splits}
         for split, steers in own.splits.items():
             save_steers(steers, files[split])
-        return _TaskSteers({split: load_steers(path) for split, path in files.items()}, files, {}, own)
+        return TaskSteers({split: load_steers(path) for split, path in files.items()}, files, {}, own)
     key = resume.steers_key(config, task, shared.inputs)
     made_files, summaries = resume.made_steers(out, key) or ({}, {})
     source = config
     if made_files:
         loaded = {f"{split}_file": str(path) for split, path in made_files.items()}
         source = replace(config, steers=replace(config.steers, **loaded))
-        _log(f"[{task}] kept the steers made earlier: {', '.join(str(p) for p in made_files.values())}")
+        log(f"[{task}] kept the steers made earlier: {', '.join(str(p) for p in made_files.values())}")
     train, heldout, validation, made = comparison_steers(source, task, shared.model, shared.tokenizer)
+    if config.rounds is not None and "train" in made:  # round 1's steers: the starting model's mistakes
+        by = f"{config.model}@{shared.inputs['starting model'][:12]}"
+        train = [replace(steer, round=1, rejected_by=by) for steer in train]
     splits = {"train": train, "heldout": heldout} | ({"validation": validation} if config.select else {})
     files = {split: out / f"steers_{split}.jsonl" for split in splits}
     for split, steers in splits.items():
@@ -296,57 +234,10 @@ def _task_steers(config: CompareConfig, task: str | None, shared: _Shared) -> _T
         resume.write_steer_manifest(out, key, {split: files[split] for split in made}, made)
         summaries = made
     read = {split: load_steers(path) for split, path in files.items()}
-    return _TaskSteers(read, files, summaries)
+    return TaskSteers(read, files, summaries)
 
 
-def _finished_run(
-    config: CompareConfig,
-    run_config,
-    shared: _Shared,
-    steers: _TaskSteers,
-    evaluated: str,
-    cache,
-    eval_reference,
-    doing: str,
-):
-    """`(run, eval_reference)`: the run kept from an earlier invocation when its record has this run's
-    fingerprint, else (after clearing what a cut-off attempt left, and logging `doing`) trained now on the train
-    steers, evaluated on the `evaluated` split, and recorded; `eval_reference` is the reference of the evaluated
-    steers for the next run (the trained run's, or the one given)."""
-    from localdpo.tasks import task_code_digest
-
-    run_dir = run_config.resolved_run_dir
-    name = str(run_dir.relative_to(config.output_dir))
-    code = task_code_digest(run_config.eval.task)  # a task of yours: its code decides the verdicts
-    fingerprint = resume.run_fingerprint(
-        run_config,
-        [steers.files["train"], steers.files[evaluated]],
-        shared.inputs | ({"task code": code} if code else {}),
-    )
-    kept = resume.kept_run(run_dir, fingerprint, name)
-    if kept is not None:
-        _log(f"kept {name} (finished earlier)")
-        shared.kept_seconds.append(kept.seconds)
-        return kept, eval_reference
-    if resume.clear_partial(run_dir):
-        _log(f"{name} was cut off before it finished: removed it, training it again")
-    _log(doing)
-    start = time.perf_counter()
-    trainer, result = _train(
-        run_config, shared, steers.splits["train"], steers.splits[evaluated], cache, eval_reference
-    )
-    finished = resume.write_record(
-        run_dir,
-        fingerprint,
-        history=result.history,
-        items=trainer.final_items,
-        initial_items=trainer.initial_items,
-        seconds=time.perf_counter() - start,
-    )
-    return finished, trainer.eval_reference
-
-
-def _select(config: CompareConfig, task: str | None, labels, shared: _Shared, steers: _TaskSteers, cache):
+def _select(config: CompareConfig, task: str | None, labels, shared: Shared, steers: TaskSteers, cache):
     """Train every grid point of every variant once (first seed), score it on the validation split; the points
     trained by an earlier invocation are read from their records, so the same points are chosen. With
     `select.shared_from` only that variant's grid runs, and every variant gets its chosen point."""
@@ -363,7 +254,7 @@ def _select(config: CompareConfig, task: str | None, labels, shared: _Shared, st
         for point in config.select.points(label):
             run_config = config.run_config(label, seed, task=task, point=point, selection=True)
             doing = f"[{tag}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps"
-            run, eval_reference = _finished_run(
+            run, eval_reference = finished_run(
                 config, run_config, shared, steers, "validation", cache, eval_reference, doing
             )
             metrics = run.history[-1] if run.history else {}
@@ -376,7 +267,7 @@ def _select(config: CompareConfig, task: str | None, labels, shared: _Shared, st
             grid_point.run_dir = str(run.run_dir)
             candidates.append(grid_point)
         chosen[label] = choose(candidates)
-        _log(f"[{tag}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
+        log(f"[{tag}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
         points += candidates
     if source:
         chosen |= {label: chosen[source] for label in labels}  # the one chosen point, for every variant
@@ -422,7 +313,7 @@ def comparison_title(config: CompareConfig, task: str | None) -> str:
     return f"localdpo comparison `{config.name}`: steers of {steers}, no task checker, {config.model}"
 
 
-def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, started: float):
+def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, started: float):
     from localdpo.compare.selection import selection_table
     from localdpo.trainer.device import autocast_dtype
     from localdpo.trainer.reference import reference_cache_for
@@ -435,9 +326,9 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, 
     train_steers, heldout_steers = steers.splits["train"], steers.splits["heldout"]
     validation_steers = steers.splits.get("validation", [])
     if steers.own is not None:
-        _log(f"[{tag}] {steers.own.note()}")
+        log(f"[{tag}] {steers.own.note()}")
     else:
-        _log(
+        log(
             f"[{tag}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
             + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
         )
@@ -455,6 +346,7 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, 
         grid_points, chosen = _select(config, task, labels, shared, steers, cache)
 
     records: list[RunRecord] = []
+    first: dict[tuple[str, int], resume.FinishedRun] = {}  # in rounds: the runs round 2 continues
     base_items, base_point = None, None
     eval_reference = None  # the held-out steers' reference log-probs, computed by the first run, then shared
     for seed in config.seeds:
@@ -467,10 +359,19 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, 
                 f"[{tag}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
                 f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
             )
-            run, eval_reference = _finished_run(
-                config, run_config, shared, steers, "heldout", cache, eval_reference, doing
+            run, eval_reference = finished_run(
+                config,
+                run_config,
+                shared,
+                steers,
+                "heldout",
+                cache,
+                eval_reference,
+                doing,
+                keep_weights=config.rounds is not None,
             )
-            history = _history(run.history)
+            first[(label, seed)] = run
+            history = history_points(run.history)
             if base_items is None and run.initial_items:
                 base_items, base_point = run.initial_items, history[0]
             elif base_point is not None and (not history or history[0]["step"] != 0):
@@ -488,9 +389,17 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, 
             )
     if base_items is not None:
         records.insert(0, RunRecord("base", 0, base_items, task=tag if task is not None else None))
+    by_round: dict[int, list] = {}
+    if config.rounds is not None:
+        from localdpo.compare.rounds import round_records, run_rounds
+
+        chains = run_rounds(config, task, labels, shared, steers, cache, chosen, first, eval_reference)
+        round_of = round_records(chains, records, tag)
+        by_round = {r: summarize(round_of[r], baseline=config.baseline) for r in round_of}
+        records = round_of[max(round_of)]  # the headline and the pooled table: the last round
     kept = len(shared.kept_seconds) - kept_before
 
-    rows = summarize(records, baseline=config.baseline)
+    rows = summarize(records, baseline=config.baseline) if not by_round else by_round[max(by_round)]
     results_md, results_csv = out / "results.md", out / "results.csv"
     write_csv(
         rows,
@@ -520,28 +429,35 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: _Shared, 
             + ". The held-out split was not read during selection."
         )
         selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, chosen)
+    if by_round:
+        from localdpo.compare.rounds_report import rounds_markdown, write_rounds_csv
+
+        notes += rounds_notes(config, task, chosen)
+        selection_md = rounds_markdown(by_round, baseline=config.baseline) + selection_md
+        write_rounds_csv(by_round, out / "rounds.csv", baseline=config.baseline, task=tag)
     if kept:
-        n_runs = len(grid_points) + len(config.seeds) * len(labels)
+        n_runs = len(grid_points) + len(config.seeds) * len(labels) * (config.rounds.count if by_round else 1)
         notes.append(
             f"Resumed: {kept} of the {n_runs} runs were kept from an earlier invocation that was stopped (read "
             "from their records); the wall time adds their own times to this invocation's."
         )
-    write_markdown(
-        rows,
-        results_md,
-        baseline=config.baseline,
-        title=comparison_title(config, task),
-        notes=notes,
-        extra=selection_md,
-    )
-    _write_records(records, grid_points, out / "records.jsonl")
+    title = comparison_title(config, task)
+    if by_round:
+        title += f", round {max(by_round)} of {max(by_round)} (every round below)"
+    write_markdown(rows, results_md, baseline=config.baseline, title=title, notes=notes, extra=selection_md)
+    every = [record for r in sorted(by_round) for record in round_of[r]] if by_round else records
+    _write_records(every, grid_points, out / "records.jsonl")
     # without a task: preference accuracy over steps (measured at every evaluation), the primary against drift
     over_steps = "task_accuracy" if task is not None else "preference_accuracy"
     plots = [
-        accuracy_over_steps(records, out / "accuracy_over_steps.png", metric=over_steps),
+        accuracy_over_steps(
+            round_of[1] if by_round else records, out / "accuracy_over_steps.png", metric=over_steps
+        ),
         accuracy_vs_drift(rows, out / "accuracy_vs_drift.png", metric=primary_metric_of(config, task)),
         *dose_plots(rows, out),  # metric against α, when the variants are named `sft+0.3ldpo_b0.1`, ...
     ]
+    if by_round:
+        plots.append(accuracy_over_rounds(by_round, out / "accuracy_over_rounds.png"))
     return records, (results_md, results_csv, plots)
 
 
@@ -579,6 +495,12 @@ def _write_pooled(
         f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
         f"wall time {seconds / 60:.1f} min.",
     ]
+    if config.rounds is not None:
+        notes.insert(
+            1,
+            f"Steering in rounds: the runs of the last round ({config.rounds.count}); every round is in "
+            "each task's folder.",
+        )
     write_markdown(
         rows,
         results_md,
@@ -608,7 +530,7 @@ def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
     return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
 
 
-def _notes(config, task, records, steers: _TaskSteers, seconds, device, chosen) -> list[str]:
+def _notes(config, task, records, steers: TaskSteers, seconds, device, chosen) -> list[str]:
     from localdpo.compare.selection import edge_note
 
     run = config.run_config(config.baseline, config.seeds[0], task=task)
@@ -679,6 +601,37 @@ def _notes(config, task, records, steers: _TaskSteers, seconds, device, chosen) 
     return notes
 
 
+def rounds_notes(config: CompareConfig, task: str, chosen: dict) -> list[str]:
+    """The results notes of a comparison in rounds: what a later round does, its reference and why, where the
+    hyperparameters come from."""
+    rounds = config.rounds
+    run = config.run_config(config.baseline, config.seeds[0], task=task, round_=2)
+    reference = (
+        "the model the round starts from (rounds.reference=previous, as in iterative RPO, Pang et al. 2024: "
+        "the steers' rejected sides are that model's own output, so each log-ratio starts at 0 on them)"
+        if rounds.reference.value == "previous"
+        else "the starting model in every round (rounds.reference=start: one fixed KL anchor)"
+    )
+    chosen_where = (
+        "chosen once on round 1's validation split (below) and kept for every round"
+        if chosen
+        else "as written in the config, the same in every round (no selection)"
+    )
+    return [
+        f"Rounds: {rounds.count}. Round 1 is the comparison as above; in each later round every variant x seed "
+        f"continues from its own previous round's weights: its model answers "
+        f"{rounds.train_prompts or config.steers.train_prompts} fresh train prompts (the same for every variant "
+        "and seed; never a prompt of an earlier round, of validation or of the held-out split), its greedy "
+        f"mistakes become the round's steers, and it trains {run.train.max_steps} steps on them (a fresh "
+        f"optimizer and schedule). Reference of the preference losses in a later round: {reference}. Drift, "
+        "held-out preference accuracy and the held-out steers are measured against the starting model in every "
+        "round, on the same held-out prompts and steers.",
+        f"Hyperparameters: {chosen_where}; the held-out prompts were never read for a choice.",
+        "Yield: the share of a round's fresh prompts on which the model entering the round still made a mistake "
+        "that gave a steer (round 1: the starting model's); a chain with none goes on unchanged.",
+    ]
+
+
 def _write_records(records: list[RunRecord], grid_points, path: Path) -> None:
     """Per-run items and histories (`phase` final) and every selection run's validation metrics (`phase`
     selection) as JSONL, written atomically (temporary file, then rename)."""
@@ -688,6 +641,7 @@ def _write_records(records: list[RunRecord], grid_points, path: Path) -> None:
             "task": r.task,
             "method": r.method,
             "seed": r.seed,
+            **({"round": r.round} if r.round is not None else {}),
             "overrides": r.overrides,
             "run_dir": r.run_dir,
             "history": r.history,

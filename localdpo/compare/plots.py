@@ -1,5 +1,6 @@
 """PNG plots of a comparison: task accuracy over steps per method, accuracy against drift, and a metric
-against the weight α of a term added to a baseline (`dose_response`, for variants named `sft+0.3ldpo_b0.1`).
+against the weight α of a term added to a baseline (`dose_response`, for variants named `sft+0.3ldpo_b0.1`),
+and in rounds a held-out metric against the round (`accuracy_over_rounds`).
 
 Every plot draws a method in the colour and marker `method_style` gives it, so a method looks the same in
 each figure (and in the notebooks' W&B curves, `localdpo.compare.results.plot_curves`).
@@ -247,3 +248,47 @@ def dose_plots(rows: Sequence[SummaryRow], out_dir: Path) -> list[Path]:
         return []
     present = {r.metric for r in rows}
     return [dose_response(rows, out_dir / f"dose_{m}.png", metric=m) for m in DOSE_METRICS if m in present]
+
+
+def draw_accuracy_over_rounds(by_round: dict[int, Sequence[SummaryRow]], *, metric: str = "task_accuracy"):
+    """Figure: held-out `metric` (mean and 95% interval over seeds and items) after each round, one line per
+    variant, from the starting model at round 0 (when its row was measured). Percent metrics in %; variants
+    nudged a little apart along x so their bars do not hide each other."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    rounds = sorted(by_round)
+    by = {(r, row.method, row.metric): row.value for r in rounds for row in by_round[r]}
+    scale = 100.0 if METRICS_BY_KEY.get(metric) is not None and METRICS_BY_KEY[metric].percent else 1.0
+    start = by.get((rounds[0], "base", metric)) if rounds else None
+    variants = [m for m in dict.fromkeys(row.method for r in rounds for row in by_round[r]) if m != "base"]
+    for index, method in enumerate(variants):
+        points = [(r, by[(r, method, metric)]) for r in rounds if (r, method, metric) in by]
+        if start is not None:
+            points = [(0, start), *points]
+        if not points:
+            continue
+        dx = 0.04 * (index - (len(variants) - 1) / 2)
+        xs = np.asarray([r + dx for r, _ in points])
+        means = np.asarray([v.mean for _, v in points]) * scale
+        low = means - np.asarray([v.low for _, v in points]) * scale
+        high = np.asarray([v.high for _, v in points]) * scale - means
+        color, marker = method_style(method)
+        ax.errorbar(xs, means, yerr=[low, high], capsize=3, color=color, marker=marker, label=method)
+    ticks = ([0] if start is not None else []) + rounds
+    ax.set_xticks(ticks, ["start" if t == 0 else str(t) for t in ticks])
+    label = METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
+    ax.set_xlabel("steering round (each trained on steers of its own previous model's mistakes)")
+    ax.set_ylabel(f"held-out {label}" + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(f"Held-out {label} after each round (95% intervals)")
+    ax.grid(alpha=0.3)
+    if variants:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_over_rounds(
+    by_round: dict[int, Sequence[SummaryRow]], path: Path, *, metric: str = "task_accuracy"
+) -> Path:
+    """Write `draw_accuracy_over_rounds` as a PNG at `path`; returns the path."""
+    return _write(draw_accuracy_over_rounds(by_round, metric=metric), path)

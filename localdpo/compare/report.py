@@ -39,6 +39,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("recurrence", "recurrence", False, percent=True),
     Metric("uptake", "uptake", True, percent=True),
     Metric("continuation_accuracy", "continuation acc.", True, percent=True),
+    # in rounds (`localdpo.compare.rounds`): over a round's fresh train prompts, did the model entering the
+    # round still make a mistake that gave a steer (lower: fewer mistakes left to steer)
+    Metric("yield", "yield", False, percent=True),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
 PRIMARY_METRICS = ("task_accuracy", "uptake", "preference_accuracy")
@@ -86,6 +89,8 @@ class RunRecord:
     """Task of the steers and prompts (None: the comparison's only task)."""
     overrides: list[str] = field(default_factory=list)
     """Hyperparameters chosen by selection for this run (`key=value`), if any."""
+    round: int | None = None
+    """Steering round of the run (`localdpo.compare.rounds`); None outside a comparison in rounds."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,23 @@ def write_csv(
     Difference columns: `diff_ci_*` the two-level bootstrap interval, `diff_t_*` the seed-level t interval and
     `diff_t_p` its two-sided p-value (blank with one seed), `separated` whether both intervals exclude 0,
     `holm_p` the Holm-adjusted p-value (only on the family's rows: variants on the primary metric)."""
-    header = [
+    header = csv_header(baseline)
+    lines = summary_lines(rows, baseline=baseline, task=task)
+    for point in selection or []:
+        method = f"{point.label} [{' '.join(point.point)}]"
+        for key, value in point.metrics.items():
+            metric = f"validation_{key.removeprefix('eval/')}"
+            lines.append({"method": method, "metric": metric, "mean": value, "n_seeds": 1})
+            lines[-1].update(task=task, phase="selection")
+    with atomic_open(path, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, restval="")
+        writer.writeheader()
+        writer.writerows(lines)
+
+
+def csv_header(baseline: str) -> list[str]:
+    """The columns of `results.csv` (`write_csv`)."""
+    return [
         "method",
         "metric",
         "mean",
@@ -215,6 +236,10 @@ def write_csv(
         "task",
         "phase",
     ]
+
+
+def summary_lines(rows: Sequence[SummaryRow], *, baseline: str, task: str = "") -> list[dict]:
+    """The `results.csv` rows (`phase` final) of the summary rows, as `csv_header` names their columns."""
     lines = []
     for row in rows:
         v = row.value
@@ -236,16 +261,7 @@ def write_csv(
         if row.holm_p is not None:
             line["holm_p"] = row.holm_p
         lines.append(line)
-    for point in selection or []:
-        method = f"{point.label} [{' '.join(point.point)}]"
-        for key, value in point.metrics.items():
-            metric = f"validation_{key.removeprefix('eval/')}"
-            lines.append({"method": method, "metric": metric, "mean": value, "n_seeds": 1})
-            lines[-1].update(task=task, phase="selection")
-    with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, restval="")
-        writer.writeheader()
-        writer.writerows(lines)
+    return lines
 
 
 def _digits(metric: Metric) -> dict:

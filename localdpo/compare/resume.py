@@ -70,6 +70,9 @@ PRODUCTS = (
     "results.csv",
     "accuracy_over_steps.png",
     "accuracy_vs_drift.png",
+    "rounds",
+    "rounds.csv",
+    "accuracy_over_rounds.png",
 )
 """What a comparison writes into each task directory (and the pooled tables into the output directory):
 what `--restart` removes."""
@@ -95,6 +98,8 @@ class FinishedRun:
     """Wall time the run took when it was trained."""
     kept: bool
     """Read from an earlier invocation's record (not trained by this one)."""
+    fingerprint: dict[str, Any]
+    """What decided the run's numbers (`run_fingerprint`), as recorded."""
 
 
 def flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -241,6 +246,7 @@ def _finished(record: dict[str, Any], run_dir: Path, *, kept: bool) -> FinishedR
         initial_items=_items(record["initial_items"]),
         seconds=float(record["seconds"]),
         kept=kept,
+        fingerprint=record["fingerprint"],
     )
 
 
@@ -302,6 +308,8 @@ def steers_key(config: CompareConfig, task: str, inputs: dict[str, Any]) -> str:
             "eval_batch_size": config.eval_batch_size,
             "validation_prompts": config.select.validation_prompts if config.select is not None else None,
             **{k: inputs[k] for k in ("localdpo", "device", "starting model", "tokenizer")},
+            # in rounds, the made train steers carry `round` and `rejected_by` (absent otherwise: same key)
+            **({"round fields": True} if config.rounds is not None else {}),
         }
     )
 

@@ -258,11 +258,11 @@ def resume_training(
     return progress
 
 
-def save_final_model(model, tokenizer, run_dir: str | os.PathLike) -> Path:
-    """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/final`, atomically."""
+def save_final_model(model, tokenizer, run_dir: str | os.PathLike, name: str = "final") -> Path:
+    """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/<name>`, atomically."""
     run_dir = Path(run_dir)
-    final = run_dir / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run_dir))
+    final = run_dir / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=run_dir))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

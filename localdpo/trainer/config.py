@@ -70,7 +70,13 @@ class WandbMode(str, Enum):
 @dataclass
 class DataConfig:
     train_steers: str | None = None
-    """JSONL steer file to train on (`localdpo.load_steers` format); not needed when steers are passed in."""
+    """JSONL steer file to train on (`localdpo.load_steers` format), or a directory of steering rounds holding
+    `round-1.jsonl`, `round-2.jsonl`, ...; not needed when steers are passed in. Steers with a `round` are
+    trained in round order (`train_files`)."""
+    train_files: list[str] = field(default_factory=list)
+    """Steer files of successive steering rounds, in order (file i is round i; a steer's own `round` must
+    agree): each pass over the data gives round 1's steers (shuffled), then round 2's, ... (instead of
+    `train_steers`)."""
     eval_steers: str | None = None
     """JSONL steer file held out for evaluation; when unset, `eval_fraction` of the train steers is held out."""
     eval_fraction: float = 0.2

@@ -12,6 +12,7 @@ stores and resume restores exactly, whatever the world size.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +70,21 @@ def epoch_permutation(n: int, data_seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def stream_indices(n: int, data_seed: int, start: int, count: int) -> list[int]:
-    """Dataset indices at positions `[start, start + count)` of the concatenated-epochs stream."""
+def epoch_order(n: int, data_seed: int, epoch: int, rounds: Sequence[int] = ()) -> torch.Tensor:
+    """The data order of one epoch: `epoch_permutation` of all n; with `rounds` (the sizes of consecutive
+    blocks of the dataset, one per steering round, summing to n), each block permuted on its own and the blocks
+    in order: round 1's steers, then round 2's, ... Shape: () -> (n,) int64."""
+    if not rounds:
+        return epoch_permutation(n, data_seed, epoch)
+    if sum(rounds) != n:
+        raise ValueError(f"round sizes {list(rounds)} do not add up to the {n} examples")
+    starts = [sum(rounds[:i]) for i in range(len(rounds))]
+    return torch.cat([start + epoch_permutation(size, data_seed, epoch) for start, size in zip(starts, rounds)])
+
+
+def stream_indices(n: int, data_seed: int, start: int, count: int, rounds: Sequence[int] = ()) -> list[int]:
+    """Dataset indices at positions `[start, start + count)` of the concatenated-epochs stream (each epoch in
+    `epoch_order`)."""
     if n <= 0:
         raise ValueError("the training set is empty")
     out: list[int] = []
@@ -79,7 +93,7 @@ def stream_indices(n: int, data_seed: int, start: int, count: int) -> list[int]:
     while len(out) < count:
         epoch, offset = divmod(position, n)
         if epoch not in cache:
-            cache[epoch] = epoch_permutation(n, data_seed, epoch)
+            cache[epoch] = epoch_order(n, data_seed, epoch, rounds)
         take = min(n - offset, count - len(out))
         out += cache[epoch][offset : offset + take].tolist()
         position += take

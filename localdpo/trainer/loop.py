@@ -88,14 +88,19 @@ class Trainer:
         reference_cache=None,
         drift_set: DriftSet | None = None,
         eval_reference: EvalReference | None = None,
+        eval_reference_model=None,
     ):
         """`model`/`tokenizer`: an already-loaded starting model (copied, never modified); steers as `Steer`s
         or already tokenized (train in the run's span mode, eval in `eval.span_mode`); `reference_cache`: a
         shared cache of the same starting model; `drift_set`: a shared `DriftSet` of the same model;
         `eval_reference`: another run's `EvalReference` of the same model and held-out steers (used only when
-        it holds exactly this run's evaluation batches and forward, else built anew)."""
+        it holds exactly this run's evaluation batches and forward, else built anew); `eval_reference_model`:
+        the model the held-out steers' reference is of when it is not `model` (a run continuing another's
+        weights, measured against the comparison's starting model: `localdpo.compare.rounds`); the training
+        reference is then whatever `reference_cache` holds, the drift reference whatever `drift_set` holds."""
         self.config = validate(config)
         self._given_model, self.tokenizer = model, tokenizer
+        self._eval_reference_model = eval_reference_model
         self._given_train, self._given_eval = train_steers, eval_steers
         self.run_dir = config.resolved_run_dir
         self._is_setup = False
@@ -109,6 +114,9 @@ class Trainer:
         self.tokenize_reports: Any = None
         self.eval_probes: list[SteerProbe] = []
         """What the steer metrics read of each held-out steer (empty when `eval.steer_metrics` is off)."""
+        self.round_sizes: list[int] = []
+        """Train examples of each steering round, in order (`data.train_files`); each pass over the data then
+        gives the rounds in order (`localdpo.trainer.distributed.epoch_order`); [] without rounds."""
         # reference (`_setup_reference`, `_setup_policy`): all from the starting weights, before any step
         self.reference: CachedReference | LiveReference | None = None
         self.reference_cache = reference_cache
@@ -187,9 +195,18 @@ class Trainer:
 
     def _setup_data(self) -> None:
         """Tokenized train and held-out steers (the split, the span modes, over-long steers skipped or refused)."""
-        self.train_examples, self.eval_examples, self.tokenize_reports, task_prompts = prepare_steers(
-            self.config, self.tokenizer, self._given_train, self._given_eval
+        self.train_examples, self.eval_examples, self.tokenize_reports, task_prompts, self.round_sizes = (
+            prepare_steers(self.config, self.tokenizer, self._given_train, self._given_eval)
         )
+        train = self.config.train
+        seen = train.max_steps * train.batch_size * train.grad_accum * self.dist.world_size
+        if len(self.round_sizes) > 1 and seen <= len(self.train_examples) - self.round_sizes[-1]:
+            before = len(self.train_examples) - self.round_sizes[-1]
+            raise ConfigError(
+                f"train.max_steps={train.max_steps} x {seen // train.max_steps} steers a step = {seen} steers end "
+                f"before the last of the {len(self.round_sizes)} rounds (rounds before it: {before} steers), so "
+                f"it is never trained on: raise train.max_steps to at least {before // (seen // train.max_steps) + 1}"
+            )
         if self.config.eval.steer_metrics:
             self.eval_probes = steer_probes(self.eval_examples, self.tokenizer, task_prompts)
 
@@ -235,9 +252,10 @@ class Trainer:
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
             )
+        of = self._eval_reference_model
         self.eval_reference = eval_reference_for(
-            self.model,
-            self.policy_forward,
+            self.model if of is None else of,
+            self.policy_forward if of is None else self._policy_forward(of),
             self._eval_batches,
             autocast=self._autocast(),
             autocast_dtype=self.autocast_dtype,
@@ -346,7 +364,9 @@ class Trainer:
 
     def _micro_batch(self) -> tuple[list[TokenizedSteer], dict[str, torch.Tensor]]:
         per_step = self.config.train.batch_size * self.dist.world_size
-        indices = stream_indices(len(self.train_examples), self.config.data_seed, self.consumed, per_step)
+        indices = stream_indices(
+            len(self.train_examples), self.config.data_seed, self.consumed, per_step, self.round_sizes
+        )
         self.consumed += per_step
         mine = rank_slice(indices, self.dist, self.config.train.batch_size)
         examples = [self.train_examples[i] for i in mine]

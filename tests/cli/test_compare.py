@@ -7,7 +7,7 @@ from localdpo.cli import main
 
 def test_unknown_preset_is_one_line(one_line_error):
     assert one_line_error("compare", "--preset", "nope") == (
-        "localdpo compare: unknown preset 'nope'; presets: cpu, dose, fair-cpu, gpu, tiny"
+        "localdpo compare: unknown preset 'nope'; presets: cpu, dose, fair-cpu, gpu, rounds-cpu, tiny"
     )
 
 

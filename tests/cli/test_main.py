@@ -49,7 +49,7 @@ def test_subprocess_prints_no_traceback(tmp_path):
         [sys.executable, "-m", "localdpo", "compare", "--preset", "nope"], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert result.stderr == "localdpo compare: unknown preset 'nope'; presets: cpu, dose, fair-cpu, gpu, tiny\n"
+    assert result.stderr == "localdpo compare: unknown preset 'nope'; presets: cpu, dose, fair-cpu, gpu, rounds-cpu, tiny\n"
 
 
 def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
