@@ -71,7 +71,12 @@ def run(args) -> int:
     if not loopback:
         print(
             f"localdpo studio: WARNING: listening on {args.host}, not loopback: anyone who can reach this "
-            "machine and learns the token can generate with the model and write the steer file",
+            "machine and learns the token can generate with the model and write the steer file"
+            + (
+                " (the address below is this machine's loopback; from elsewhere, use its name)"
+                if args.host.strip("[]") in ("0.0.0.0", "::")
+                else ""
+            ),
             file=sys.stderr,
         )
     try:

@@ -1,15 +1,20 @@
 """The studio's HTTP routes (Starlette): the page, answer sessions streamed token by token, the steer file.
 
-Every request carries the server's random token (`X-Studio-Token` header, or `?token=` for the page and its
-files); a server bound to loopback also refuses any `Host` but loopback names (DNS rebinding). Bodies are JSON
-of at most `MAX_BODY_BYTES`, texts at most `MAX_TEXT_CHARS`, answers at most the server's token limit; a bad
-request gets a 4xx answer `{"error": "..."}` naming the field. The client never names a file: the server
-writes the one steer file it was started with.
+Every request carries the server's random token: the `X-Studio-Token` header (API clients), or the cookie the
+page gets when it is opened with `/?token=` (`HttpOnly; SameSite=Strict`, named after the port, so two studios
+on one host keep theirs; the page then removes the token from the address bar). A request whose `Origin` is
+not the server's own is refused even with the token, and every answer carries a `Content-Security-Policy` of
+`default-src 'self'` that also forbids framing, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`.
+A server bound to loopback also refuses any `Host` but loopback names (DNS rebinding). Bodies are JSON of at
+most `MAX_BODY_BYTES`, texts at most `MAX_TEXT_CHARS`, answers at most the server's token limit; a bad request
+gets a 4xx answer `{"error": "..."}` naming the field (with `"confirm": true` when sending it again with
+`confirm` would be accepted). The client never names a file: the server writes the one steer file it was
+started with.
 
-Stream format (`GET /api/sessions/{id}/segments/{k}/stream`): one JSON object a line,
+Stream format (`GET /api/sessions/{id}/segments/{k}/stream?from=i`): one JSON object a line,
 `{"type": "token", "index": i, "text": piece}`, `{"type": "suggest", "cut", "chosen", "chosen_complete",
-"found", "expected"}` (a task's first mistake), and last `{"type": "end", "complete", "cancelled", "error",
-"tokens"}`.
+"found", "expected"}` (a task's first mistake), and last `{"type": "end", "complete", "stopped",
+"cancelled", "split", "error", "tokens"}`.
 """
 
 from __future__ import annotations
@@ -38,32 +43,76 @@ from localdpo.tasks import known_tasks
 from localdpo.tokenization import SpanMode, tokenize_steer
 
 STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 TOKEN_HEADER = "x-studio-token"
+COOKIE_PREFIX = "localdpo_studio_"
+OPEN_PATHS = {"/favicon.ico"}
+"""Answered without the token (the browser asks for them on its own)."""
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
 MAX_BODY_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 32_000
 MAX_TEMPERATURE = 5.0
-SAVE_WAIT_S = 600.0
-"""How long saving a steer waits for its segment's rejected side to finish generating."""
 STREAM_POLL_S = 0.02
 
 
-class TokenCheck:
-    """ASGI middleware: answers 403 to any HTTP request without the server's token."""
+def cookie_name(scope) -> str:
+    """The token cookie's name: one per port (cookies do not tell ports apart, studios on one host do)."""
+    server = scope.get("server") or ("", 0)
+    return f"{COOKIE_PREFIX}{server[1]}"
+
+
+def _origin_refusal(request: Request) -> str | None:
+    """Why a request's `Origin` is refused (another site's page), or None (no Origin, or the server's own)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    host = request.headers.get("host", "")
+    if origin in (f"http://{host}", f"https://{host}"):
+        return None
+    return f"requests from another origin ({origin}) are refused"
+
+
+class Guard:
+    """ASGI middleware: the security headers on every answer; 403 to a foreign `Origin` and to any request
+    without the server's token (header, cookie, or `?token=` on the page itself)."""
 
     def __init__(self, app, token: str):
         self.app, self.token = app, token
 
+    def _supplied(self, request: Request) -> str:
+        token = request.headers.get(TOKEN_HEADER) or request.cookies.get(cookie_name(request.scope))
+        if not token and request.url.path == "/":
+            token = request.query_params.get("token")
+        return token or ""
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            request = Request(scope)
-            supplied = request.headers.get(TOKEN_HEADER) or request.query_params.get("token") or ""
-            if not secrets.compare_digest(supplied.encode(), self.token.encode()):
-                message = "missing or wrong token: open the address `localdpo studio` printed"
-                await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        request = Request(scope)
+        refusal = _origin_refusal(request)
+        token_ok = secrets.compare_digest(self._supplied(request).encode(), self.token.encode())
+        if refusal is None and request.url.path not in OPEN_PATHS and not token_ok:
+            refusal = "missing or wrong token: open the address `localdpo studio` printed"
+        if refusal is not None:
+            await JSONResponse({"error": refusal}, status_code=403)(scope, receive, send_secured)
+            return
+        await self.app(scope, receive, send_secured)
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -111,21 +160,24 @@ def in_range(name: str, value, low, high):
     return value
 
 
-def _index_html(token: str) -> str:
-    return (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace("__TOKEN__", token)
-
-
 def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Starlette:
     """The ASGI app serving `studio`; every request must carry `token`."""
 
     async def index(request: Request) -> Response:
-        return Response(_index_html(token), media_type="text/html", headers={"Cache-Control": "no-store"})
+        page = (STATIC_DIR / "index.html").read_bytes()
+        response = Response(page, media_type="text/html", headers={"Cache-Control": "no-store"})
+        if request.query_params.get("token"):  # the token travels on in the cookie, not in URLs
+            response.set_cookie(cookie_name(request.scope), token, httponly=True, samesite="strict", path="/")
+        return response
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC_FILES:
             raise StudioError(404, f"no static file {name!r}")
         return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
+
+    async def favicon(request: Request) -> Response:
+        return Response((STATIC_DIR / "favicon.svg").read_bytes(), media_type=STATIC_FILES["favicon.svg"])
 
     async def info(request: Request) -> Response:
         return JSONResponse(
@@ -136,6 +188,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                 "span_modes": [mode.value for mode in SpanMode],
                 "token_limit": studio.token_limit,
                 "defaults": dataclasses.asdict(Sampling()),
+                "steers": len(await run_in_threadpool(studio.store.list)),
+                "rejected_by": studio.runner.label,
+                "round": studio.runner.round,
             }
         )
 
@@ -187,9 +242,12 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
     async def stream(request: Request) -> Response:
         session = studio.get(request.path_params["session"])
         segment = studio.segment(session, int(request.path_params["segment"]))
+        first = request.query_params.get("from", "0")
+        if not first.isdigit():
+            raise StudioError(400, f"query parameter 'from': expected a token index, got {first!r}")
 
         async def events():
-            sent, suggested = 0, False
+            sent, suggested = int(first), False
             while True:
                 finished = segment.finished.is_set()
                 # The last piece may still take held-back bytes until the segment ends.
@@ -204,7 +262,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                     end = {
                         "type": "end",
                         "complete": segment.complete,
+                        "stopped": segment.stopped,
                         "cancelled": segment.cancelled,
+                        "split": bool(segment.split_tail),
                         "error": segment.error,
                         "tokens": len(segment.pieces),
                     }
@@ -221,6 +281,18 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         session.cancel()
         return JSONResponse({"cancelled": session.id})
 
+    async def stop(request: Request) -> Response:
+        session = studio.get(request.path_params["session"])
+        segment = studio.segment(session, int(request.path_params["segment"]))
+        session.stop(segment)
+        return JSONResponse({"stopping": segment.index})
+
+    async def finish(request: Request) -> Response:
+        session = studio.get(request.path_params["session"])
+        segment = studio.segment(session, int(request.path_params["segment"]))
+        written = await run_in_threadpool(session.finish, segment)
+        return JSONResponse({"finishing": segment.index, "from": written})
+
     async def save_steer(request: Request) -> Response:
         session = studio.get(request.path_params["session"])
         body = await read_json(request)
@@ -228,16 +300,16 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         cut = field(body, "cut", int)
         chosen = field(body, "chosen", str)
         chosen_complete = field(body, "chosen_complete", bool, False)
-        if not await run_in_threadpool(segment.finished.wait, SAVE_WAIT_S):
-            raise StudioError(409, "the rejected continuation is still being generated: save again shortly")
-        steer, next_segment = await run_in_threadpool(
-            studio.save_steer, session, segment, cut, chosen, chosen_complete
+        confirm = field(body, "confirm", bool, False)
+        steer, next_segment, count = await run_in_threadpool(
+            lambda: studio.save_steer(session, segment, cut, chosen, chosen_complete, confirm=confirm)
         )
         return JSONResponse(
             {
                 "steer": steer.to_dict(),
                 "kept": steer.prefix[len(segment.start_text) :],
                 "next_segment": None if next_segment is None else next_segment.index,
+                "steers": count,
             }
         )
 
@@ -293,7 +365,8 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         return JSONResponse({"deleted": request.path_params["steer_id"]})
 
     async def studio_error(request: Request, error: StudioError) -> Response:
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        body = {"error": str(error), **({"confirm": True} if error.confirm else {})}
+        return JSONResponse(body, status_code=error.status)
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
@@ -301,17 +374,20 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
     routes = [
         Route("/", index),
         Route("/static/{name}", static),
+        Route("/favicon.ico", favicon),
         Route("/api/info", info),
         Route("/api/task-prompt", task_prompt, methods=["POST"]),
         Route("/api/sessions", open_session, methods=["POST"]),
         Route("/api/sessions/{session}/segments/{segment:int}/stream", stream),
         Route("/api/sessions/{session}/cancel", cancel, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/stop", stop, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/finish", finish, methods=["POST"]),
         Route("/api/sessions/{session}/steers", save_steer, methods=["POST"]),
         Route("/api/steers", list_steers),
         Route("/api/steers/{steer_id}", edit_steer, methods=["PUT"]),
         Route("/api/steers/{steer_id}", delete_steer, methods=["DELETE"]),
     ]
-    middleware = [Middleware(TokenCheck, token=token)]
+    middleware = [Middleware(Guard, token=token)]
     if loopback_only:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS))
     return Starlette(

@@ -43,8 +43,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def address(sock: socket.socket, token: str) -> str:
-    """The URL to open: the bound host and port, and the token."""
+    """The URL to open: the bound host and port, and the token; a loopback address when bound to all
+    addresses (`0.0.0.0`, `::`), which a browser cannot open."""
     host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/?token={token}"

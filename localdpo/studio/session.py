@@ -2,8 +2,9 @@
 
 An answer is a list of segments. Segment 0 is generated from the prompt alone; a steer saved on the last
 segment, cut after its first `cut` tokens, gives `prefix` = everything before the cut (earlier corrections
-included), `rejected` = the rest of that segment (generated to its end, so the rejected side is whole) and
-`chosen` = the correction; the next segment is generated from `prefix + chosen`.
+included), `rejected` = the rest of what the model wrote in that segment (to its end of turn, its token limit,
+or where a Stop halted it; a stopped segment may be finished first) and `chosen` = the correction; the next
+segment is generated from `prefix + chosen`.
 
     segment 0:  [The sum is][ 5][7][9][.]         cut = 1 (before " 5")
     steer:      prefix "The sum is ", rejected "579.", chosen "597"
@@ -14,7 +15,7 @@ word's leading space into it: " 5"), so the person types the word, not the space
 `prompt + prefix + continuation` whole either way, so the split changes no token.
 
 Generation runs in a worker thread per segment, one at a time (one model, one lock); the HTTP layer only
-reads a segment's pieces as they grow.
+reads a segment's pieces as they grow. A stop is checked after every decode step and between prefill chunks.
 """
 
 from __future__ import annotations
@@ -74,26 +75,58 @@ def draw_task_prompt(task_name: str, seed: int) -> TaskContext:
     return TaskContext(task, task.prompts(1, seed, "train")[0])
 
 
-class Segment:
-    """One stretch of the answer, generated from `start_text` (the assistant text before it)."""
+PREFILL_CHUNK_TOKENS = 256
+"""A prompt longer than this is read into the cache this many tokens at a time, a stop checked between
+chunks, so that Cancel interrupts a long prefill within one chunk (not after the whole prompt)."""
 
-    def __init__(self, index: int, start_text: str):
+
+class Segment:
+    """One stretch of the answer, generated from `start_text` (the assistant text before it).
+
+    Generation runs until the end of turn, the token limit, or a stop (`stop_event`: Stop, a cut, Cancel); a
+    stopped segment can be *finished* (generation resumes where it stopped, to its end of turn or limit).
+    """
+
+    def __init__(self, index: int, start_text: str, prompt_ids: list[int], tokenizer):
         self.index = index
         self.start_text = start_text
+        self.prompt_ids = prompt_ids
+        """Prompt + `start_text`, tokenized as the trainer tokenizes a steer's side."""
         self.ids: list[int] = []
         self.pieces: list[str] = []
         """The text of each generated token (EOS not included); "" for a token that completes no character."""
+        self.decoder = IncrementalDecoder(tokenizer)
         self.complete = False
         """The model ended its turn (EOS) within the token limit."""
+        self.stopped = False
+        """Generation was stopped (Stop, a cut or Cancel) before the end of turn and the token limit."""
         self.cancelled = False
+        """The stop came from Cancel."""
+        self.split_tail = ""
+        """A character split by the stop or the token limit (its bytes incomplete, decoded as U+FFFD): never
+        part of `text`, so never saved."""
         self.error: str | None = None
         self.suggestion: Suggestion | None = None
         self.steered = False
+        self.stop_event = threading.Event()
         self.finished = threading.Event()
+        """Set while no generation runs on this segment."""
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    def push(self, token: int) -> None:
+        """Add a generated token (not EOS) and its piece."""
+        self.ids.append(token)
+        self.pieces.append(self.decoder.push(token))
+
+    def settle(self) -> None:
+        """At the end of a generation run: the held text up to its last whole character goes to the last
+        piece; a split character left over is kept apart in `split_tail` (never in `text`)."""
+        whole, self.split_tail = self.decoder.settle()
+        if whole:
+            self.pieces[-1] += whole
 
     def split(self, cut: int) -> int:
         """Character offset in `text` of a cut after `cut` tokens (a word's leading space stays before it)."""
@@ -108,8 +141,8 @@ class Segment:
         return max(cut for cut in range(len(self.pieces) + 1) if self.split(cut) <= offset)
 
 
-class _Cancelled:
-    """Stopping criterion: ends `generate` once `event` is set."""
+class _Stopped:
+    """Stopping criterion: ends `generate` once `event` is set (checked after every decode step)."""
 
     def __init__(self, event: threading.Event):
         self.event = event
@@ -123,8 +156,8 @@ class _Cancelled:
 class _SegmentStreamer:
     """`generate` streamer: appends each new token's piece to a segment (the first `put` is the prompt)."""
 
-    def __init__(self, segment: Segment, decoder: IncrementalDecoder, eos_ids: set[int], on_token):
-        self.segment, self.decoder, self.eos_ids, self.on_token = segment, decoder, eos_ids, on_token
+    def __init__(self, segment: Segment, eos_ids: set[int], on_token):
+        self.segment, self.eos_ids, self.on_token = segment, eos_ids, on_token
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -137,8 +170,7 @@ class _SegmentStreamer:
             if token in self.eos_ids:
                 self.segment.complete = True
                 continue
-            self.segment.ids.append(token)
-            self.segment.pieces.append(self.decoder.push(token))
+            self.segment.push(token)
             self.on_token(self.segment)
 
     def end(self) -> None:
@@ -146,15 +178,23 @@ class _SegmentStreamer:
 
 
 class ModelRunner:
-    """The one model of a studio server; `generate` calls take turns under a lock."""
+    """The one model of a studio server; `generate` calls take turns under a lock.
 
-    def __init__(self, model, tokenizer, name: str):
+    `label` names the model in the steers it writes (`rejected_by`: `<name>@<first 12 hex digits of its
+    fingerprint>`, `localdpo.fingerprint`); `round` is the steering round its steers belong to.
+    """
+
+    def __init__(self, model, tokenizer, name: str, *, label: str | None = None, round: int = 1):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.lock = threading.Lock()
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.eos_ids.discard(None)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.label = label if label is not None else model_label(name, model)
+        self.round = round
+        self._kept: tuple[Segment, Any] | None = None
+        """The KV cache of the last stopped segment, so that finishing it does not read its prompt again."""
 
     def input_ids(self, messages: Messages, assistant_text: str) -> list[int]:
         """Prompt + assistant text tokenized as `tokenize_steer` tokenizes a steer's side."""
@@ -162,48 +202,83 @@ class ModelRunner:
         ids, _, _ = _tokenize_side(self.tokenizer, prompt_text, is_chat, assistant_text, add_eos=False)
         return ids
 
+    def _prefill(self, input_ids: torch.Tensor, stop: threading.Event):
+        """The KV cache of all but the last token of `input_ids` (1, T), read in chunks; None when stopped.
+
+        A prompt of at most `PREFILL_CHUNK_TOKENS` is left to `generate` (an empty cache).
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        length = input_ids.shape[1] - 1
+        if length + 1 <= PREFILL_CHUNK_TOKENS:
+            return cache
+        for start in range(0, length, PREFILL_CHUNK_TOKENS):
+            if stop.is_set():
+                return None
+            chunk = input_ids[:, start : min(start + PREFILL_CHUNK_TOKENS, length)]  # (1, chunk)
+            self.model(input_ids=chunk, past_key_values=cache, use_cache=True)
+        return cache
+
+    def drop_cache(self, segment: Segment) -> None:
+        if self._kept is not None and self._kept[0] is segment:
+            self._kept = None
+
     @torch.no_grad()
-    def generate(
-        self, segment: Segment, ids: list[int], sampling: Sampling, cancel: threading.Event, on_token
-    ):
-        """Generate `segment` from `ids`; a failure is recorded in `segment.error`, never raised."""
+    def generate(self, segment: Segment, sampling: Sampling, on_token) -> None:
+        """Generate `segment` on from where it stands; a failure is recorded in `segment.error`, never raised."""
         try:
             with self.lock:
-                if cancel.is_set():
-                    segment.cancelled = True
-                    return
+                segment.stopped = False
+                budget = sampling.max_new_tokens - len(segment.ids)
                 device = next(self.model.parameters()).device
-                input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-                decoder = IncrementalDecoder(self.tokenizer)
+                input_ids = torch.tensor([segment.prompt_ids + segment.ids], dtype=torch.long, device=device)
+                kept, self._kept = self._kept, None
+                cache = kept[1] if kept is not None and kept[0] is segment else None
+                if cache is None and not segment.stop_event.is_set():
+                    cache = self._prefill(input_ids, segment.stop_event)
+                if cache is None or budget <= 0:
+                    segment.stopped = budget > 0
+                    return
                 kwargs: dict[str, Any] = {"do_sample": sampling.temperature > 0, "top_k": None}
                 if sampling.temperature > 0:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
                 else:
                     kwargs.update(temperature=None, top_p=None)
                 rng_state = torch.random.get_rng_state()
-                torch.manual_seed(sampling.seed + segment.index)
+                torch.manual_seed(sampling.seed + segment.index + len(segment.ids))
                 try:
                     from transformers import StoppingCriteriaList
 
-                    self.model.generate(
+                    out = self.model.generate(
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),
-                        max_new_tokens=sampling.max_new_tokens,
+                        past_key_values=cache,
+                        max_new_tokens=budget,
                         pad_token_id=self.tokenizer.pad_token_id,
                         eos_token_id=sorted(self.eos_ids),
-                        streamer=_SegmentStreamer(segment, decoder, self.eos_ids, on_token),
-                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                        streamer=_SegmentStreamer(segment, self.eos_ids, on_token),
+                        stopping_criteria=StoppingCriteriaList([_Stopped(segment.stop_event)]),
                         use_cache=True,
+                        return_dict_in_generate=True,
                         **kwargs,
                     )
                 finally:
                     torch.random.set_rng_state(rng_state)
-                tail = decoder.flush()
-                if tail:
-                    segment.pieces[-1] += tail
-                segment.cancelled = cancel.is_set() and not segment.complete
+                segment.settle()
+                at_end = segment.complete or len(segment.ids) >= sampling.max_new_tokens
+                segment.stopped = segment.stop_event.is_set() and not at_end
+                if segment.stopped:
+                    self._kept = (segment, out.past_key_values)
         except Exception as error:  # reported to the page: the server itself stays up
             segment.error = f"{type(error).__name__}: {error}"
+
+
+def model_label(name: str, model) -> str:
+    """`<name>@<first 12 hex digits of the model's fingerprint>`: which model wrote a steer's rejected side."""
+    from localdpo.fingerprint import model_fingerprint
+
+    return f"{name}@{model_fingerprint(model)[:12]}"
 
 
 class AnswerSession:
@@ -218,9 +293,8 @@ class AnswerSession:
         self.task = task
         self.runner = runner
         self.segments: list[Segment] = []
-        self.cancel_event = threading.Event()
         self.lock = threading.Lock()
-        """Held while a steer is saved, so two requests cannot steer the same segment."""
+        """Held while a steer is saved or a segment finished, so two requests cannot steer the same segment."""
 
     def start_segment(self, start_text: str) -> Segment:
         """Start generating the next segment from `start_text` in a worker thread."""
@@ -232,27 +306,51 @@ class AnswerSession:
                 f"prompt and answer take {len(ids)} tokens: with max_new_tokens={self.sampling.max_new_tokens} "
                 f"that is past the model's {limit} positions",
             )
-        segment = Segment(len(self.segments), start_text)
+        segment = Segment(len(self.segments), start_text, ids, self.runner.tokenizer)
         self.segments.append(segment)
-        worker = threading.Thread(
-            target=self._generate,
-            args=(segment, ids),
-            name=f"studio-{self.id}-{segment.index}",
-            daemon=True,
-        )
-        worker.start()
+        self._run(segment)
         return segment
 
-    def _generate(self, segment: Segment, ids: list[int]) -> None:
+    def _run(self, segment: Segment) -> None:
+        segment.finished.clear()
+        worker = threading.Thread(
+            target=self._generate, args=(segment,), name=f"studio-{self.id}-{segment.index}", daemon=True
+        )
+        worker.start()
+
+    def _generate(self, segment: Segment) -> None:
         try:
-            self.runner.generate(segment, ids, self.sampling, self.cancel_event, self._check_task)
-            if segment.suggestion is None and not segment.cancelled and not segment.error:
+            self.runner.generate(segment, self.sampling, self._check_task)
+            if segment.suggestion is None and not segment.stopped and not segment.error:
                 segment.suggestion = self.suggest(segment, complete=segment.complete)
         finally:
             segment.finished.set()
 
+    def stop(self, segment: Segment) -> None:
+        """Stop generating `segment` (within one decode step or prefill chunk); what it wrote stays."""
+        segment.stop_event.set()
+
     def cancel(self) -> None:
-        self.cancel_event.set()
+        """Stop whatever this session is generating, marking it cancelled."""
+        for segment in self.segments:
+            if not segment.finished.is_set():
+                segment.cancelled = True
+                segment.stop_event.set()
+
+    def finish(self, segment: Segment) -> int:
+        """Resume a stopped `segment` to its end of turn or token limit (in a worker thread); gives the
+        number of tokens it had (the index of the first new one)."""
+        with self.lock:
+            self._check_steerable(segment)
+            if not segment.finished.is_set():
+                raise StudioError(409, f"segment {segment.index} is still being generated")
+            if not segment.stopped:
+                raise StudioError(409, f"segment {segment.index} already ended: there is nothing to finish")
+            segment.stop_event.clear()
+            segment.cancelled = False
+            written = len(segment.pieces)
+            self._run(segment)
+            return written
 
     def _check_task(self, segment: Segment) -> None:
         """Mark the first mistake the task's checker finds in the text so far (once per segment)."""
@@ -277,22 +375,34 @@ class AnswerSession:
         chosen = segment.text[segment.split(cut) : local] + correction.text
         return Suggestion(cut, chosen, correction.ends_answer, mistake.found, mistake.expected)
 
-    def steer_at(
-        self, segment: Segment, cut: int, chosen: str, chosen_complete: bool, model_name: str
-    ) -> Steer:
-        """The steer of a cut after `cut` tokens of the finished `segment`, corrected to `chosen`."""
+    def _check_steerable(self, segment: Segment) -> None:
         if segment.index != len(self.segments) - 1 or segment.steered:
             raise StudioError(409, f"segment {segment.index} was already steered: steer the latest one")
         if segment.error:
             raise StudioError(409, f"segment {segment.index} failed: {segment.error}")
-        if segment.cancelled:
-            raise StudioError(409, f"segment {segment.index} was cancelled: generate the answer again")
+
+    def steer_at(
+        self, segment: Segment, cut: int, chosen: str, chosen_complete: bool
+    ) -> tuple[Steer, list[str]]:
+        """The steer of a cut after `cut` tokens of `segment` (not generating), corrected to `chosen`, and
+        the warnings it needs confirmed (`degenerate_warnings`).
+
+        Its rejected side is what the model wrote from the cut to where generation ended (end of turn, token
+        limit, or a stop), a split character at the end left out.
+        """
+        self._check_steerable(segment)
+        if not segment.finished.is_set():
+            raise StudioError(
+                409,
+                f"segment {segment.index} is still being generated: stop it (the rejected side is then what "
+                "the model wrote so far) or wait for its end, then save",
+            )
         if not 0 <= cut <= len(segment.pieces):
             raise StudioError(400, f"field 'cut': {cut} is outside 0..{len(segment.pieces)}")
         split = segment.split(cut)
         meta = {
             "source": "studio",
-            "model": model_name,
+            "model": self.runner.name,
             "temperature": self.sampling.temperature,
             "top_p": self.sampling.top_p,
             "max_new_tokens": self.sampling.max_new_tokens,
@@ -302,6 +412,9 @@ class AnswerSession:
             "segment": segment.index,
             "cut_token": cut,
             "rejected_tokens": len(segment.pieces) - cut,
+            "rejected_end": "end_of_turn"
+            if segment.complete
+            else ("stopped" if segment.stopped else "token_limit"),
         }
         if self.task is not None:
             meta.update(task=self.task.task.name, prompt_id=self.task.prompt.id)
@@ -312,7 +425,9 @@ class AnswerSession:
                 rejected=segment.text[split:],
                 chosen=chosen,
                 chosen_complete=chosen_complete,
-                rejected_complete=segment.complete,
+                rejected_complete=segment.complete and not segment.split_tail,
+                rejected_by=self.runner.label,
+                round=self.runner.round,
                 id=f"studio-{secrets.token_hex(6)}",
                 meta=meta,
             )
@@ -321,7 +436,46 @@ class AnswerSession:
             raise StudioError(400, f"not a usable steer: {error}") from None
         if not bool(tokenized.chosen_mask.any() or tokenized.rejected_mask.any()):
             raise StudioError(400, "not a usable steer: no token differs between chosen and rejected")
-        return steer
+        return steer, degenerate_warnings(steer, tokenized, segment.split_tail)
+
+
+def degenerate_warnings(steer: Steer, tokenized, split_tail: str = "") -> list[str]:
+    """One line per way `steer` would train something its maker likely did not mean (the page asks to confirm).
+
+    - the correction is the rejected text itself, differing only by an end of turn: it trains the model only
+      to stop, or (the model had stopped) only not to stop, there;
+    - the correction is the start of what the model wrote, or scores no token: the steer would only push the
+      model's own continuation down (a text prefix whose tokens differ only re-tokenizes the same text);
+    - the model's last token(s) hold a character split by a stop or the token limit: left out of `rejected`.
+    """
+    warnings = []
+    if steer.chosen == steer.rejected:
+        if steer.rejected_complete:
+            warnings.append(
+                "the correction is what the model wrote without its end of turn: this steer trains the model "
+                "not to stop here"
+            )
+        else:
+            warnings.append(
+                "the correction is what the model wrote plus an end of turn: this steer only trains the model "
+                "to stop here"
+            )
+    elif not steer.chosen_complete and steer.rejected.startswith(steer.chosen):
+        warnings.append(
+            "the correction is the start of what the model wrote: the steer would only push the model's own "
+            "continuation down"
+        )
+    elif not bool(tokenized.chosen_mask.any()):
+        warnings.append(
+            "the correction scores no token (the trainer finds no chosen token that differs): the steer would "
+            "only push the model's own text down"
+        )
+    if split_tail:
+        warnings.append(
+            "the model's last token ends in a split character (cut by the stop or the token limit): "
+            "it is left out, the rejected side ends at the last whole character"
+        )
+    return warnings
 
 
 class Studio:
@@ -357,16 +511,27 @@ class Studio:
         return session.segments[index]
 
     def save_steer(
-        self, session: AnswerSession, segment: Segment, cut: int, chosen: str, chosen_complete: bool
-    ) -> tuple[Steer, Segment | None]:
-        """Append the steer to the file and start the next segment from its corrected text (unless it ends).
+        self,
+        session: AnswerSession,
+        segment: Segment,
+        cut: int,
+        chosen: str,
+        chosen_complete: bool,
+        *,
+        confirm: bool = False,
+    ) -> tuple[Steer, Segment | None, int]:
+        """Append the steer to the file and start the next segment from its corrected text (unless it ends);
+        also gives the number of steers now in the file.
 
-        Call once `segment.finished` is set (the rejected side is then whole).
+        A steer with `degenerate_warnings` is refused (409, `confirm` in the answer) unless `confirm`.
         """
         with session.lock:
-            steer = session.steer_at(segment, cut, chosen, chosen_complete, self.runner.name)
-            self.store.append(steer)
+            steer, warnings = session.steer_at(segment, cut, chosen, chosen_complete)
+            if warnings and not confirm:
+                raise StudioError(409, "; ".join(warnings), confirm=True)
+            count = self.store.append(steer)
             segment.steered = True
+            self.runner.drop_cache(segment)
         if chosen_complete:
-            return steer, None
-        return steer, session.start_segment(steer.prefix + steer.chosen)
+            return steer, None, count
+        return steer, session.start_segment(steer.prefix + steer.chosen), count

@@ -44,6 +44,13 @@ class IncrementalDecoder:
             return ""
         return self._advance(full)
 
+    def settle(self) -> tuple[str, str]:
+        """At a stop: (the held text up to its last whole character, now given out; the split character left
+        out). Later tokens may still complete that character: `text` ends before it."""
+        full = decode(self.tokenizer, self.ids, skip_special_tokens=self.skip_special_tokens)
+        whole = full.rstrip(REPLACEMENT_CHAR)
+        return self._advance(whole), full[len(whole) :]
+
     def flush(self) -> str:
         """What was held back at the end of the sequence (a real replacement character, or "")."""
         return self._advance(decode(self.tokenizer, self.ids, skip_special_tokens=self.skip_special_tokens))

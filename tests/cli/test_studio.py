@@ -33,6 +33,16 @@ def test_bind_a_free_loopback_port_and_print_its_address():
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
 
 
+def test_bound_to_all_addresses_it_prints_a_loopback_address():
+    """A browser cannot open http://0.0.0.0:...: the printed address is the loopback one."""
+    sock = bind("0.0.0.0", 0)
+    try:
+        port = sock.getsockname()[1]
+        assert address(sock, "tok") == f"http://127.0.0.1:{port}/?token=tok"
+    finally:
+        sock.close()
+
+
 def test_a_task_that_does_not_load_is_one_line_before_the_model(capsys):
     assert main(["studio", "--model", "tiny", "--task", "nowhere_at_all:Task"]) == 2
     err = capsys.readouterr().err

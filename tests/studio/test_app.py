@@ -7,8 +7,9 @@ from starlette.testclient import TestClient
 
 from localdpo.models import tiny_model
 from localdpo.steers import Steer, load_steers, save_steers
+from localdpo.studio import session as session_module
 from localdpo.studio.app import MAX_BODY_BYTES, create_app
-from localdpo.studio.session import ModelRunner, Studio
+from localdpo.studio.session import AnswerSession, ModelRunner, Studio
 from localdpo.studio.store import SteerStore
 from localdpo.tokenization import tokenize_steer
 
@@ -34,8 +35,8 @@ def client(studio):
         yield c
 
 
-def stream(client, session: str, segment: int) -> list[dict]:
-    with client.stream("GET", f"/api/sessions/{session}/segments/{segment}/stream") as response:
+def stream(client, session: str, segment: int, first: int = 0) -> list[dict]:
+    with client.stream("GET", f"/api/sessions/{session}/segments/{segment}/stream?from={first}") as response:
         assert response.status_code == 200
         return [json.loads(line) for line in response.iter_lines() if line]
 
@@ -54,14 +55,51 @@ def test_every_request_needs_the_token(client):
         ({"X-Studio-Token": "wrong"}, "/api/info"),
         ({"X-Studio-Token": ""}, "/"),
         ({"X-Studio-Token": ""}, "/static/app.js"),
+        ({"X-Studio-Token": ""}, f"/static/app.js?token={TOKEN}"),  # a token in a URL opens the page only
     ):
         response = client.get(url, headers=headers)
         assert response.status_code == 403
         assert "missing or wrong token" in response.json()["error"]
-    page = client.get(f"/?token={TOKEN}", headers={"X-Studio-Token": ""})
-    assert page.status_code == 200 and f'src="static/app.js?token={TOKEN}"' in page.text
-    assert client.get(f"/static/style.css?token={TOKEN}", headers={"X-Studio-Token": ""}).status_code == 200
     assert client.get("/static/..%2F__init__.py").status_code == 404  # only the page's own files
+
+
+def test_the_url_token_is_exchanged_for_a_strict_http_only_cookie(studio):
+    """Opening `/?token=` sets the token cookie (named after the port); the page's own requests then carry
+    no token of their own, and the page never holds the token in its HTML."""
+    with TestClient(create_app(studio, token=TOKEN), base_url="http://127.0.0.1:8123") as browser:
+        page = browser.get(f"/?token={TOKEN}")
+        assert page.status_code == 200 and TOKEN not in page.text
+        cookie = page.headers["set-cookie"]
+        assert cookie.startswith(f"localdpo_studio_8123={TOKEN};")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert browser.get("/api/info").status_code == 200  # the cookie alone
+        assert browser.get("/static/app.js").status_code == 200
+        browser.cookies.clear()
+        assert browser.get("/api/info").status_code == 403
+
+
+def test_a_foreign_origin_is_refused_even_with_the_token(client):
+    hostile = client.post("/api/sessions", json={"prompt": "Hi"}, headers={"Origin": "http://evil.example"})
+    assert hostile.status_code == 403 and "another origin" in hostile.json()["error"]
+    assert client.get("/api/info", headers={"Origin": "null"}).status_code == 403
+    assert client.get("/api/info", headers={"Origin": "http://127.0.0.1"}).status_code == 200
+
+
+def test_every_answer_forbids_framing_inline_code_and_referrers(client):
+    for response in (
+        client.get("/"),
+        client.get("/api/info"),
+        client.get("/api/info", headers={"X-Studio-Token": "wrong"}),
+    ):
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "no-referrer"
+
+
+def test_the_favicon_needs_no_token(client):
+    icon = client.get("/favicon.ico", headers={"X-Studio-Token": ""})
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
 
 
 def test_a_foreign_host_is_refused(client):
@@ -129,13 +167,109 @@ def test_sampling_is_seeded(client):
     assert answer(1) == answer(1) != answer(2)
 
 
-def test_cancel_ends_generation_and_its_segment_cannot_be_steered(client):
+@pytest.fixture
+def stop_at(monkeypatch):
+    """`stop_at(n)`: a person presses Stop as the (n-1)-th token of a segment appears; `generate` checks the
+    stop before it hands out the next token, so the segment ends with n tokens (one stop per call)."""
+    stops: list[int] = []
+    original = AnswerSession._check_task
+
+    def check(self, segment):
+        original(self, segment)
+        if stops and len(segment.ids) == stops[0] - 1:
+            stops.pop(0)
+            self.stop(segment)
+
+    monkeypatch.setattr(AnswerSession, "_check_task", check)
+    return stops.append
+
+
+def test_stop_stops_generation_and_the_rejected_side_is_what_was_written(client, stop_at, tmp_path):
+    stop_at(6)
+    session = client.post("/api/sessions", json={"prompt": "Hi", "max_new_tokens": 64}).json()["session"]
+    events = stream(client, session, 0)
+    pieces = pieces_of(events)
+    assert len(pieces) == 6 and events[-1]["stopped"] is True and events[-1]["cancelled"] is False
+    saved = client.post(f"/api/sessions/{session}/steers", json={"segment": 0, "cut": 2, "chosen": "Hello"})
+    assert saved.status_code == 200, saved.text
+    steer = saved.json()["steer"]
+    assert saved.json()["kept"] + steer["rejected"] == "".join(pieces)  # nothing past the stop
+    assert (steer["rejected_complete"], steer["meta"]["rejected_end"]) == (False, "stopped")
+    assert saved.json()["steers"] == 1
+
+
+def test_finish_lets_the_model_write_the_rejected_side_to_its_end(client, stop_at):
+    """Stopped after 5 tokens then finished, greedy: the same 40 tokens as an answer never stopped."""
+    body = {"prompt": "Name three colours.", "max_new_tokens": 40}
+    whole = pieces_of(stream(client, client.post("/api/sessions", json=body).json()["session"], 0))
+    stop_at(5)
+    session = client.post("/api/sessions", json=body).json()["session"]
+    assert len(pieces_of(stream(client, session, 0))) == 5
+    finishing = client.post(f"/api/sessions/{session}/segments/0/finish")
+    assert finishing.json() == {"finishing": 0, "from": 5}
+    events = stream(client, session, 0)
+    assert pieces_of(events) == whole and events[-1]["stopped"] is False
+    rest = stream(client, session, 0, first=5)
+    assert [e["index"] for e in rest if e["type"] == "token"] == list(range(5, 40))
+    again = client.post(f"/api/sessions/{session}/segments/0/finish")
+    assert again.status_code == 409 and "nothing to finish" in again.json()["error"]
+
+
+def test_a_save_while_the_model_writes_is_refused_not_queued(client, runner, tmp_path):
+    """The old studio held such a save until the rejected side was generated and then wrote it, whatever the
+    person did meanwhile; now nothing is saved and the answer says why."""
+    with runner.lock:  # the model is busy: the segment cannot end meanwhile
+        session = client.post("/api/sessions", json={"prompt": "Hi", "max_new_tokens": 8}).json()["session"]
+        refused = client.post(f"/api/sessions/{session}/steers", json={"segment": 0, "cut": 0, "chosen": "x"})
+        assert refused.status_code == 409 and "still being generated" in refused.json()["error"]
+    assert len(pieces_of(stream(client, session, 0))) == 8
+    assert not (tmp_path / "steers.jsonl").exists()
+
+
+def test_cancel_interrupts_a_long_prefill_between_chunks(client, runner, monkeypatch):
+    """A prompt of ~200 tokens read 16 at a time: Cancel after the first chunk stops the prefill there."""
+    monkeypatch.setattr(session_module, "PREFILL_CHUNK_TOKENS", 16)
+    chunks: list[int] = []
+    opened: dict = {}
+
+    def cancel_after_the_first_chunk(module, args, kwargs):
+        chunks.append(kwargs["input_ids"].shape[1])
+        if len(chunks) == 1:
+            assert client.post(f"/api/sessions/{opened['session']}/cancel").status_code == 200
+
+    handle = runner.model.register_forward_pre_hook(cancel_after_the_first_chunk, with_kwargs=True)
+    try:
+        with runner.lock:  # generation waits until the session's id is known here
+            body = {"prompt": "word " * 200, "max_new_tokens": 8}
+            opened.update(client.post("/api/sessions", json=body).json())
+        events = stream(client, opened["session"], 0)
+    finally:
+        handle.remove()
+    assert chunks == [16]
+    assert events[-1]["cancelled"] is True and events[-1]["tokens"] == 0
+
+
+def test_cancel_stops_generation_and_what_was_written_can_be_steered(client, stop_at):
     session = client.post("/api/sessions", json={"prompt": "Hi", "max_new_tokens": 64}).json()["session"]
     assert client.post(f"/api/sessions/{session}/cancel").status_code == 200
     events = stream(client, session, 0)
-    assert events[-1]["cancelled"] is True and events[-1]["tokens"] < 64
-    refused = client.post(f"/api/sessions/{session}/steers", json={"segment": 0, "cut": 0, "chosen": "x"})
-    assert refused.status_code == 409 and "cancelled" in refused.json()["error"]
+    assert events[-1]["tokens"] <= 64
+    saved = client.post(f"/api/sessions/{session}/steers", json={"segment": 0, "cut": 0, "chosen": "Hello"})
+    assert saved.status_code == 200, saved.text
+
+
+def test_a_degenerate_steer_needs_a_second_confirmed_request(client, tmp_path):
+    """A correction that is the start of the rejected text: 409 with `confirm`, nothing written; sent again
+    with `confirm: true`, it is saved."""
+    session = client.post("/api/sessions", json={"prompt": "Hi", "max_new_tokens": 12}).json()["session"]
+    pieces = pieces_of(stream(client, session, 0))
+    body = {"segment": 0, "cut": 0, "chosen": "".join(pieces[:6])}
+    warned = client.post(f"/api/sessions/{session}/steers", json=body)
+    assert warned.status_code == 409 and warned.json()["confirm"] is True
+    assert "the start of what the model wrote" in warned.json()["error"]
+    assert not (tmp_path / "steers.jsonl").exists()
+    saved = client.post(f"/api/sessions/{session}/steers", json={**body, "confirm": True})
+    assert saved.status_code == 200 and len(load_steers(tmp_path / "steers.jsonl")) == 1
 
 
 def test_task_prompts_are_drawn_and_judged(client):
@@ -224,6 +358,7 @@ def test_unknown_sessions_segments_and_cuts(client):
     assert client.get("/api/sessions/nope/segments/0/stream").status_code == 404
     session = client.post("/api/sessions", json={"prompt": "Hi", "max_new_tokens": 4}).json()["session"]
     assert client.get(f"/api/sessions/{session}/segments/1/stream").status_code == 404
+    assert len(pieces_of(stream(client, session, 0))) == 4
     out_of_range = client.post(
         f"/api/sessions/{session}/steers", json={"segment": 0, "cut": 5, "chosen": "x"}
     )

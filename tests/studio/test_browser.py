@@ -1,8 +1,8 @@
 """The studio page in a real browser: `localdpo studio --model tiny` driven by Playwright in headless Chromium.
 
-Two steers on one answer, made as a person would (Stop while the model writes, then a click on a token of the
-resumed answer; a correction typed each time); the file must then hold two
-valid steers whose prefix, rejected and chosen are what the page showed.
+One server and one browser for the module (each test opens a fresh context: its own cookies and storage).
+Steers are made as a person makes them (the keyboard alone in one test, Stop, a cut while the model writes,
+Finish and Cancel in another); the file must then hold exactly the steers the page showed, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from localdpo.steers import load_steers
 
 CHROMIUM = Path("/usr/bin/chromium")
+MAX_TOKENS = "400"
 pytestmark = pytest.mark.browser
 
 sync_playwright = pytest.importorskip(
@@ -27,10 +28,10 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture
-def studio_server(tmp_path):
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory):
     """`localdpo studio` with the tiny model in a subprocess; yields (address, steer file)."""
-    steers = tmp_path / "steers.jsonl"
+    steers = tmp_path_factory.mktemp("studio") / "steers.jsonl"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -64,6 +65,36 @@ def studio_server(tmp_path):
         process.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, studio_server):
+    """A fresh browser context on the studio page; fails the test on a console error (a 409, the answer that
+    asks to confirm a warning, is expected)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    opened.console_errors = errors  # a test that provokes an error clears what it expects
+    opened.goto(studio_server[0])
+    opened.wait_for_selector("#model-info:has-text('tiny')")
+    yield opened
+    context.close()
+    assert [error for error in errors if "409 (Conflict)" not in error] == []
+
+
+def steers_in(path: Path) -> list:
+    return load_steers(path) if path.exists() else []
+
+
 def expected_split(pieces: list[str], cut: int) -> tuple[str, str]:
     """(kept, rejected) text of a cut before token `cut`, the space before a word staying kept."""
     kept, rejected = "".join(pieces[:cut]), "".join(pieces[cut:])
@@ -72,9 +103,15 @@ def expected_split(pieces: list[str], cut: int) -> tuple[str, str]:
     return kept, rejected
 
 
-def finished_pieces(page, segment: int) -> list[str]:
+def shown_pieces(page, segment: int) -> list[str]:
     """Wait until the live segment has ended; the text of each of its shown tokens, by token index."""
-    page.wait_for_selector(f"#answer[data-state=finished][data-segment='{segment}']", timeout=30_000)
+    try:
+        page.wait_for_selector(f"#answer[data-state=finished][data-segment='{segment}']", timeout=30_000)
+    except Exception:
+        pytest.fail(
+            f"segment {segment} did not end: status {page.text_content('#status')!r}, "
+            f"log {page.text_content('#log')!r}, tokens {page.locator('#live .tok').count()}"
+        )
     spans = page.eval_on_selector_all(
         "#live .tok:not(.end)", "spans => spans.map(s => [Number(s.dataset.i), s.textContent])"
     )
@@ -84,73 +121,143 @@ def finished_pieces(page, segment: int) -> list[str]:
     return pieces
 
 
-def test_two_steers_on_one_answer(studio_server, tmp_path):
+def cut_of(page) -> int:
+    return int(page.get_attribute("#live .tok.cut-at", "data-i"))
+
+
+def test_two_steers_with_the_keyboard_alone(page, studio_server):
+    """Type, Ctrl+Enter (generate), Esc (stop), Alt+← (move the cut), Enter, type, Ctrl+Enter (save); then on
+    the resumed answer Alt+← places a cut, Tab and Space tick "ends the answer", Ctrl+Enter saves."""
     address, steers_file = studio_server
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(address)
-            page.wait_for_selector("#model-info:has-text('tiny')")
-            page.fill("#prompt", "Name three colours.")
-            page.fill("#max-tokens", "400")
-            page.click("#generate")
+    before = len(steers_in(steers_file))
+    assert "token" not in page.url  # the token left the address bar for an HttpOnly cookie
+    (cookie,) = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    keyboard = page.keyboard
+    page.focus("#prompt")
+    keyboard.type("Name three colours.")
+    page.fill("#max-tokens", MAX_TOKENS)
+    page.focus("#prompt")
+    keyboard.press("Control+Enter")
+    page.wait_for_selector("#live .tok >> nth=5")
+    keyboard.press("Escape")  # Stop: the model stops, the cut goes before its last token
+    pieces = shown_pieces(page, 0)
+    assert len(pieces) < int(MAX_TOKENS) and page.text_content("#live .end") == "■ stopped"
+    last = max(i for i, piece in enumerate(pieces) if piece)
+    assert cut_of(page) == last
+    keyboard.press("Alt+ArrowLeft")
+    first_cut = cut_of(page)
+    assert first_cut == max(i for i, piece in enumerate(pieces[:last]) if piece)
+    keyboard.press("Enter")  # on the focused token: the correction box takes the focus
+    keyboard.type("red, green")
+    keyboard.press("Control+Enter")
+    kept_0, rejected_0 = expected_split(pieces, first_cut)
 
-            # First steer: Stop while the model writes (the cut is where the answer stood), type, save.
-            page.wait_for_selector("#live .tok >> nth=3")
-            page.click("#stop")
-            first_cut = int(re.search(r"cut after token (\d+)", page.text_content("#status")).group(1))
-            page.fill("#chosen", "red, green")
-            pieces = finished_pieces(page, 0)  # the model finished the rejected side meanwhile
-            assert 4 <= first_cut < len(pieces)
-            page.click("#save")
-            kept_0, rejected_0 = expected_split(pieces, first_cut)
+    page.wait_for_selector("#answer[data-segment='1'] #live .tok >> nth=3", timeout=30_000)
+    keyboard.press("Escape")
+    pieces = shown_pieces(page, 1)
+    keyboard.press("Escape")  # Cancel: the cut Stop placed goes
+    assert page.locator("#live .tok.cut-at").count() == 0
+    keyboard.press("Alt+ArrowLeft")  # no cut: the cut goes before the last token
+    second_cut = cut_of(page)
+    keyboard.press("Enter")
+    keyboard.type(" and blue.")
+    keyboard.press("Tab")
+    keyboard.press("Space")
+    assert page.is_checked("#complete")
+    keyboard.press("Control+Enter")
+    page.wait_for_selector("#answer[data-state=ended]", timeout=30_000)
+    kept_1, rejected_1 = expected_split(pieces, second_cut)
+    assert page.locator("#answer .correction").all_text_contents() == ["red, green", " and blue."]
+    assert page.text_content("#steer-count") == f"{before + 2} steers in the file"
+    assert "saved steer" in page.text_content("#log")  # stays, whatever the status line says next
 
-            # Second steer, on the resumed text: click its second shown token, type, save.
-            pieces = finished_pieces(page, 1)
-            second_cut = [i for i, piece in enumerate(pieces) if piece][1]
-            page.click(f"#live .tok[data-i='{second_cut}']")
-            page.fill("#chosen", " and blue.")
-            page.check("#complete")
-            page.click("#save")
-            page.wait_for_selector("#answer[data-state=ended]", timeout=30_000)
-            kept_1, rejected_1 = expected_split(pieces, second_cut)
-            assert page.locator("#answer .correction").all_text_contents() == ["red, green", " and blue."]
+    first, second = steers_in(steers_file)[before:]
+    assert first.prompt == second.prompt == [{"role": "user", "content": "Name three colours."}]
+    assert (first.prefix, first.rejected, first.chosen) == (kept_0, rejected_0, "red, green")
+    assert (first.rejected_complete, first.meta["rejected_end"]) == (False, "stopped")
+    assert second.prefix == kept_0 + "red, green" + kept_1
+    assert (second.rejected, second.chosen, second.chosen_complete) == (rejected_1, " and blue.", True)
+    assert (first.meta["model"], first.meta["max_new_tokens"], first.round) == ("tiny", 400, 1)
+    assert first.rejected_by.startswith("tiny@") and len(first.rejected_by) == len("tiny@") + 12
 
-            first, second = load_steers(steers_file)
-            assert first.prompt == second.prompt == [{"role": "user", "content": "Name three colours."}]
-            assert (first.prefix, first.rejected, first.chosen, first.chosen_complete) == (
-                kept_0,
-                rejected_0,
-                "red, green",
-                False,
-            )
-            # The second steer's prefix holds the first correction.
-            assert second.prefix == kept_0 + "red, green" + kept_1
-            assert (second.rejected, second.chosen, second.chosen_complete) == (
-                rejected_1,
-                " and blue.",
-                True,
-            )
-            meta = first.meta
-            assert (meta["model"], meta["temperature"], meta["max_new_tokens"]) == ("tiny", 0.0, 400)
 
-            # Review: both steers with their scored tokens; edit the first, delete the second.
-            page.click("#tab-review")
-            page.wait_for_selector("#review-list article.steer >> nth=1")
-            assert page.locator("#review-list .scored.chosen").count() > 0
-            card = page.locator(f"article.steer[data-id='{first.id}']")
-            card.locator("button.edit").click()
-            card.locator("textarea[name=chosen]").fill("red, green and blue")
-            card.locator(".edit-form button.primary").click()
-            page.wait_for_selector(f"article.steer[data-id='{first.id}'] >> text=red, green and blue")
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.locator(f"article.steer[data-id='{second.id}'] button.delete").click()
-            page.wait_for_selector(f"article.steer[data-id='{second.id}']", state="detached")
-        finally:
-            browser.close()
+def test_a_waiting_save_is_cancelled_and_a_degenerate_one_needs_a_second_click(page, studio_server):
+    """A click while the model writes cuts and stops it. "Let the model finish, then save" waits; a token
+    clicked meanwhile does not move the cut; Cancel drops the save (nothing in the file). Then a correction
+    that is the start of the rejected text warns, and saves only on the second click."""
+    _, steers_file = studio_server
+    before = len(steers_in(steers_file))
+    page.fill("#prompt", "Write a long story about a dragon.")
+    page.fill("#max-tokens", "1000")  # finishing takes a while: Cancel comes well before its end
+    page.click("#generate")
+    page.wait_for_selector("#live .tok >> nth=8")
+    page.locator("#live .tok >> nth=3").dispatch_event("click")  # the box scrolls as the model writes
+    cut = cut_of(page)
+    pieces = shown_pieces(page, 0)
+    assert len(pieces) < 1000 and page.text_content("#live .end") == "■ stopped"
+    page.fill("#chosen", "Once upon a time")
+    page.click("#finish")
+    page.locator("#live .tok >> nth=1").dispatch_event("click")  # refused while the save waits
+    assert cut_of(page) == cut and "Cancel (Esc) first" in page.text_content("#status")
+    page.click("#uncut")
+    page.wait_for_selector("#answer[data-state=finished]", timeout=30_000)
+    assert "nothing saved" in page.text_content("#log")
+    page.wait_for_timeout(500)
+    assert len(steers_in(steers_file)) == before
 
-    (edited,) = load_steers(steers_file)
-    assert (edited.id, edited.prefix, edited.chosen) == (first.id, first.prefix, "red, green and blue")
+    # The finish was interrupted: what the model wrote up to there is the rejected side; cut, type its start.
+    pieces = shown_pieces(page, 0)
+    page.click(f"#live .tok[data-i='{cut}']")
+    _, rejected = expected_split(pieces, cut)
+    page.fill("#chosen", rejected[:3])
+    page.click("#save")
+    page.wait_for_selector("#warning:not([hidden])")
+    assert "the start of what the model wrote" in page.text_content("#warning")
+    assert page.text_content("#save") == "Save anyway" and len(steers_in(steers_file)) == before
+    page.click("#save")
+    page.wait_for_selector("#answer[data-segment='1']", timeout=30_000)
+    page.click("#stop")  # the model is free for the next test
+    shown_pieces(page, 1)
+    (steer,) = steers_in(steers_file)[before:]
+    assert (steer.rejected, steer.chosen) == (rejected, rejected[:3])
+
+
+def test_a_reload_keeps_the_draft_and_the_page_says_what_changed(page, studio_server):
+    """Prompt, answer, cut and typed correction survive a reload; an edited prompt is flagged; Edit twice
+    opens one form; a server that does not answer is said in words."""
+    _, steers_file = studio_server
+    page.fill("#prompt", "Name a fruit.")
+    page.fill("#max-tokens", "24")
+    page.click("#generate")
+    pieces = shown_pieces(page, 0)
+    page.click("#live .tok >> nth=2")
+    cut = cut_of(page)
+    page.fill("#chosen", "apple")
+    page.reload()
+    page.wait_for_selector("#live .tok.cut-at", timeout=30_000)
+    assert page.input_value("#prompt") == "Name a fruit." and page.input_value("#chosen") == "apple"
+    assert cut_of(page) == cut and shown_pieces(page, 0) == pieces
+    assert page.is_hidden("#stale")
+    page.fill("#prompt", "Name a vegetable.")
+    assert page.is_visible("#stale") and page.text_content("#generate") == "Generate (prompt changed)"
+    before = len(steers_in(steers_file))
+    page.click("#save")  # the restored cut and correction, on the prompt the answer was written for
+    page.wait_for_selector("#answer[data-segment='1']", timeout=30_000)
+    (steer,) = steers_in(steers_file)[before:]
+    assert steer.chosen == "apple" and steer.prompt == [{"role": "user", "content": "Name a fruit."}]
+    assert steer.prefix + steer.rejected in "".join(pieces)
+
+    page.click("#tab-review")
+    card = page.locator("#review-list article.steer >> nth=0")
+    card.wait_for()
+    card.locator("button.edit").click()
+    card.locator("button.edit").click()
+    card.locator("button.edit").click()
+    assert card.locator(".edit-form").count() == 1
+
+    page.route("**/api/**", lambda route: route.abort())
+    page.click("#reload")
+    page.wait_for_selector("#review-count:has-text('does not answer')")
+    page.unroute("**/api/**")
+    page.console_errors[:] = [e for e in page.console_errors if "net::ERR_FAILED" not in e]
