@@ -166,14 +166,20 @@ def resume_sharded(
     )
 
 
-def read_sharded_weights(path: str | Path) -> dict[str, Any]:
-    """The trainable weights of sharded checkpoint `path`, whole, on CPU, read in this process (no process
-    group): what `localdpo export` and the tests read; tied weights appear under each name (`lm_head.weight`
-    too). Shape: each as in the unsharded model."""
+def read_sharded_state(path: str | Path, key: str = "model") -> dict[str, Any]:
+    """Part `key` of sharded checkpoint `path` (`model`: the trainable weights; `optimizer`: AdamW's state as
+    `get_state_dict` names it, `{"state": {name: {"exp_avg", "exp_avg_sq", "step"}}, "param_groups": ...}`),
+    whole, on CPU, read in this process (no process group): what `localdpo export` and the tests read; tied
+    weights appear under each name (`lm_head.weight` too). Shape: each as in the unsharded model."""
     import warnings
 
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is unavailable or uninitialized")
-        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(path))["model"]
+        return _load_state_dict_from_keys(keys={key}, checkpoint_id=str(path))[key]
+
+
+def read_sharded_weights(path: str | Path) -> dict[str, Any]:
+    """The trainable weights of sharded checkpoint `path` (`read_sharded_state(path, "model")`)."""
+    return read_sharded_state(path, "model")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from localdpo.models import tiny_model
 from localdpo.trainer import Trainer, load_config
-from localdpo.trainer.sharded_checkpoint import read_sharded_weights
+from localdpo.trainer.sharded_checkpoint import read_sharded_state, read_sharded_weights
 
 from .conftest import make_steers, tiny_config
 
@@ -233,7 +233,13 @@ def test_fsdp_resumes_on_another_world_size(runs, tmp_path):
         saved = read_sharded_weights(_step(run_dir, 2))
         for name, param in trainer.model.named_parameters():
             assert torch.equal(param.full_tensor(), saved[name]), name
-        assert all(float(s["step"]) == 2 for s in trainer.optimizer.state.values())
+        optimizer = read_sharded_state(_step(run_dir, 2), "optimizer")["state"]
+        for name, param in trainer.model.named_parameters():
+            for moment in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(
+                    trainer.optimizer.state[param][moment].full_tensor(), optimizer[name][moment]
+                )
+            assert float(trainer.optimizer.state[param]["step"]) == 2
         result = trainer.train()
     finally:
         trainer.close()
