@@ -1,7 +1,7 @@
 """Peak memory per process: predicted from parameters, gradients, AdamW state and activations; measured on CPU.
 
     python experiments/memory_fit.py --table                       # docs/trainer.md's table of what fits (arithmetic)
-    nice -n 10 python experiments/memory_fit.py --measure --out docs/results/memory-fit/cpu.md   # ~10 min, 9 GB RAM
+    nice -n 10 python experiments/memory_fit.py --measure --out docs/results/memory-fit/cpu.md   # ~10 GB RAM; 22 min on the shared 2-core machine
 
 The prediction (`predict`), per process, for a model of P parameters, T of them trained, on N processes:
   weights      4·P bytes (the trainer keeps fp32 master weights; bf16 is autocast compute), / N under FSDP
