@@ -3,6 +3,7 @@
     python experiments/bench_throughput.py --quick --out results_cpu.md      # CPU, the headline: < 10 min on 2 cores
     python experiments/bench_throughput.py --device cpu --out results_cpu.md # CPU, 12 contenders x 2 shapes: ~70 min
     python experiments/bench_throughput.py --device cuda --out results.md    # one H100: < 9 minutes (not yet run)
+    bash experiments/gpu_check.sh outputs/gpu fsdp_bench                      # one H200, 1024-token prefixes, + FSDP2
 
 Every contender trains the same policy on the same synthetic steers (random token ids: a shared
 prompt+prefix of 256 / 1024 / 2048 tokens, chosen and rejected tails of 8 to 64 tokens each, the tails
@@ -19,6 +20,7 @@ the reference model each step) or cached (precomputed reference log-probs), pack
 They run in the order of `CONTENDERS`: each TRL configuration followed by the localdpo contenders that handle
 the reference the same way, so a ratio compares contenders measured minutes apart. `--quick` runs the three
 `HEADLINE` contenders: TRL's fastest configuration and localdpo's fast path with a cached and a live reference.
+`--fsdp` adds the fast path through the trainer's FSDP2 sharding on one device (`FSDP_CONTENDER`).
 
 Reported per contender: pairs/s and tokens/s (tokens = both unpacked sides, the same for everyone), median
 step time, peak memory, ratio to the fastest TRL contender of the same model and shape (measured in the same
@@ -65,7 +67,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-"""Dense bf16 tensor-core peak FLOP/s by device name fragment (NVIDIA datasheets, no sparsity)."""
+"""Dense bf16 tensor-core peak FLOP/s by device name fragment, from NVIDIA's datasheets, which list the figure
+"with sparsity" (H100 SXM and H200: 1,979 TFLOPS BF16 Tensor Core, footnoted "with sparsity"; the H200
+datasheet's SXM column), halved for dense math: 989 TFLOP/s; A100: 312 dense; L40S: 362.05 dense."""
 QUICK_BUDGET_MIN = 9.0
 """`--quick`'s default budget: the whole command, model loads included, stays under 10 minutes."""
 CPU_THREADS = 1
@@ -92,6 +96,9 @@ class Contender:
     span_head: bool = False
     attention: str = "sdpa"
     """Attention implementation of the policy (and reference) for this contender."""
+    fsdp: bool = False
+    """Train an FSDP2-sharded copy of the policy in a one-process group, as `train.distributed=fsdp` does
+    (`localdpo.trainer.fsdp`): on one device, what sharding's hooks and gathers cost."""
 
 
 def _localdpo(reference: str, pack: bool, span: bool) -> Contender:
@@ -120,6 +127,16 @@ FLEX_CONTENDER = Contender(
     span_head=True,
     attention="flex_attention",
 )
+
+FSDP_CONTENDER = Contender(
+    "localdpo cache +pack +span (FSDP2)",
+    "localdpo",
+    "cache",
+    packing=True,
+    span_head=True,
+    fsdp=True,
+)
+"""`--fsdp`: the trainer's FSDP2 path on one device (the cost of sharding where nothing is saved)."""
 
 
 VOCAB = 49152
@@ -247,8 +264,28 @@ def _trl_step_fn(contender: Contender, policy, reference, tokenizer, steers, dev
     return step, precompute_s
 
 
+def sharded_copy(policy, contender: Contender, tokenizer, device: str):
+    """A `PolicyForward` over a copy of `policy`, sharded by FSDP2 on a one-process group (the trainer's
+    `train.distributed=fsdp` path on one device); the weights keep their dtype (no mixed-precision casts)."""
+    import copy
+
+    from localdpo.trainer.distributed import init_distributed
+    from localdpo.trainer.fsdp import device_mesh, shard_forward
+    from localdpo.trainer.modeling import PolicyForward
+
+    init_distributed(device, always=True)
+    forward = PolicyForward(
+        copy.deepcopy(policy), packing=contender.packing, span_head=contender.span_head,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    shard_forward(forward, forward.model, mesh=device_mesh(torch.device(device), 1), autocast_dtype=None)
+    return forward
+
+
 def _localdpo_step_fn(contender: Contender, policy, reference, tokenizer, steers, device: str):
-    from localdpo.data import collate_pairs
+    """A closure running one localdpo step, and the reference precompute seconds; `policy` may be a sharded
+    `PolicyForward` (`sharded_copy`), which runs the same fast path through its own forward."""
+    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
     from localdpo.losses import localized_dpo_loss
     from localdpo.packing import pair_token_logps
 
@@ -271,7 +308,12 @@ def _localdpo_step_fn(contender: Contender, policy, reference, tokenizer, steers
                 ref_chosen, ref_rejected, _, _ = pair_token_logps(reference, batch, **options)
         else:
             ref_chosen, ref_rejected = cached
-        chosen, rejected, chosen_mask, rejected_mask = pair_token_logps(policy, batch, **options)
+        if contender.fsdp:
+            chosen, rejected = policy(batch)  # (B, Tc), (B, Tr) on the device
+            chosen_mask = batch[CHOSEN_LOSS_MASK].to(chosen.device).bool()  # (B, Tc)
+            rejected_mask = batch[REJECTED_LOSS_MASK].to(chosen.device).bool()  # (B, Tr)
+        else:
+            chosen, rejected, chosen_mask, rejected_mask = pair_token_logps(policy, batch, **options)
         loss = localized_dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_mask, rejected_mask, beta=0.1
         ).loss
@@ -305,7 +347,9 @@ def run_contender(
     else:
         policy.gradient_checkpointing_disable()
     policy.train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
+    # the sharded copy (made before the memory baseline) is what an FSDP contender trains
+    trained = sharded_copy(policy, contender, tokenizer, device) if contender.fsdp else policy
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=0.0)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         gc.collect()
@@ -316,7 +360,7 @@ def run_contender(
         if contender.trainer == "trl":
             step, precompute_s = _trl_step_fn(contender, policy, reference, tokenizer, steers, device, tmp)
         else:
-            step, precompute_s = _localdpo_step_fn(contender, policy, reference, tokenizer, steers, device)
+            step, precompute_s = _localdpo_step_fn(contender, trained, reference, tokenizer, steers, device)
         times, losses = [], []
         for i in range(warmup + steps):
             _sync(device)
@@ -344,7 +388,7 @@ def run_contender(
     except torch.OutOfMemoryError:
         return {"status": "OOM"}
     finally:
-        del optimizer
+        del optimizer, trained
         policy.zero_grad(set_to_none=True)
         policy.gradient_checkpointing_disable()
         gc.collect()
@@ -568,6 +612,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-max-batch", action="store_true")
     parser.add_argument("--flex", action="store_true", help="also time packing with FlexAttention (CUDA)")
     parser.add_argument(
+        "--fsdp", action="store_true", help="also time the trainer's FSDP2 path on one device (one-process group)"
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="override the device's peak bf16 TFLOP/s"
     )
     parser.add_argument(
@@ -599,11 +646,11 @@ def main(argv=None) -> int:
     batch = args.batch or (8 if cuda else 2)
     budget_min = args.budget_min or (QUICK_BUDGET_MIN if args.quick else 8.0 if cuda else None)
     tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "localdpo-bench")
-    contenders = CONTENDERS + ([FLEX_CONTENDER] if cuda and args.flex else [])
+    contenders = CONTENDERS + ([FLEX_CONTENDER] if cuda and args.flex else []) + ([FSDP_CONTENDER] if args.fsdp else [])
     if args.only:
         contenders = [c for c in contenders if any(part in c.name for part in args.only)]
     elif args.quick:
-        contenders = [c for c in contenders if c.name in HEADLINE]
+        contenders = [c for c in contenders if c.name in HEADLINE or c.fsdp]
     if not contenders:
         parser.error(f"--only {' '.join(args.only)}: no contender's name contains any of these")
     machine = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests throughput refcache lease dose rounds compare; default all)
+# bash experiments/gpu_check.sh [OUT_DIR] [STAGE ...]   (stages: tests fsdp_bench throughput refcache lease dose
+# rounds compare; default all)
 #
 # Everything the project measures on one GPU, each stage writing its log and tables under OUT_DIR
 # (default outputs/gpu): the CUDA-only tests (FlexAttention backward, bf16 autocast training), the fast path
-# against TRL's DPOTrainer (135M and a random SmolLM2-1.7B shape; prefixes 256/1024/2048; --flex), the
+# against TRL's DPOTrainer (135M and a random SmolLM2-1.7B shape; prefixes 256/1024/2048; --flex), the headline
+# benchmark first (`fsdp_bench`: 1024-token prefixes, TRL's fastest configuration against localdpo's fast path with
+# a cached and a live reference and through the trainer's FSDP2 sharding on one GPU; pairs/s, peak memory, the
+# first step's loss, MFU against the device's dense bf16 peak; under 10 minutes, one command:
+# `bash experiments/gpu_check.sh outputs/gpu fsdp_bench`; not yet run), the
 # reference cache against a live reference, the `gpu` preset cut down to fit a 15-minute lease (`lease`: about
 # 11 min on one H200 with its earlier 3-value grid; docs/results/gpu-lease; now the 6-value grid 1e-7..3e-5,
 # not yet run), the negative signal's dose-response on running_sum sized like the lease run (`dose`: 5 seeds,
@@ -17,13 +22,18 @@ set -euo pipefail
 out=${1:-outputs/gpu}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests throughput refcache lease dose rounds compare)
+[ ${#stages[@]} -eq 0 ] && stages=(tests fsdp_bench throughput refcache lease dose rounds compare)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=${WANDB_MODE:-offline}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+stage_fsdp_bench() {  # the headline on a GPU: 2 models x 1 prefix x 4 contenders, 3 timed steps each
+  python experiments/bench_throughput.py --device cuda --models 135m 1.7b --prefix-lengths 1024 \
+    --only "precompute_ref, GC off" "cache +pack +span" "live +pack +span" --fsdp --no-max-batch --budget-min 8 \
+    --out "$out/fsdp_bench.md" 2>&1 | tee "$out/fsdp_bench.log"
+}
 
-# Steering in rounds (`--preset rounds-cpu`) on running_sum for a 15-minute lease: 3 selection runs + 3 variants x
-# 3 seeds x 3 rounds = 30 runs of 30 steps x 32 steers (~0.15 s a step on one H200), each later round on the
+# Steering in rounds (`--preset rounds-cpu`) on running_sum for a 15-minute lease: 12 selection runs + 3 variants
+# x 3 seeds x 3 rounds = 39 runs of 30 steps x 32 steers (~0.15 s a step on one H200), each later round on the
 # chain's own mistakes on 300 fresh prompts; task accuracy on 200 held-out prompts after every round.
 rounds_stage() {
   python -m localdpo compare --preset rounds-cpu --out "$out/rounds-lease" name=rounds-lease task=running_sum \
@@ -35,6 +45,7 @@ rounds_stage() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
+    fsdp_bench) stage_fsdp_bench ;;
     tests) python -m pytest -q -m gpu -rs tests 2>&1 | tee "$out/gpu_tests.log" ;;
     throughput) python experiments/bench_throughput.py --device cuda --flex --out "$out/throughput.md" 2>&1 \
                   | tee "$out/throughput.log" ;;
@@ -51,7 +62,7 @@ for stage in "${stages[@]}"; do
             | tee "$out/dose.log" ;;
     rounds) rounds_stage ;;
     compare) python -m localdpo compare --preset gpu --out "$out/compare-gpu" 2>&1 | tee "$out/compare.log" ;;
-    *) echo "unknown stage $stage (tests throughput refcache lease dose rounds compare)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (tests fsdp_bench throughput refcache lease dose rounds compare)" >&2; exit 2 ;;
   esac
 done
 echo "results under $out"

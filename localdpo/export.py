@@ -143,17 +143,21 @@ def _with_checkpoint_weights(model, path: Path, config):
     import torch
     from safetensors.torch import load_file
 
-    from localdpo.trainer.checkpoint import CheckpointError, verify_checkpoint
+    from localdpo.trainer.checkpoint import SHARDED, CheckpointError, verify_checkpoint
     from localdpo.trainer.modeling import apply_lora, trainable_tensors
+    from localdpo.trainer.sharded_checkpoint import read_sharded_weights
 
     try:
-        verify_checkpoint(path)
+        manifest = verify_checkpoint(path)
     except CheckpointError as error:
         raise ExportError(f"checkpoint does not verify: {error}") from None
-    tensors = load_file(str(path / "model.safetensors"))
     if config.model.lora.enabled:
         model = apply_lora(model, config)
     params = trainable_tensors(model)
+    if manifest.get("layout") == SHARDED:  # an FSDP run's: also stores tied aliases (lm_head.weight)
+        tensors = {k: v for k, v in read_sharded_weights(path).items() if k in params}
+    else:
+        tensors = load_file(str(path / "model.safetensors"))
     if set(params) != set(tensors):
         differ = sorted(set(params) ^ set(tensors))[:3]
         raise ExportError(f"{path}: its tensors do not fit the run's model ({', '.join(differ)}, ...)")

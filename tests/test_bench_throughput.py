@@ -4,6 +4,7 @@ and a run that cannot fit its budget says so up front instead of timing contende
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,3 +97,25 @@ def test_two_rounds_give_every_contender_a_time_and_a_ratio(bench, tmp_path, cap
     ]
     table = out_path.read_text()
     assert "| tiny | 16 | localdpo cache +pack +span |" in table and "2 round(s) (alternating order)" in table
+
+
+@pytest.mark.slow
+def test_the_fsdp_contender_runs_the_fast_path_sharded_with_the_same_first_loss(bench, tmp_path, capsys):
+    """`--fsdp` (gpu_check.sh's `fsdp_bench` stage, dry on CPU): the trainer's FSDP2 path on a one-process group
+    takes the same first step as the unsharded fast path (fp32, gathers are copies)."""
+    out_path = tmp_path / "bench.md"
+    code = bench.main(["--device", "cpu", "--models", "tiny", "--prefix-lengths", "16", "--only", "cache +pack +span",
+                       "--fsdp", "--rounds", "1", "--steps", "1", "--out", str(out_path)])  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    rows = json.loads(Path(str(out_path) + ".json").read_text())["rows"]
+    assert [row["contender"] for row in rows] == ["localdpo cache +pack +span", "localdpo cache +pack +span (FSDP2)"]
+    assert all(row["status"] == "ok" for row in rows)
+    assert rows[1]["loss"] == rows[0]["loss"]
+
+
+def test_gpu_check_has_the_fsdp_bench_stage_and_parses():
+    script = SCRIPT.parent / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "stage_fsdp_bench()" in text and "fsdp_bench) stage_fsdp_bench ;;" in text
+    assert "--prefix-lengths 1024" in text and "--fsdp" in text

@@ -6,7 +6,9 @@ A checkpoint is a directory `checkpoints/step-000040/` holding
   rng.pt             python and torch (CPU and CUDA) RNG states,
   state.json         step, examples consumed, data seed, world size, evaluation history,
   eval_items.safetensors  per-item values of the step-0 evaluation (optional), which comparisons pair against,
-  manifest.json      sha256 and size of every file above, written last.
+  manifest.json      sha256 and size of every file above and the layout (`full`), written last.
+An FSDP run writes the `sharded` layout instead (`localdpo.trainer.sharded_checkpoint`): the weights and
+optimizer state as `torch.distributed.checkpoint` shards, with the same state.json, items and manifest.
 It is written into a hidden temporary directory (every file fsynced), then renamed into place, so a kill at
 any moment leaves either no checkpoint or a complete one; a directory whose manifest is missing or does not
 match its files is never loaded (`latest_checkpoint` skips it with a warning).
@@ -35,6 +37,13 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PREFIX = "step-"
 ITEMS_FILE = "eval_items.safetensors"
+FULL, SHARDED = "full", "sharded"
+"""Checkpoint layouts: `full` (one process's tensors, this module) or `sharded` (`torch.distributed.checkpoint`
+shards of an FSDP run, `localdpo.trainer.sharded_checkpoint`), named by the manifest's `layout`."""
+REQUIRED_FILES = {
+    FULL: ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"),
+    SHARDED: (".metadata", "scheduler.pt", "rng-rank0.pt", "state.json"),
+}
 
 
 class CheckpointError(RuntimeError):
@@ -92,36 +101,48 @@ def save_checkpoint(
     """Write checkpoint `step` under `root` atomically; returns its directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_dir(root, step).name}-", dir=root))
     try:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors")
         )
         torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
-        if items:
-            save_file(
-                {k: torch.as_tensor(v).contiguous().cpu() for k, v in items.items()}, str(tmp / ITEMS_FILE)
-            )
-        (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            fsync_file(path)
-            files[path.name] = file_entry(path)
-        manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        fsync_file(tmp / MANIFEST)
-        fsync_dir(tmp)
-        if final.exists():  # a re-run of the same step: move the old one aside first
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        return publish_checkpoint(tmp, root, step, state=state, items=items, layout=FULL)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_checkpoint(
+    tmp: Path,
+    root: Path,
+    step: int,
+    *,
+    state: dict[str, Any],
+    items: dict[str, torch.Tensor] | None,
+    layout: str,
+) -> Path:
+    """Finish the checkpoint being written in `tmp`: add `state.json` and the items, fsync every file, write
+    the manifest last, then rename `tmp` to `root/step-NNNNNN` (replacing a checkpoint of the same step)."""
+    final = checkpoint_dir(root, step)
+    if items:
+        save_file({k: torch.as_tensor(v).contiguous().cpu() for k, v in items.items()}, str(tmp / ITEMS_FILE))
+    (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
+    files = {}
+    for path in sorted(tmp.iterdir()):
+        fsync_file(path)
+        files[path.name] = file_entry(path)
+    manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "layout": layout, "files": files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    fsync_file(tmp / MANIFEST)
+    fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step: move the old one aside first
+        old = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    fsync_dir(root)
     return final
 
 
@@ -134,7 +155,10 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{manifest_path}: version {manifest.get('version')} / complete={manifest.get('complete')}"
         )
-    for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+    layout = manifest.get("layout", FULL)
+    if layout not in REQUIRED_FILES:
+        raise CheckpointError(f"{manifest_path}: unknown layout {layout!r}")
+    for name in REQUIRED_FILES[layout]:
         if name not in files:
             raise CheckpointError(f"{manifest_path}: does not list {name}")
     verify_files(path, files, CheckpointError)
@@ -144,7 +168,10 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A verified checkpoint read back (tensors on CPU)."""
     path = Path(path)
-    verify_checkpoint(path)
+    if verify_checkpoint(path).get("layout", FULL) != FULL:
+        raise CheckpointError(
+            f"{path}: a sharded checkpoint (written with train.distributed=fsdp): resume it with train.distributed=fsdp"
+        )
     opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     return Checkpoint(
         path=path,
@@ -191,6 +218,48 @@ class TrainingProgress:
     """Per-item values of the step-0 evaluation (what a resumed run's final items are paired against)."""
 
 
+def progress_record(
+    progress: TrainingProgress, *, data_seed: int, n_train: int, world_size: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """`(state, items)` of a checkpoint at `progress`: what state.json and eval_items.safetensors hold."""
+    state = {
+        "consumed": progress.consumed,
+        "data_seed": data_seed,
+        "n_train": n_train,
+        "world_size": world_size,
+        "history": progress.history,
+    }
+    items = {INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in progress.initial_items.items()}
+    return state, items
+
+
+def restored_progress(
+    path: Path, state: dict[str, Any], items: dict[str, torch.Tensor], *, data_seed: int, n_train: int
+) -> TrainingProgress:
+    """The `TrainingProgress` a checkpoint's state.json and items hold; `CheckpointError` when it was written
+    for another data order."""
+    if state.get("data_seed") != data_seed or state.get("n_train") != n_train:
+        raise CheckpointError(f"{path}: written for another data order (data seed / training set size differ)")
+    return TrainingProgress(
+        step=int(state["step"]),
+        consumed=int(state["consumed"]),
+        history=list(state.get("history", [])),
+        initial_items={
+            name.removeprefix(INITIAL_ITEMS): value.numpy()
+            for name, value in items.items()
+            if name.startswith(INITIAL_ITEMS)
+        },
+    )
+
+
+def checkpoint_to_resume(root: str | os.PathLike, resume: str) -> Path | None:
+    """The checkpoint `checkpoint.resume` names: `auto` the newest verified one under `root`, `never` none,
+    else that path."""
+    if resume == "never":
+        return None
+    return latest_checkpoint(root) if resume == "auto" else Path(resume)
+
+
 def save_training_checkpoint(
     root: str | os.PathLike,
     progress: TrainingProgress,
@@ -204,6 +273,7 @@ def save_training_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write a resumable checkpoint of a trainer at `progress.step` under `root` and prune old ones."""
+    state, items = progress_record(progress, data_seed=data_seed, n_train=n_train, world_size=world_size)
     path = save_checkpoint(
         root,
         progress.step,
@@ -211,14 +281,8 @@ def save_training_checkpoint(
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         rng=capture_rng_state(),
-        state={
-            "consumed": progress.consumed,
-            "data_seed": data_seed,
-            "n_train": n_train,
-            "world_size": world_size,
-            "history": progress.history,
-        },
-        items={INITIAL_ITEMS + name: torch.from_numpy(v) for name, v in progress.initial_items.items()},
+        state=state,
+        items=items,
     )
     prune_checkpoints(root, keep_last)
     return path
@@ -234,37 +298,26 @@ def resume_training(
     data_seed: int,
     n_train: int,
 ) -> TrainingProgress | None:
-    """Restore the checkpoint that `checkpoint.resume` names (`auto`: the newest verified one under `root`,
-    `never`: none, else a path) into `params`, `optimizer`, `scheduler` and the RNGs; its progress, or None."""
-    if resume == "never":
-        return None
-    path = latest_checkpoint(root) if resume == "auto" else Path(resume)
+    """Restore the checkpoint that `checkpoint.resume` names (`checkpoint_to_resume`) into `params`,
+    `optimizer`, `scheduler` and the RNGs; its progress, or None."""
+    path = checkpoint_to_resume(root, resume)
     if path is None:
         return None
     checkpoint = load_checkpoint(path)
     restore_training_state(checkpoint, params, optimizer, scheduler)
-    progress = TrainingProgress(
-        step=int(checkpoint.state["step"]),
-        consumed=int(checkpoint.state["consumed"]),
-        history=list(checkpoint.state.get("history", [])),
-        initial_items={
-            name.removeprefix(INITIAL_ITEMS): value.numpy()
-            for name, value in checkpoint.items.items()
-            if name.startswith(INITIAL_ITEMS)
-        },
-    )
-    if checkpoint.state.get("data_seed") != data_seed or checkpoint.state.get("n_train") != n_train:
-        raise CheckpointError(f"{path}: written for another data order (data seed / training set size differ)")
-    return progress
+    return restored_progress(path, checkpoint.state, checkpoint.items, data_seed=data_seed, n_train=n_train)
 
 
-def save_final_model(model, tokenizer, run_dir: str | os.PathLike, name: str = "final") -> Path:
-    """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/<name>`, atomically."""
+def save_final_model(
+    model, tokenizer, run_dir: str | os.PathLike, name: str = "final", *, state_dict=None
+) -> Path:
+    """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/<name>`, atomically;
+    `state_dict`: the weights to write instead of the model's own (an FSDP model's, gathered whole)."""
     run_dir = Path(run_dir)
     final = run_dir / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=run_dir))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if final.exists():
             shutil.rmtree(final)

@@ -51,6 +51,16 @@ class Precision(str, Enum):
     FP32 = "fp32"
 
 
+class Distributed(str, Enum):
+    """How processes launched by `torchrun` share the training."""
+
+    DDP = "ddp"
+    """DistributedDataParallel: every process holds the whole model, its gradients and AdamW state."""
+    FSDP = "fsdp"
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`, per decoder layer then the root): weights, gradients and
+    AdamW state sharded across processes (`localdpo.trainer.fsdp`); also runs as one process."""
+
+
 class TaskSplit(str, Enum):
     """Prompt split a task accuracy is measured on."""
 
@@ -192,6 +202,9 @@ class TrainConfig:
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`."""
     precision: Precision = Precision.AUTO
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `bf16` (autocast) or `fp32`; master weights stay fp32."""
+    distributed: Distributed = Distributed.DDP
+    """`ddp` (default, models whose weights and AdamW state fit one device) or `fsdp` (sharded; checkpoints in
+    `torch.distributed.checkpoint` format). Applies under `torchrun`; `fsdp` also shards a single process."""
     packing: bool = True
     """Pack each pair's shared prefix once (`localdpo.packing`, preference methods; falls back to the
     unpacked forward, with a warning, where the architecture is not supported). False for ablation."""

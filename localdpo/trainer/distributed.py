@@ -1,7 +1,8 @@
 """Process-group helpers and the data stream every process reads its share of.
 
 Under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) the trainer joins the process group (NCCL on CUDA,
-gloo on CPU) and wraps the policy in DistributedDataParallel. The data order is one seeded stream shared by
+gloo on CPU) and wraps the policy in DistributedDataParallel or shards it with FSDP2
+(`localdpo.trainer.fsdp`). The data order is one seeded stream shared by
 every process: epoch e is the permutation `randperm(N, seed=data_seed + e)`, epochs concatenated. Each
 micro-step takes the next `batch_size × world_size` positions of the stream and process r gets the slice
 `[r·batch_size, (r+1)·batch_size)`, so the union over processes is exactly the batch a single process with
@@ -34,15 +35,31 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (no-op for a single process)."""
+def init_distributed(device_type: str, *, always: bool = False) -> DistInfo:
+    """Join the process group when launched by torchrun; with `always` (FSDP), a single process gets a
+    one-process group of its own (an in-memory store) so the same sharded code runs. No-op otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 and not always:
+        return DistInfo()
+    backend = "nccl" if device_type == "cuda" else "gloo"
     if world_size <= 1:
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        torch.distributed.init_process_group(backend=backend)
     return info
+
+
+def per_rank_values(value: float, info: DistInfo, device) -> list[float]:
+    """`value` of every process, by rank (a one-item list for a single process)."""
+    if not info.enabled:
+        return [value]
+    tensor = torch.zeros(info.world_size, dtype=torch.float64, device=device)
+    tensor[info.rank] = value
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor.tolist()
 
 
 def all_reduce_mean(values: dict[str, float], info: DistInfo, device) -> dict[str, float]:

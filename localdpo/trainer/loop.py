@@ -29,13 +29,14 @@ from localdpo.losses import LossType
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
-from localdpo.trainer.config import ConfigError, RunConfig, save_config, validate
+from localdpo.trainer.config import ConfigError, Distributed, RunConfig, save_config, validate
 from localdpo.trainer.device import autocast_dtype, peak_memory_gb, resolve_device
 from localdpo.trainer.distributed import (
     DistInfo,
     all_reduce_mean,
     all_reduce_sum,
     init_distributed,
+    per_rank_values,
     rank_slice,
     stream_indices,
 )
@@ -49,7 +50,7 @@ from localdpo.trainer.modeling import (
     load_base_model,
     trainable_tensors,
 )
-from localdpo.trainer.optim import build_optimizer
+from localdpo.trainer.optim import build_optimizer, clip_gradients
 from localdpo.trainer.reference import (
     CachedReference,
     EvalReference,
@@ -107,6 +108,9 @@ class Trainer:
         # runtime (`_setup_runtime`)
         self.device: torch.device | None = None
         self.dist: DistInfo | None = None
+        self.mesh = None
+        """The FSDP device mesh (`train.distributed=fsdp`), else None."""
+        self._owns_process_group = False
         self.autocast_dtype: torch.dtype | None = None
         # data (`_setup_data`): tokenized steers (train in the run's span mode, eval in `eval.span_mode`)
         self.train_examples: list[TokenizedSteer] = []
@@ -129,8 +133,9 @@ class Trainer:
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
-        self.ddp_forward = None
-        """`policy_forward`, wrapped in `DistributedDataParallel` under DDP."""
+        self.train_forward = None
+        """What a training step calls: `policy_forward`, wrapped in `DistributedDataParallel` under DDP (under
+        FSDP `policy_forward` is itself the sharded root)."""
         # progress (restored by `_resume`)
         self.step = 0
         self.consumed = 0
@@ -171,7 +176,8 @@ class Trainer:
                 f"{self.checkpoint_root} holds checkpoints and checkpoint.resume=never: choose another run_dir"
             )
         self.device = resolve_device(cfg.train.device)
-        self.dist = init_distributed(self.device.type)
+        self._owns_process_group = self.sharded and not torch.distributed.is_initialized()
+        self.dist = init_distributed(self.device.type, always=self.sharded)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -232,8 +238,9 @@ class Trainer:
             self.drift_set = DriftSet.for_eval(base, self.tokenizer, cfg.eval, device=self.device)
 
     def _setup_policy(self, base) -> None:
-        """The trained model from `base` (dropout off, LoRA, gradient checkpointing), its training forward, the
-        LoRA live reference, and the held-out steers' reference (this forward on the starting weights)."""
+        """The trained model from `base` (dropout off, LoRA, gradient checkpointing), its training forward (sharded
+        under FSDP, with a frozen live reference), the LoRA live reference, and the held-out steers' reference
+        (this forward on the starting weights)."""
         cfg = self.config
         if (
             cfg.model.disable_dropout
@@ -248,6 +255,9 @@ class Trainer:
         self.model.to(self.device)
         self.model.train()
         self.policy_forward = self._policy_forward(self.model)
+        fingerprint = None
+        if self.sharded:
+            fingerprint = self._shard()
         if self.reference is None:  # live reference of a LoRA model: the model with its adapter off
             self.reference = LiveReference(
                 self.policy_forward, disable_adapter_of=self.model, autocast_dtype=self.autocast_dtype
@@ -261,20 +271,41 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             batch_size=cfg.eval.batch_size,
             given=self.eval_reference,
+            fingerprint=fingerprint,
         )
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the run shards its model with FSDP2 (`train.distributed=fsdp`)."""
+        return self.config.train.distributed is Distributed.FSDP
+
+    def _shard(self) -> str:
+        """Shard the training forward (and a frozen live reference) with FSDP2 (`localdpo.trainer.fsdp`);
+        returns the starting weights' fingerprint, taken before sharding (what the held-out reference is keyed on)."""
+        from localdpo.fingerprint import model_fingerprint
+        from localdpo.trainer import fsdp
+
+        fingerprint = model_fingerprint(self.model)
+        self.mesh = fsdp.device_mesh(self.device, self.dist.world_size)
+        fsdp.shard_forward(self.policy_forward, self.model, mesh=self.mesh, autocast_dtype=self.autocast_dtype)
+        if isinstance(self.reference, LiveReference):  # full fine-tuning: the frozen copy is sharded too
+            frozen = self.reference.forward
+            fsdp.shard_forward(frozen, frozen.model, mesh=self.mesh, autocast_dtype=self.autocast_dtype)
+        return fingerprint
+
     def _setup_optimizer(self) -> None:
-        """AdamW and its schedule over the trainable tensors; the DDP wrapper of the training forward."""
+        """AdamW and its schedule over the trainable tensors (shards under FSDP); the DDP wrapper of the
+        training forward."""
         cfg = self.config
         self.params = trainable_tensors(self.model)
         self.optimizer, self.scheduler = build_optimizer(
             list(self.params.values()), cfg.optim, max_steps=cfg.train.max_steps, device=self.device
         )
-        self.ddp_forward = self.policy_forward
-        if self.dist.enabled:
+        self.train_forward = self.policy_forward
+        if self.dist.enabled and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp_forward = DistributedDataParallel(
+            self.train_forward = DistributedDataParallel(
                 self.policy_forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
@@ -311,22 +342,52 @@ class Trainer:
         return ckpt.TrainingProgress(self.step, self.consumed, self.history, self.initial_items)
 
     def _resume(self) -> None:
-        """Restore the checkpoint `checkpoint.resume` names, if any (`localdpo.trainer.checkpoint.resume_training`)."""
-        progress = ckpt.resume_training(
-            self.checkpoint_root,
-            self.config.checkpoint.resume,
-            params=self.params,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            data_seed=self.config.data_seed,
-            n_train=len(self.train_examples),
-        )
+        """Restore the checkpoint `checkpoint.resume` names, if any (`localdpo.trainer.checkpoint.resume_training`,
+        or `localdpo.trainer.sharded_checkpoint.resume_sharded` under FSDP)."""
+        if self.sharded:
+            from localdpo.trainer.sharded_checkpoint import resume_sharded
+
+            progress = resume_sharded(
+                self.checkpoint_root,
+                self.config.checkpoint.resume,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                data_seed=self.config.data_seed,
+                n_train=len(self.train_examples),
+                dist=self.dist,
+            )
+        else:
+            progress = ckpt.resume_training(
+                self.checkpoint_root,
+                self.config.checkpoint.resume,
+                params=self.params,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                data_seed=self.config.data_seed,
+                n_train=len(self.train_examples),
+            )
         if progress is not None:
             self.step, self.consumed = progress.step, progress.consumed
             self.history, self.initial_items = progress.history, progress.initial_items
 
     def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint of the current step (rank 0) and prune old ones."""
+        """Write a resumable checkpoint of the current step (rank 0; every process its shards under FSDP) and
+        prune old ones."""
+        if self.sharded:
+            from localdpo.trainer.sharded_checkpoint import save_sharded_checkpoint
+
+            return save_sharded_checkpoint(
+                self.checkpoint_root,
+                self._progress(),
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                data_seed=self.config.data_seed,
+                n_train=len(self.train_examples),
+                dist=self.dist,
+                keep_last=self.config.checkpoint.keep_last,
+            )
         path = None
         if self.dist.is_main:
             path = ckpt.save_training_checkpoint(
@@ -345,10 +406,16 @@ class Trainer:
         return path
 
     def save(self) -> Path | None:
-        """Save the final model (or LoRA adapter) and tokenizer in Hugging Face format under run_dir/final."""
+        """Save the final model (or LoRA adapter) and tokenizer in Hugging Face format under run_dir/final
+        (under FSDP gathered whole first: every process calls this)."""
+        state_dict = None
+        if self.sharded:
+            from localdpo.trainer.fsdp import full_model_state
+
+            state_dict = full_model_state(self.model, trainable_only=self.config.model.lora.enabled)
         if not self.dist.is_main:
             return None
-        return ckpt.save_final_model(self.model, self.tokenizer, self.run_dir)
+        return ckpt.save_final_model(self.model, self.tokenizer, self.run_dir, state_dict=state_dict)
 
     # ------------------------------------------------------------------ training
 
@@ -385,7 +452,7 @@ class Trainer:
         cfg = self.config
         score_mask = None if cfg.method.is_preference else sft_mask(cfg.method, batch)  # (B, Tc) | None
         with self._autocast():
-            chosen, rejected = self.ddp_forward(batch, score_mask)
+            chosen, rejected = self.train_forward(batch, score_mask)
         ref_chosen = ref_rejected = None
         if cfg.method.needs_reference:
             ref_chosen, ref_rejected = self.reference.training_logps(examples, batch, self.device)
@@ -434,7 +501,9 @@ class Trainer:
             unlikelihood_num_tokens = step_rejected_tokens / (accum * self.dist.world_size)
         for micro, (examples, batch) in enumerate(micro_batches):
             sync = micro == accum - 1 or not self.dist.enabled
-            context = self.ddp_forward.no_sync() if not sync else nullcontext()
+            if self.sharded:  # FSDP's no_sync: gradients reduce-scattered on the last micro-batch only
+                self.policy_forward.set_requires_gradient_sync(sync)
+            context = self.train_forward.no_sync() if not (sync or self.sharded) else nullcontext()
             with context:
                 out = self._loss(examples, batch, sft_num_tokens, unlikelihood_num_tokens)
                 (out.loss / accum).backward()
@@ -445,7 +514,7 @@ class Trainer:
             if cfg.method.is_preference:
                 tokens += int(batch[REJECTED_ATTENTION_MASK].sum())
         max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
+        grad_norm = clip_gradients(list(self.params.values()), max_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -455,14 +524,17 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         metrics = all_reduce_mean(sums, self.dist, self.device)
+        peaks = per_rank_values(peak_memory_gb(self.device), self.dist, self.device)
+        if self.dist.enabled:
+            metrics.update({f"perf/peak_memory_gb_rank{rank}": peak for rank, peak in enumerate(peaks)})
         metrics.update(
             {
                 "train/lr": lr,
-                "train/grad_norm": float(grad_norm),
+                "train/grad_norm": grad_norm,
                 "train/epoch": self.consumed / len(self.train_examples),
                 "perf/tokens_per_s": tokens * self.dist.world_size / elapsed,
                 "perf/step_time_s": elapsed,
-                "perf/peak_memory_gb": peak_memory_gb(self.device),
+                "perf/peak_memory_gb": max(peaks),
                 "perf/packing": float(self.policy_forward.packing and cfg.method.is_preference),
                 "perf/span_head": float(self.policy_forward.span_head),
             }
@@ -532,6 +604,9 @@ class Trainer:
         if self.logger is not None:
             self.logger.finish()
             self.logger = None
+        if self._owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._owns_process_group = False
 
     # ------------------------------------------------------------------ evaluation
 
@@ -545,22 +620,28 @@ class Trainer:
         model = self.model
         was_training = model.training
         model.eval()
+        gathered = nullcontext()
+        if self.sharded:
+            from localdpo.trainer.fsdp import root_gathered
+
+            gathered = root_gathered(self.policy_forward)
         try:
-            metrics, items = evaluate_policy(
-                model,
-                self.tokenizer,
-                self.config,
-                eval_examples=self.eval_examples,
-                reference=self.eval_reference,
-                drift_set=self.drift_set,
-                device=self.device,
-                autocast=self._autocast(),
-                autocast_dtype=self.autocast_dtype,
-                to_device=self._to_device,
-                task=task,
-                forward=self.policy_forward,
-                probes=self.eval_probes if steer_metrics else [],
-            )
+            with gathered:
+                metrics, items = evaluate_policy(
+                    model,
+                    self.tokenizer,
+                    self.config,
+                    eval_examples=self.eval_examples,
+                    reference=self.eval_reference,
+                    drift_set=self.drift_set,
+                    device=self.device,
+                    autocast=self._autocast(),
+                    autocast_dtype=self.autocast_dtype,
+                    to_device=self._to_device,
+                    task=task,
+                    forward=self.policy_forward,
+                    probes=self.eval_probes if steer_metrics else [],
+                )
         finally:
             model.train(was_training)
         self.last_eval_items = {k: v.cpu().numpy() for k, v in items.items()}

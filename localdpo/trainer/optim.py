@@ -1,4 +1,4 @@
-"""AdamW and its learning-rate schedule: linear warmup, then cosine decay."""
+"""AdamW, its learning-rate schedule (linear warmup, then cosine decay) and gradient clipping."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def build_optimizer(
         ),
     )
     return optimizer, scheduler
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """The global gradient norm of `params` as a float (for logging), gradients scaled in place to `max_norm`
+    when above it (`torch.nn.utils.clip_grad_norm_`). With FSDP's sharded parameters (DTensors) the norm is
+    over every shard of every process: a DTensor, made whole here."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)

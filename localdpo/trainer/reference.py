@@ -148,15 +148,26 @@ class EvalReference:
 
 
 def eval_reference_for(
-    model, forward, batches, *, autocast, autocast_dtype, batch_size: int, given: EvalReference | None = None
+    model,
+    forward,
+    batches,
+    *,
+    autocast,
+    autocast_dtype,
+    batch_size: int,
+    given: EvalReference | None = None,
+    fingerprint: str | None = None,
 ) -> EvalReference:
     """The held-out steers' `EvalReference` of `model`'s current (starting) weights through `forward` (the
     policy's `PolicyForward`): `given` when it holds exactly these batches under the same signature, else built
-    now, in eval mode with a peft adapter switched off. `batches()` gives the `held_out_batches` afresh."""
+    now, in eval mode with a peft adapter switched off. `batches()` gives the `held_out_batches` afresh;
+    `fingerprint`: the starting weights' `model_fingerprint` when taken already (before FSDP sharded them)."""
     from localdpo.fingerprint import is_peft_model, model_fingerprint
 
     # what decides the values besides the batches: the starting weights (adapters skipped), the forward
-    signature = (model_fingerprint(model), forward.packing, forward.span_head, autocast_dtype, batch_size)
+    if fingerprint is None:
+        fingerprint = model_fingerprint(model)
+    signature = (fingerprint, forward.packing, forward.span_head, autocast_dtype, batch_size)
     if given is not None and given.covers(batches(), signature):
         return given
     with reference_mode(model, peft_model=model if is_peft_model(model) else None):

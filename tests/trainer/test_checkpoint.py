@@ -106,3 +106,26 @@ def test_prune_keeps_the_newest(tmp_path):
     prune_checkpoints(tmp_path, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _sharded(tmp_path, files):
+    from localdpo.trainer.checkpoint import SHARDED, publish_checkpoint
+
+    tmp = tmp_path / ".tmp-step-000002-x"
+    tmp.mkdir()
+    for name in files:
+        (tmp / name).write_bytes(name.encode())
+    return publish_checkpoint(tmp, tmp_path, 2, state={"consumed": 8}, items=None, layout=SHARDED)
+
+
+def test_a_sharded_checkpoint_is_refused_by_the_unsharded_loader_naming_fsdp(tmp_path):
+    path = _sharded(tmp_path, [".metadata", "__0_0.distcp", "scheduler.pt", "rng-rank0.pt"])
+    assert verify_checkpoint(path)["layout"] == "sharded"
+    with pytest.raises(CheckpointError, match="train.distributed=fsdp"):
+        load_checkpoint(path)
+
+
+def test_a_sharded_checkpoint_without_its_dcp_metadata_does_not_verify(tmp_path):
+    path = _sharded(tmp_path, ["__0_0.distcp", "scheduler.pt", "rng-rank0.pt"])
+    with pytest.raises(CheckpointError, match="does not list .metadata"):
+        verify_checkpoint(path)
