@@ -32,9 +32,10 @@ stage_fsdp_bench() {  # the headline on a GPU: 2 models x 1 prefix x 4 contender
     --out "$out/fsdp_bench.md" 2>&1 | tee "$out/fsdp_bench.log"
 }
 
-# Steering in rounds (`--preset rounds-cpu`) on running_sum for a 15-minute lease: 12 selection runs + 3 variants
-# x 3 seeds x 3 rounds = 39 runs of 30 steps x 32 steers (~0.15 s a step on one H200), each later round on the
-# chain's own mistakes on 300 fresh prompts; task accuracy on 200 held-out prompts after every round.
+# Steering in rounds (`--preset rounds-cpu`) on running_sum for a 15-minute lease: 12 selection runs (3 variants x
+# 4 learning rates) and 3 variants x 3 seeds x 3 rounds = 27 final runs, of 30 steps x 32 steers (~0.15 s a step
+# on one H200, an estimate: never run), each later round on the chain's own mistakes on 300 fresh prompts; task
+# accuracy on 200 held-out prompts after every round.
 rounds_stage() {
   python -m localdpo compare --preset rounds-cpu --out "$out/rounds-lease" name=rounds-lease task=running_sum \
     steers.train_prompts=400 steers.heldout_prompts=200 select.validation_prompts=100 eval_batch_size=128 \
