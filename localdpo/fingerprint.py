@@ -128,6 +128,13 @@ def model_fingerprint(model) -> str:
     )
 
 
+
+def model_label(name: str, model) -> str:
+    """`<name>@<first 12 hex digits of model_fingerprint>`: the model that wrote a steer's rejected side
+    (`Steer.rejected_by`). A LoRA adapter's own weights are not in the fingerprint: label a tuned model by a
+    name that says which adapter, or merge the adapter first (as a round of `compare` does)."""
+    return f"{name}@{model_fingerprint(model)[:12]}"
+
 def weights_stamp(model) -> tuple[tuple[str, int, int, int], ...]:
     """Cheap snapshot (name, object id, data pointer, in-place version counter) of every reference tensor.
 

@@ -9,6 +9,7 @@ import xxhash
 from localdpo.fingerprint import (
     content_hash,
     model_fingerprint,
+    model_label,
     reference_tensors,
     tensor_digest,
     tokenizer_fingerprint,
@@ -116,3 +117,12 @@ def test_tokenizer_fingerprint_vocab_and_chat_template(smol_tokenizer):
     vocab.add_tokens(["<steer>"])
     assert tokenizer_fingerprint(vocab) != base
     assert json.loads(json.dumps(base)) == base  # plain hex string
+
+
+def test_a_model_label_names_the_weights_that_wrote_a_steer():
+    model, _ = tiny_model(seed=3)
+    label = model_label("tiny", model)
+    assert label == f"tiny@{model_fingerprint(model)[:12]}" and len(label) == len("tiny@") + 12
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert model_label("tiny", model) != label  # trained weights write under another label

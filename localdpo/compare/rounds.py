@@ -51,7 +51,7 @@ from localdpo.compare.runs import (
     quiet_weights,
 )
 from localdpo.fileio import atomic_write_text
-from localdpo.fingerprint import content_hash, model_fingerprint
+from localdpo.fingerprint import content_hash, model_label
 from localdpo.steers import Steer, load_steers, save_steers
 from localdpo.tasks import TaskPrompt, get_task
 
@@ -92,11 +92,6 @@ def yield_items(prompts: Sequence[TaskPrompt], steers: Sequence[Steer]) -> np.nd
     """(P,) float64: 1 where the prompt gave a steer (its id is some steer's `meta["prompt_id"]`), else 0."""
     made = {steer.meta.get("prompt_id") for steer in steers}
     return np.asarray([float(prompt.id in made) for prompt in prompts], dtype=np.float64)
-
-
-def writer(name: str, model) -> str:
-    """`<name>@<first 12 hex of the model's fingerprint>`: who wrote a steer's rejected side."""
-    return f"{name}@{model_fingerprint(model)[:12]}"
 
 
 def load_weights(run_dir: Path, device: torch.device):
@@ -177,7 +172,7 @@ def chain_steers(
         progress=False,
     )
     log(f"[{config.task_name(task)}] round {round_} {chain}: {summary.row()}")
-    by = writer(f"{config.name}/{chain}-round{round_ - 1}", model())
+    by = model_label(f"{config.name}/{chain}-round{round_ - 1}", model())
     steers = [replace(steer, round=round_, rejected_by=by) for steer in steers]
     save_steers(steers, path)
     atomic_write_text(manifest, json.dumps({"key": key, "digest": resume.file_digest(path)}) + "\n")

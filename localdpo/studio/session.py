@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from localdpo.fingerprint import model_label
 from localdpo.steers import Messages, Steer
 from localdpo.studio.errors import StudioError
 from localdpo.studio.text import IncrementalDecoder
@@ -272,13 +273,6 @@ class ModelRunner:
                     self._kept = (segment, out.past_key_values)
         except Exception as error:  # reported to the page: the server itself stays up
             segment.error = f"{type(error).__name__}: {error}"
-
-
-def model_label(name: str, model) -> str:
-    """`<name>@<first 12 hex digits of the model's fingerprint>`: which model wrote a steer's rejected side."""
-    from localdpo.fingerprint import model_fingerprint
-
-    return f"{name}@{model_fingerprint(model)[:12]}"
 
 
 class AnswerSession:

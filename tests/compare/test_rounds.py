@@ -309,8 +309,9 @@ def test_a_round_starts_from_exactly_the_weights_the_last_one_saved(tmp_path):
 
     import torch
 
-    from localdpo.compare.rounds import load_weights, writer
+    from localdpo.compare.rounds import load_weights
     from localdpo.compare.runs import save_weights
+    from localdpo.fingerprint import model_label
     from localdpo.models import tiny_model
     from localdpo.trainer.config import load_config
     from localdpo.trainer.modeling import apply_lora
@@ -320,7 +321,7 @@ def test_a_round_starts_from_exactly_the_weights_the_last_one_saved(tmp_path):
     (tmp_path / "lora").mkdir()
     save_weights(SimpleNamespace(model=model, tokenizer=tokenizer, run_dir=tmp_path / "full"))
     loaded = load_weights(tmp_path / "full", torch.device("cpu"))
-    assert writer("x", loaded) == writer("x", model)
+    assert model_label("x", loaded) == model_label("x", model)
 
     lora = apply_lora(tiny_model(seed=3)[0], load_config(None, ["model.lora.enabled=true", "model.lora.r=4"]))
     with torch.no_grad():
