@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from localdpo.studio.errors import StudioError
 from localdpo.studio.review import steer_view
-from localdpo.studio.session import Sampling, Studio, TaskContext, draw_task_prompt
+from localdpo.studio.session import Sampling, Studio, TaskContext, degenerate_warnings, draw_task_prompt
 from localdpo.tasks import known_tasks
 from localdpo.tokenization import SpanMode, tokenize_steer
 
@@ -351,9 +351,12 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                 chosen_complete=field(body, "chosen_complete", bool, old.chosen_complete),
                 meta={**old.meta, "edited": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             )
-            tokenize_steer(new, studio.runner.tokenizer)
+            tokenized = tokenize_steer(new, studio.runner.tokenizer)
         except ValueError as error:
             raise StudioError(400, f"not a usable steer: {error}") from None
+        warnings = degenerate_warnings(new, tokenized)
+        if warnings and not field(body, "confirm", bool, False):
+            raise StudioError(409, "; ".join(warnings), confirm=True)
         updated = await run_in_threadpool(studio.store.replace, steer_id, version, new)
         return JSONResponse({"steer": updated.steer.to_dict(), "version": updated.version})
 

@@ -415,3 +415,20 @@ def test_a_task_of_ones_own_is_offered_and_drawn_once_loaded(client, monkeypatch
     drawn = client.post("/api/task-prompt", json={"task": "spell", "seed": 3}).json()
     assert drawn["prompt_id"].startswith("spell/") and split_of(drawn["prompt_id"]) == "train"
     assert drawn["prompt"].startswith("Spell the word '")
+
+
+def test_an_edit_into_a_degenerate_steer_needs_confirming(client, tmp_path):
+    """The checks a new steer meets hold for an edit too: a correction edited into the start of the rejected
+    text is refused with `confirm` (the file unchanged) and saved when the same edit comes with confirm."""
+    path = save_steers(
+        [Steer(prompt="p", prefix="a = ", rejected="3 and more", chosen="2", id="s0")], tmp_path / "steers.jsonl"
+    )
+    before = path.read_bytes()
+    (row,) = client.get("/api/steers").json()["steers"]
+    warned = client.put("/api/steers/s0", json={"version": row["version"], "chosen": "3 and"})
+    assert warned.status_code == 409 and warned.json()["confirm"] is True
+    assert "the start of what the model wrote" in warned.json()["error"]
+    assert path.read_bytes() == before
+    saved = client.put("/api/steers/s0", json={"version": row["version"], "chosen": "3 and", "confirm": True})
+    assert saved.status_code == 200, saved.text
+    assert load_steers(path)[0].chosen == "3 and"

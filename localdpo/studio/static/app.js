@@ -612,13 +612,21 @@ function editForm(row) {
   saveButton.type = "button"; saveButton.textContent = "Save edit"; saveButton.className = "primary";
   const error = document.createElement("p");
   error.className = "error";
+  let confirmKey = null;  // a warned edit is saved when the same edit is sent again
   saveButton.addEventListener("click", async () => {
     const body = { version: row.version, chosen_complete: complete.checked };
     for (const [name, area] of Object.entries(fields)) body[name] = area.value;
+    const key = JSON.stringify(body);
     try {
-      await api(`api/steers/${encodeURIComponent(row.steer.id)}`, { method: "PUT", body });
+      await api(`api/steers/${encodeURIComponent(row.steer.id)}`, {
+        method: "PUT", body: { ...body, confirm: confirmKey === key },
+      });
       loadReview();
-    } catch (e) { error.textContent = e.message; }
+    } catch (e) {
+      confirmKey = e.confirm ? key : null;
+      error.textContent = e.confirm ? `${e.message}. Save the edit again to save it anyway.` : e.message;
+      saveButton.textContent = e.confirm ? "Save edit anyway" : "Save edit";
+    }
   });
   form.append(check, saveButton, error);
   return form;
