@@ -21,6 +21,11 @@ from localdpo.compare.report import METRICS_BY_KEY, RunRecord, SummaryRow
 from localdpo.fileio import atomic_open
 
 
+def metric_label(metric: str) -> str:
+    """A metric key as axes name it: its table label, else the key with spaces."""
+    return METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
+
+
 def _save(fig, path: str | Path) -> None:
     """Write `fig` as a PNG, atomically."""
     with atomic_open(path, "wb") as handle:
@@ -99,7 +104,7 @@ def draw_accuracy_over_steps(records: Sequence[RunRecord], *, metric: str = "tas
         color, marker = method_style(method)
         ax.plot(steps, mean, color=color, marker=marker, label=method)
         ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values], color=color, alpha=0.15)
-    label = METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
+    label = metric_label(metric)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"{label} (%)")
     held_out = label if label.startswith("held-out") else f"held-out {label}"
@@ -225,7 +230,7 @@ def draw_dose_response(rows: Sequence[SummaryRow], *, metric: str = "task_accura
     alphas = sorted({d.alpha for d in doses.values() if d.alpha > 0})
     ax.set_xscale("symlog", linthresh=alphas[0] if alphas else 1.0)
     ax.set_xticks([0.0, *alphas], [f"{a:g}" for a in [0.0, *alphas]])
-    label = METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
+    label = metric_label(metric)
     ax.set_xlabel(f"α: weight of the added term ({base or 'baseline'} + α · term)")
     ax.set_ylabel(f"held-out {label}" + (" (%)" if scale == 100.0 else ""))
     ax.set_title(f"Dose-response: {label} against α (95% intervals)")
@@ -276,7 +281,7 @@ def draw_accuracy_over_rounds(by_round: dict[int, Sequence[SummaryRow]], *, metr
         ax.errorbar(xs, means, yerr=[low, high], capsize=3, color=color, marker=marker, label=method)
     ticks = ([0] if start is not None else []) + rounds
     ax.set_xticks(ticks, ["start" if t == 0 else str(t) for t in ticks])
-    label = METRICS_BY_KEY[metric].label if metric in METRICS_BY_KEY else metric.replace("_", " ")
+    label = metric_label(metric)
     ax.set_xlabel("steering round (each trained on steers of its own previous model's mistakes)")
     ax.set_ylabel(f"held-out {label}" + (" (%)" if scale == 100.0 else ""))
     ax.set_title(f"Held-out {label} after each round (95% intervals)")
