@@ -16,16 +16,16 @@ import time
 
 import torch
 
-from localdpo.models import load_model
-from localdpo.steermaking import (
-    STOP_AFTER_TOKENS,
+from localdpo.generation import (
     GenerationConfig,
     _generate_with_transformers,
     _StopRows,
     generate_answers,
-    render_chat,
+    prompt_ids,
     stop_at_first_mistake,
 )
+from localdpo.models import load_model
+from localdpo.steermaking import STOP_AFTER_TOKENS
 from localdpo.tasks import get_task
 
 
@@ -35,7 +35,7 @@ def generate_with_transformers(model, tokenizer, texts, max_new_tokens, should_s
     answers cut as `generate_answers` did before its own decoder."""
     from transformers import DynamicCache
 
-    encoded = [tokenizer(render_chat(tokenizer, t), add_special_tokens=False)["input_ids"] for t in texts]
+    encoded = [prompt_ids(tokenizer, t) for t in texts]
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, T)

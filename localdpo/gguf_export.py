@@ -350,11 +350,11 @@ def read_back(
 ) -> RoundTrip:
     """`gguf_path` loaded back (`localdpo.models.load_gguf_model`, transformers' `gguf_file=` loader, and its
     tokenizer) and compared with `model` on `prompt` rendered with the chat template: logits at every prompt
-    position, and the greedy answer (`localdpo.steermaking.greedy_token_continuations`)."""
+    position, and the greedy answer (`localdpo.generation.greedy_token_continuations`)."""
     from transformers import AutoTokenizer
 
+    from localdpo.generation import eos_token_ids, greedy_token_continuations, pad_token_id, render_chat
     from localdpo.models import load_gguf_model
-    from localdpo.steermaking import eos_token_ids, greedy_token_continuations, pad_token_id, render_chat
 
     path = Path(gguf_path)
     file_model = load_gguf_model(path)

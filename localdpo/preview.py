@@ -2,17 +2,21 @@
 
 `preview_steers` loads a file the way training does (bad rows reported, not fatal) and tokenizes each steer
 with `localdpo.tokenization.tokenize_steer`, so the marked tokens are exactly the ones the loss reads.
-`render_text` draws it for a terminal (ANSI colour) or a pipe (bracket markers), `render_html` as a page.
+`render_text` draws it for a terminal (ANSI colour) or a pipe (bracket markers), `render_html` as a page,
+`steer_view` as the studio's review shows it; all three read the scored tokens from `side_tokens`.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 from localdpo.steers import LoadReport, Steer, load_steers
+from localdpo.studio.text import token_pieces
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steer
 
 SIDES = ("chosen", "rejected")
@@ -80,24 +84,45 @@ def preview_steers(
     return preview
 
 
-def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segment]:
-    """The assistant part of one side as scored / unscored runs of tokens (EOS shown as its special token).
+def side_tokens(tokenized: TokenizedSteer, side: str, tokenizer) -> list[tuple[str, bool]]:
+    """The assistant part of one side, one `(text, scored)` per token (EOS shown as its special token).
 
-    It starts at the first assistant token, or at the divergence when BPE merged the prompt's last characters
-    into the first differing token (then that token is scored and shown whole).
+    The texts are `token_pieces`: they add up to the decoded text, a character split over several tokens
+    going to the token that completes it. The part starts at the first assistant token, or at the divergence
+    when BPE merged the prompt's last characters into the first differing token (then that token is scored and
+    shown whole).
     """
-    ids = getattr(tokenized, f"{side}_ids").tolist()
-    mask = getattr(tokenized, f"{side}_mask").tolist()
+    ids = getattr(tokenized, f"{side}_ids")
+    mask = getattr(tokenized, f"{side}_mask")
     start = min(getattr(tokenized, f"{side}_assistant_start"), tokenized.divergence)
-    segments: list[Segment] = []
-    run_start = start
-    for i in range(start, len(ids) + 1):
-        if i == len(ids) or (i > run_start and mask[i] != mask[run_start]):
-            if i > run_start:
-                text = tokenizer.decode(ids[run_start:i], skip_special_tokens=False)
-                segments.append(Segment(text, bool(mask[run_start])))
-            run_start = i
-    return segments
+    pieces = token_pieces(tokenizer, ids[start:].tolist(), skip_special_tokens=False)  # (T - start,)
+    return [(piece, bool(scored)) for piece, scored in zip(pieces, mask[start:].tolist())]
+
+
+def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segment]:
+    """`side_tokens` as runs of consecutive tokens that are all scored or all not."""
+    return [
+        Segment("".join(text for text, _ in run), scored)
+        for scored, run in itertools.groupby(side_tokens(tokenized, side, tokenizer), key=lambda t: t[1])
+    ]
+
+
+def steer_view(steer: Steer, tokenizer, span_mode: SpanMode | str) -> dict[str, Any]:
+    """The studio's review of a steer: both sides' `side_tokens` as `[text, scored]` pairs and the token
+    counts, from `tokenize_steer`; a steer that does not tokenize (e.g. both sides give the same ids) gets
+    `error` instead of tokens."""
+    try:
+        tokenized = tokenize_steer(steer, tokenizer, span_mode=span_mode)
+    except ValueError as error:
+        return {"error": str(error)}
+    view: dict[str, Any] = {"prompt_tokens": tokenized.chosen_assistant_start}
+    for side in SIDES:
+        view[side] = {
+            "tokens": [[text, scored] for text, scored in side_tokens(tokenized, side, tokenizer)],
+            "length": int(getattr(tokenized, f"{side}_ids").numel()),
+            "scored": scored_count(tokenized, side),
+        }
+    return view
 
 
 def scored_count(tokenized: TokenizedSteer, side: str) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from localdpo.steermaking import GenerationConfig, generate_answers, stop_at_first_mistake
+from localdpo.generation import GenerationConfig, generate_answers, stop_at_first_mistake
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
 
 METRIC_KEYS = ("accuracy", "format_kept", "first_item_accuracy", "mean_first_mistake_position", "n")

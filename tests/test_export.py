@@ -259,8 +259,8 @@ def test_llama_cpp_runs_the_export_with_the_same_tokens_and_greedy_answer(embedd
 
     import numpy as np
 
+    from localdpo.generation import render_chat
     from localdpo.gguf_export import ROUND_TRIP_PROMPT, ROUND_TRIP_TOKENS
-    from localdpo.steermaking import render_chat
 
     python = _llama_cpp_python()
     result = export_model(embedded_run, tmp_path / "out", outtype=outtype, verify=outtype != "q8_0")

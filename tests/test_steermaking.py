@@ -4,223 +4,21 @@ import pytest
 import torch
 
 from localdpo import load_steers, save_steers, tokenize_steer
+from localdpo.generation import Generation
 from localdpo.models import tiny_model
-from localdpo.steermaking import (
-    Generation,
-    GenerationConfig,
-    generate_answers,
-    greedy_token_continuations,
-    make_steers,
-    render_chat,
-    steer_from_mistake,
-)
+from localdpo.steermaking import make_steers, steer_from_mistake
 from localdpo.tasks import MistakeKind, get_task
-
-PROMPTS = [
-    "What is 2 + 2?",
-    "Sort these words in alphabetical order: river, apple, cloud, dog, zebra, mountain.",
-]
 
 
 @pytest.fixture(scope="module")
 def tiny(smol_tokenizer):
-    """A tiny model with weights scaled up so its greedy answers depend on the prompt (at the default init
-    every answer is the same run of newlines, which would make order and batching tests vacuous)."""
+    """The tiny model with weights scaled up as in tests/test_generation.py."""
     model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "norm" not in name:
                 parameter.mul_(40)
     return model, tokenizer
-
-
-def test_greedy_answers_are_in_input_order_and_independent_of_batching(tiny):
-    """Left padding must not change a greedy answer: one prompt alone = the same prompt batched with a longer one."""
-    model, tokenizer = tiny
-    config = GenerationConfig(max_new_tokens=12, batch_size=2)
-    batched = generate_answers(model, tokenizer, PROMPTS, config, progress=False)
-    alone = [
-        generate_answers(
-            model, tokenizer, [p], GenerationConfig(max_new_tokens=12, batch_size=1), progress=False
-        )[0]
-        for p in PROMPTS
-    ]
-    assert batched == alone
-    assert batched[0].text != batched[1].text
-    assert all(not a.complete and a.num_tokens == 12 for a in batched)  # this model never says EOS
-
-
-def test_shared_prefix_prefill_changes_no_answer(tiny):
-    """Prompts of one task share ~30 tokens (chat template + wording): run once, the answers are the same."""
-    model, tokenizer = tiny
-    texts = [p.text for p in get_task("multiples").prompts(5, seed=0)] + ["hi"]
-    shared = generate_answers(model, tokenizer, texts, GenerationConfig(max_new_tokens=8), progress=False)
-    unshared = generate_answers(
-        model, tokenizer, texts, GenerationConfig(max_new_tokens=8, share_prefix=False), progress=False
-    )
-    assert shared == unshared
-    assert len({a.text for a in shared}) > 1
-
-
-def _generate_reference(model, tokenizer, text: str, max_new_tokens: int) -> list[int]:
-    """Greedy new tokens of one unpadded prompt by transformers' own `generate`, up to its first EOS."""
-    ids = tokenizer(render_chat(tokenizer, text), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    eos = model.generation_config.eos_token_id
-    out = model.generate(
-        ids,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.eos_token_id,
-    )[0, ids.shape[1] :].tolist()
-    eos = set(eos if isinstance(eos, list) else [eos])
-    return out[: next((j + 1 for j, t in enumerate(out) if t in eos), len(out))]
-
-
-def test_greedy_answers_equal_transformers_generate_as_rows_finish(tiny, monkeypatch):
-    """Rows leave the batch when they end (EOS here): every answer is still the tokens `generate` picks for
-    its prompt alone, and no decoding step runs rows that have ended."""
-    model, tokenizer = tiny
-    texts = [p.text for p in get_task("addition").prompts(6, seed=0)] + PROMPTS
-    free = [_generate_reference(model, tokenizer, t, 10) for t in texts]
-    # Declare a token that some answers say (not all) an end-of-turn token, so rows end at different steps.
-    rows_saying = {t: sum(t in ids[:-1] for ids in free) for ids in free for t in ids[:-1]}
-    stop_token = max((t for t, n in rows_saying.items() if n < len(texts)), key=rows_saying.get)
-    monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, stop_token])
-    expected = [_generate_reference(model, tokenizer, t, 10) for t in texts]
-    ended = [len(ids) < 10 or ids[-1] == stop_token for ids in expected]
-    assert 1 < sum(ended) < len(texts)  # some rows end early, others run on
-    rows_per_step = []
-    forward = model.forward
-
-    def counting_forward(*args, **kwargs):
-        rows_per_step.append(kwargs["input_ids"].shape[0])
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", counting_forward)
-    answers = generate_answers(
-        model, tokenizer, texts, GenerationConfig(max_new_tokens=10, batch_size=8), progress=False
-    )
-    for answer, ids in zip(answers, expected):
-        complete = ids[-1] in (tokenizer.eos_token_id, stop_token)
-        assert answer == Generation(
-            tokenizer.decode(ids[: len(ids) - complete], skip_special_tokens=True), complete, len(ids)
-        )
-    # The prefill of the shared prompt prefix (1 row), then one forward per step over the running rows only.
-    running = [sum(len(ids) > step for ids in expected) for step in range(10)]
-    assert rows_per_step == [1] + [r for r in running if r]
-
-
-def test_token_continuations_are_the_uncached_greedy_tokens_of_each_row(tiny, library_warnings):
-    """`greedy_token_continuations` (the one decoder: drift set, steer metrics, answers): rows of different
-    lengths, batched with left padding and a shared prefix, continue exactly as one row alone without a cache
-    would; a row given `should_stop` ends where it says, its last token kept. Regression (issue #16): no
-    deprecated transformers API (the drift set's own loop passed `past_key_values`)."""
-    model, tokenizer = tiny
-    rows = [
-        tokenizer(render_chat(tokenizer, text), add_special_tokens=False)["input_ids"] for text in PROMPTS
-    ]
-    rows.append(rows[0] + rows[1][-5:])  # a longer row sharing the first's prefix
-    expected = []
-    with torch.no_grad():
-        for ids in rows:
-            full = list(ids)
-            for _ in range(6):
-                full.append(int(model(input_ids=torch.tensor([full])).logits[0, -1].argmax()))
-            expected.append(full[len(ids) :])
-    assert len({tuple(e) for e in expected}) == 3
-    written = greedy_token_continuations(
-        model, rows, max_new_tokens=6, eos_ids=set(), pad_id=tokenizer.pad_token_id, batch_size=2
-    )
-    assert written == [(e, False) for e in expected]
-    stopped = greedy_token_continuations(
-        model,
-        rows,
-        max_new_tokens=6,
-        eos_ids=set(),
-        pad_id=tokenizer.pad_token_id,
-        should_stop=lambda i, new: i == 1 and len(new) == 2,
-    )
-    assert stopped == [(expected[0], False), (expected[1][:2], False), (expected[2], False)]
-    # an end-of-turn token ends its row and is not returned
-    eos = expected[2][3]
-    ended = greedy_token_continuations(model, rows[2:], max_new_tokens=6, eos_ids={eos}, pad_id=0)
-    assert ended == [(expected[2][: expected[2].index(eos)], True)]
-    assert library_warnings() == []
-
-
-def test_an_answer_that_ends_while_a_stop_is_pending_is_complete(tiny, monkeypatch):
-    """A row told to stop a few tokens later that says end-of-turn first has ended its answer: complete, its
-    tokens up to the end-of-turn, whatever the other rows of its batch still do."""
-    model, tokenizer = tiny
-    texts = [p.text for p in get_task("addition").prompts(6, seed=0)] + PROMPTS
-    free = [_generate_reference(model, tokenizer, t, 10) for t in texts]
-    row, end = next((i, ids.index(t)) for i, ids in enumerate(free) for t in ids[2:6] if ids.count(t) == 1)
-    stop_token = free[row][end]
-    monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, stop_token])
-    trigger_at = (
-        end - 1
-    )  # the stop is asked for 1 token before the end-of-turn, to take effect 5 tokens later
-
-    trigger_text = tokenizer.decode(free[row][:trigger_at], skip_special_tokens=True)
-
-    def should_stop(index, text):
-        return index == row and text.startswith(trigger_text)
-
-    answers = generate_answers(
-        model,
-        tokenizer,
-        texts,
-        GenerationConfig(max_new_tokens=10, batch_size=8),
-        should_stop=should_stop,
-        stop_delay=5,
-        progress=False,
-    )
-    assert answers[row].complete and answers[row].num_tokens == end + 1
-    assert answers[row].text == tokenizer.decode(free[row][:end], skip_special_tokens=True)
-
-
-def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
-    model, tokenizer = tiny
-    config = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0)
-    torch.manual_seed(7)
-    expected = torch.rand(2)
-    torch.manual_seed(7)
-    a = generate_answers(model, tokenizer, PROMPTS, config, seed=3, progress=False)
-    assert torch.equal(torch.rand(2), expected)
-    assert a == generate_answers(model, tokenizer, PROMPTS, config, seed=3, progress=False)
-    assert a != generate_answers(model, tokenizer, PROMPTS, config, seed=4, progress=False)
-    assert not model.training
-
-
-def test_stopped_answers_are_prefixes_of_full_answers(tiny):
-    """Stopping a row early keeps exactly its first tokens, and marks it incomplete (not an EOS ending)."""
-    model, tokenizer = tiny
-    full = generate_answers(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=16), progress=False)
-    calls = []
-
-    def should_stop(index, text):
-        calls.append(index)
-        return index == 1 and len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= 3
-
-    stopped = generate_answers(
-        model,
-        tokenizer,
-        PROMPTS,
-        GenerationConfig(max_new_tokens=16),
-        should_stop=should_stop,
-        stop_delay=2,
-        progress=False,
-    )
-    assert stopped[0] == full[0]
-    assert full[1].text.startswith(stopped[1].text) and stopped[1].text != full[1].text
-    assert not stopped[1].complete and stopped[1].num_tokens == 5  # triggered after 3 tokens, 2 more kept
-    assert set(calls) == {0, 1}
-
-
-def test_render_chat_uses_the_template(smol_tokenizer):
-    text = render_chat(smol_tokenizer, "hi")
-    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_steer_from_a_wrong_middle_item(smol_tokenizer):
@@ -343,13 +141,3 @@ def test_embedded_model_makes_real_steers_that_load_back(tmp_path):
         assert steer.meta["output"].startswith(steer.prefix + steer.rejected)
         tokenized = tokenize_steer(steer, tokenizer)
         assert tokenized.chosen_mask.any() or tokenized.rejected_mask.any()
-
-
-def test_generation_uses_no_deprecated_transformers_api(tiny, library_warnings):
-    """Regression (issue #16): `past_key_values=` made transformers 5.24 warn on every batch of `make compare`."""
-
-    model, tokenizer = tiny
-    texts = [p.text for p in get_task("multiples").prompts(3, seed=0)]  # shared prefix: the prefilled cache
-    answers = generate_answers(model, tokenizer, texts, GenerationConfig(max_new_tokens=4), progress=False)
-    assert len(answers) == 3 and all(a.num_tokens == 4 for a in answers)
-    assert library_warnings() == []

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from localdpo.generation import Generation
 from localdpo.models import tiny_model
-from localdpo.steermaking import Generation
 from localdpo.taskeval import METRIC_KEYS, evaluate_task, evaluate_tasks
 from localdpo.tasks import get_task
 

@@ -43,7 +43,8 @@ def run(args) -> int:
 
     from localdpo.cli import checked_device
     from localdpo.models import load_model
-    from localdpo.steermaking import GenerationConfig, make_steers, shuffle_steers
+    from localdpo.generation import GenerationConfig
+    from localdpo.steermaking import make_steers, shuffle_steers
     from localdpo.steers import check_steer_output, write_steers
     from localdpo.tasks import resolve_tasks
     from localdpo.writeguard import WriteMode, write_mode_of

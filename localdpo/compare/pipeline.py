@@ -97,7 +97,8 @@ def comparison_steers(
     """Train, held-out and (when selecting) validation steers of one task, loaded or made from the starting
     model's own mistakes, or without a task (None) a person's own, split (`split_own_steers`); checked so that
     no prompt reaches two splits."""
-    from localdpo.steermaking import GenerationConfig, make_steers
+    from localdpo.generation import GenerationConfig
+    from localdpo.steermaking import make_steers
     from localdpo.tasks import get_task
 
     if task_name is None:

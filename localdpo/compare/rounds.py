@@ -139,7 +139,8 @@ def chain_steers(
     """`(steers, file)`: the round's steers of one chain, made from its previous-round model's greedy mistakes
     on `prompts`, or those made into the file earlier from the same run and prompts (its manifest says so and
     the file has its recorded digest)."""
-    from localdpo.steermaking import GenerationConfig, make_steers
+    from localdpo.generation import GenerationConfig
+    from localdpo.steermaking import make_steers
 
     folder = config.task_dir(task) / ROUNDS_DIR / f"round{round_}"
     path = folder / f"steers_{chain}.jsonl"

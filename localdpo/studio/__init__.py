@@ -2,7 +2,7 @@
 
 `localdpo studio` serves it (`localdpo.cli.studio`). Modules: `text` (token pieces that always add up to the
 decoded text), `session` (answer sessions: generation, cuts, steers, resume), `store` (the steer file, written
-atomically under a lock), `review` (the scored tokens of each steer, as the trainer scores them), `app` (the
-routes, the token check and the request limits), `server` (model loading, binding, uvicorn), `errors` (the
-refusal type), `static/` (the page: plain HTML, JS and CSS). See docs/studio.md.
+atomically under a lock), `app` (the routes, the token check and the request limits; the review view shows
+each steer's scored tokens by `localdpo.preview.steer_view`), `server` (model loading, binding, uvicorn),
+`errors` (the refusal type), `static/` (the page: plain HTML, JS and CSS). See docs/studio.md.
 """

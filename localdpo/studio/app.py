@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from localdpo.preview import steer_view
 from localdpo.studio.errors import StudioError
-from localdpo.studio.review import steer_view
 from localdpo.studio.session import Sampling, Studio, TaskContext, degenerate_warnings, draw_task_prompt
 from localdpo.tasks import known_tasks
 from localdpo.tokenization import SpanMode, tokenize_steer

@@ -30,25 +30,12 @@ from typing import Any
 import torch
 
 from localdpo.fingerprint import model_label
+from localdpo.generation import Sampling, eos_token_ids, stream_continuation
 from localdpo.steers import Messages, Steer
 from localdpo.studio.errors import StudioError
 from localdpo.studio.text import IncrementalDecoder
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
 from localdpo.tokenization import _tokenize_side, render_prompt, tokenize_steer
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a session's answer is generated."""
-
-    temperature: float = 0.0
-    """0 means greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (ignored when greedy)."""
-    max_new_tokens: int = 256
-    """Tokens per segment at most."""
-    seed: int = 0
-    """Sampling seed; segment k draws from `seed + k`."""
 
 
 @dataclass(frozen=True)
@@ -142,42 +129,6 @@ class Segment:
         return max(cut for cut in range(len(self.pieces) + 1) if self.split(cut) <= offset)
 
 
-class _Stopped:
-    """Stopping criterion: ends `generate` once `event` is set (checked after every decode step)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
-class _SegmentStreamer:
-    """`generate` streamer: appends each new token's piece to a segment (the first `put` is the prompt)."""
-
-    def __init__(self, segment: Segment, eos_ids: set[int], on_token):
-        self.segment, self.eos_ids, self.on_token = segment, eos_ids, on_token
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for token in value.flatten().tolist():
-            if self.segment.complete:
-                continue
-            if token in self.eos_ids:
-                self.segment.complete = True
-                continue
-            self.segment.push(token)
-            self.on_token(self.segment)
-
-    def end(self) -> None:
-        pass
-
-
 class ModelRunner:
     """The one model of a studio server; `generate` calls take turns under a lock.
 
@@ -188,9 +139,7 @@ class ModelRunner:
     def __init__(self, model, tokenizer, name: str, *, label: str | None = None, round: int = 1):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.lock = threading.Lock()
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        self.eos_ids.discard(None)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.label = label if label is not None else model_label(name, model)
         self.round = round
@@ -227,7 +176,9 @@ class ModelRunner:
 
     @torch.no_grad()
     def generate(self, segment: Segment, sampling: Sampling, on_token) -> None:
-        """Generate `segment` on from where it stands; a failure is recorded in `segment.error`, never raised."""
+        """Generate `segment` on from where it stands; a failure is recorded in `segment.error`, never raised.
+
+        Sampling draws from `sampling.seed + segment.index + tokens the segment already has`."""
         try:
             with self.lock:
                 segment.stopped = False
@@ -241,36 +192,32 @@ class ModelRunner:
                 if cache is None or budget <= 0:
                     segment.stopped = budget > 0
                     return
-                kwargs: dict[str, Any] = {"do_sample": sampling.temperature > 0, "top_k": None}
-                if sampling.temperature > 0:
-                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-                else:
-                    kwargs.update(temperature=None, top_p=None)
-                rng_state = torch.random.get_rng_state()
-                torch.manual_seed(sampling.seed + segment.index + len(segment.ids))
-                try:
-                    from transformers import StoppingCriteriaList
 
-                    out = self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        past_key_values=cache,
-                        max_new_tokens=budget,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        eos_token_id=sorted(self.eos_ids),
-                        streamer=_SegmentStreamer(segment, self.eos_ids, on_token),
-                        stopping_criteria=StoppingCriteriaList([_Stopped(segment.stop_event)]),
-                        use_cache=True,
-                        return_dict_in_generate=True,
-                        **kwargs,
-                    )
-                finally:
-                    torch.random.set_rng_state(rng_state)
+                def push(token: int) -> None:
+                    segment.push(token)
+                    on_token(segment)
+
+                def end_of_turn() -> None:
+                    segment.complete = True
+
+                cache = stream_continuation(
+                    self.model,
+                    input_ids,
+                    cache,
+                    sampling,
+                    max_new_tokens=budget,
+                    eos_ids=self.eos_ids,
+                    pad_id=self.tokenizer.pad_token_id,
+                    seed=sampling.seed + segment.index + len(segment.ids),
+                    stop=segment.stop_event,
+                    on_token=push,
+                    on_end_of_turn=end_of_turn,
+                )
                 segment.settle()
                 at_end = segment.complete or len(segment.ids) >= sampling.max_new_tokens
                 segment.stopped = segment.stop_event.is_set() and not at_end
                 if segment.stopped:
-                    self._kept = (segment, out.past_key_values)
+                    self._kept = (segment, cache)
         except Exception as error:  # reported to the page: the server itself stays up
             segment.error = f"{type(error).__name__}: {error}"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from localdpo.steermaking import greedy_token_continuations, pad_token_id
+from localdpo.generation import greedy_token_continuations, pad_token_id, prompt_ids
 
 DEFAULT_DRIFT_PROMPTS = Path(__file__).with_name("drift_prompts.jsonl")
 
@@ -47,16 +47,6 @@ def load_drift_prompts(path: str | os.PathLike | None = None) -> list[str]:
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
-
-
-def prompt_ids(prompt: str, tokenizer) -> list[int]:
-    """Token ids of a user prompt as the model sees it before answering (chat template when there is one)."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
 
 
 def token_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor) -> torch.Tensor:
@@ -117,7 +107,7 @@ class DriftSet:
         sequences, starts, ref_logits = [], [], []
         eos = tokenizer.eos_token_id
         try:
-            encoded = [prompt_ids(prompt, tokenizer) for prompt in prompts]
+            encoded = [prompt_ids(tokenizer, prompt) for prompt in prompts]
             continuations = greedy_token_continuations(
                 reference_model,
                 encoded,

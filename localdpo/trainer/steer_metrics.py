@@ -23,7 +23,7 @@ Neither metric needs a checker, so both work on a user's own steers.
 
 Each metric is a 0/1 vector over a fixed set of held-out steers (every run evaluates the same steers, so
 methods compare item by item); a metric whose set is empty is left out, never NaN (`compare.stats` refuses
-NaN). Decoding is `localdpo.steermaking.greedy_token_continuations`, the package's one greedy decoder.
+NaN). Decoding is `localdpo.generation.greedy_token_continuations`, the package's one greedy decoder.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from localdpo.steermaking import eos_token_ids, greedy_token_continuations, pad_token_id
+from localdpo.generation import eos_token_ids, greedy_token_continuations, pad_token_id
 from localdpo.tasks import TaskPrompt, Verdict, get_task
 from localdpo.tokenization import SpanMode, TokenizedSteer, divergent_span
 

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from localdpo.generation import prompt_ids
 from localdpo.models import tiny_model
-from localdpo.trainer.drift import DriftSet, load_drift_prompts, prompt_ids, token_kl
+from localdpo.trainer.drift import DriftSet, load_drift_prompts, token_kl
 
 
 def test_token_kl_hand_computed():
@@ -42,7 +43,7 @@ def test_drift_is_the_mean_kl_over_the_reference_greedy_continuation(smol_tokeni
     total, count = 0.0, 0
     with torch.no_grad():
         for prompt in prompts:
-            ids = prompt_ids(prompt, tokenizer)
+            ids = prompt_ids(tokenizer, prompt)
             for _ in range(3):
                 ids.append(int(reference(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
             sequence = torch.tensor([ids])

@@ -4,8 +4,8 @@ tokens are computed here by hand (one row, no cache, argmax), and the items' ali
 import pytest
 import torch
 
+from localdpo.generation import render_chat
 from localdpo.models import tiny_model
-from localdpo.steermaking import render_chat
 from localdpo.steers import Steer, load_steers
 from localdpo.tasks import get_task, task_prompt_of
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steer
@@ -27,7 +27,7 @@ TINY_HELDOUT = "localdpo/compare/presets/tiny_steers_heldout.jsonl"
 @pytest.fixture(scope="module")
 def tiny(smol_tokenizer):
     """The tiny model with weights scaled up so its greedy tokens depend on the context (as in
-    tests/test_steermaking.py: at the default init every continuation is the same run of newlines)."""
+    tests/test_generation.py: at the default init every continuation is the same run of newlines)."""
     model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
