@@ -23,7 +23,7 @@ _BRACKETS = {"chosen": ("[+", "+]"), "rejected": ("[-", "-]")}
 
 
 @dataclass(frozen=True)
-class Segment:
+class TokenRun:
     """A run of consecutive tokens of one side that are all scored or all not."""
 
     text: str
@@ -80,7 +80,7 @@ def preview_steers(
     return preview
 
 
-def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segment]:
+def side_runs(tokenized: TokenizedSteer, side: str, tokenizer) -> list[TokenRun]:
     """The assistant part of one side as scored / unscored runs of tokens (EOS shown as its special token).
 
     It starts at the first assistant token, or at the divergence when BPE merged the prompt's last characters
@@ -89,13 +89,13 @@ def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segme
     ids = getattr(tokenized, f"{side}_ids").tolist()
     mask = getattr(tokenized, f"{side}_mask").tolist()
     start = min(getattr(tokenized, f"{side}_assistant_start"), tokenized.divergence)
-    segments: list[Segment] = []
+    segments: list[TokenRun] = []
     run_start = start
     for i in range(start, len(ids) + 1):
         if i == len(ids) or (i > run_start and mask[i] != mask[run_start]):
             if i > run_start:
                 text = tokenizer.decode(ids[run_start:i], skip_special_tokens=False)
-                segments.append(Segment(text, bool(mask[run_start])))
+                segments.append(TokenRun(text, bool(mask[run_start])))
             run_start = i
     return segments
 
@@ -135,7 +135,7 @@ def render_text(preview: Preview, tokenizer, *, color: bool) -> str:
             continue
         for side in SIDES:
             parts = []
-            for segment in side_segments(item.tokenized, side, tokenizer):
+            for segment in side_runs(item.tokenized, side, tokenizer):
                 if not segment.scored:
                     parts.append(segment.text)
                 elif color:
@@ -201,7 +201,7 @@ def render_html(preview: Preview, tokenizer) -> str:
             for side in SIDES:
                 text = "".join(
                     f'<mark class="{side}">{esc(s.text)}</mark>' if s.scored else esc(s.text)
-                    for s in side_segments(item.tokenized, side, tokenizer)
+                    for s in side_runs(item.tokenized, side, tokenizer)
                 )
                 ids = getattr(item.tokenized, f"{side}_ids")
                 counts = f"{len(ids)} tokens, {scored_count(item.tokenized, side)} scored"
