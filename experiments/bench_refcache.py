@@ -90,11 +90,11 @@ def worker(args) -> dict:
     import torch
 
     from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, pad_right
-    from localdpo.fingerprint import model_fingerprint
     from localdpo.forward import sequence_token_logps
     from localdpo.losses import localized_dpo_loss
     from localdpo.models import load_model
-    from localdpo.refcache import ReferenceCache
+    from localdpo.reference.cache import ReferenceCache
+    from localdpo.reference.fingerprint import model_fingerprint
     from localdpo.tokenization import tokenize_steer
 
     torch.manual_seed(0)

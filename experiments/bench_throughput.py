@@ -15,7 +15,7 @@ optimizer step.
 
 Contenders: TRL's DPOTrainer (gradient checkpointing on, its default, or off; reference model live or
 `precompute_ref_log_probs`), timed in-process through the trainer's own collator and `compute_loss`; and
-localdpo (`localdpo.packing.pair_token_logps` + `localized_dpo_loss`) with the reference live (a forward of
+localdpo (`localdpo.forward.pair_logps` + `localized_dpo_loss`) with the reference live (a forward of
 the reference model each step) or cached (precomputed reference log-probs), packing on/off, span head on/off.
 They run in the order of `CONTENDERS`: each TRL configuration followed by the localdpo contenders that handle
 the reference the same way, so a ratio compares contenders measured minutes apart. `--quick` runs the three
@@ -286,18 +286,20 @@ def _localdpo_step_fn(contender: Contender, policy, reference, tokenizer, steers
     """A closure running one localdpo step, and the reference precompute seconds; `policy` may be a sharded
     `PolicyForward` (`sharded_copy`), which runs the same fast path through its own forward."""
     from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
+    from localdpo.forward import FastPaths, pair_logps
     from localdpo.losses import localized_dpo_loss
-    from localdpo.packing import pair_token_logps
 
-    options = dict(
-        packing=contender.packing, span_head=contender.span_head, pad_token_id=tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
+    reference_paths = FastPaths.for_model(reference, packing=contender.packing, span_head=contender.span_head)
+    policy_paths = (
+        None if contender.fsdp else FastPaths.for_model(policy, packing=contender.packing, span_head=contender.span_head)
     )
     precompute_s = 0.0
     cached = None
     if contender.reference == "cache":
         start = time.perf_counter()
         with torch.no_grad():
-            cached = pair_token_logps(reference, steers, **options)[:2]
+            cached = pair_logps(reference, collate_pairs(steers, pad_token_id=pad), reference_paths, pad_token_id=pad)
         _sync(device)
         precompute_s = time.perf_counter() - start
 
@@ -305,15 +307,15 @@ def _localdpo_step_fn(contender: Contender, policy, reference, tokenizer, steers
         batch = collate_pairs(steers, pad_token_id=tokenizer.pad_token_id)
         if cached is None:
             with torch.no_grad():
-                ref_chosen, ref_rejected, _, _ = pair_token_logps(reference, batch, **options)
+                ref_chosen, ref_rejected = pair_logps(reference, batch, reference_paths, pad_token_id=pad)
         else:
             ref_chosen, ref_rejected = cached
         if contender.fsdp:
             chosen, rejected = policy(batch)  # (B, Tc), (B, Tr) on the device
-            chosen_mask = batch[CHOSEN_LOSS_MASK].to(chosen.device).bool()  # (B, Tc)
-            rejected_mask = batch[REJECTED_LOSS_MASK].to(chosen.device).bool()  # (B, Tr)
         else:
-            chosen, rejected, chosen_mask, rejected_mask = pair_token_logps(policy, batch, **options)
+            chosen, rejected = pair_logps(policy, batch, policy_paths, pad_token_id=pad)  # (B, Tc), (B, Tr)
+        chosen_mask = batch[CHOSEN_LOSS_MASK].to(chosen.device).bool()  # (B, Tc)
+        rejected_mask = batch[REJECTED_LOSS_MASK].to(chosen.device).bool()  # (B, Tr)
         loss = localized_dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_mask, rejected_mask, beta=0.1
         ).loss

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from localdpo.fileio import atomic_directory
 from localdpo.paths import cache_root
 
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -41,22 +40,6 @@ def embedded_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return cache_root(cache_dir) / "models" / EMBEDDED_MODEL_NAME
 
 
-def _atomic_dir_write(target: Path, write) -> None:
-    """Run `write(tmp_dir)`, then rename tmp_dir to `target` (a concurrent writer that wins is kept)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def embedded_tokenizer(cache_dir: str | os.PathLike | None = None):
     """SmolLM2's tokenizer (byte-level BPE, chat template), read from the GGUF once then cached as tokenizer.json."""
     from transformers import AutoTokenizer
@@ -65,5 +48,6 @@ def embedded_tokenizer(cache_dir: str | os.PathLike | None = None):
     if not (tokenizer_dir / "tokenizer.json").is_file():
         gguf = embedded_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        _atomic_dir_write(tokenizer_dir, tokenizer.save_pretrained)
+        with atomic_directory(tokenizer_dir, replace=False) as tmp:  # a concurrent writer that won is kept
+            tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))

@@ -3,16 +3,16 @@
 A file is written to a temporary name in its own directory, flushed and fsynced, renamed over the target
 (`os.replace`, atomic on POSIX and Windows), and the directory is fsynced so the rename survives a crash; on
 any failure the temporary file is removed and the target is left as it was. Readers therefore see the old
-file or the new one, never a mix, even if the writer is killed mid-write. (Whole directories, such as
-checkpoints and the converted model, are written the same way one level up: `localdpo.trainer.checkpoint`,
-`localdpo.embedded`.)
+file or the new one, never a mix, even if the writer is killed mid-write. Whole directories (checkpoints, a
+final model, the converted embedded model) are written the same way one level up: `atomic_directory`, or
+`publish_directory` for a temporary directory filled by several processes.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -69,11 +69,13 @@ def atomic_open(
     encoding: str = "utf-8",
     newline: str | None = None,
     temp_prefix: str | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Iterator[IO]:
     """`with atomic_open(path) as handle:` writes `path` atomically when the block ends without error.
 
     `mode` is `"w"` (text, `encoding`) or `"wb"`; `temp_prefix` names the temporary file (default
-    `.<name>.`, hidden, ending in `.tmp`).
+    `.<name>.`, hidden, ending in `.tmp`). `check(temporary_path)` reads the complete new file before it
+    replaces `path`; an exception it raises leaves `path` as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', got {mode!r}")
@@ -90,6 +92,8 @@ def atomic_open(
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -104,42 +108,80 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, temp_prefix: str
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write `text` to `path` atomically; returns the path."""
-    with atomic_open(path, "w", encoding=encoding) as handle:
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `text` to `path` atomically (after `check` of the new file, see `atomic_open`); returns the path."""
+    with atomic_open(path, "w", encoding=encoding, check=check) as handle:
         handle.write(text)
     return Path(path)
 
 
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """`with atomic_directory(path) as tmp:` fill `tmp`; when the block ends without error it replaces the
-    directory `path` (or takes its place), so a reader sees the old directory or the new one, never a mix.
+def temporary_directory_beside(path: str | os.PathLike, *, prefix: str | None = None) -> Path:
+    """A new hidden directory beside `path` (`<prefix>*.tmp`, default prefix `.<name>.`) to fill and then
+    `publish_directory`; its permissions are what `mkdir` would give, not `mkdtemp`'s owner-only 0o700."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
-    `tmp` is a hidden directory beside `path` (`.<name>.*.tmp`): on an error, or a kill, only it is left
-    (removed on error). An old `path` is renamed aside before the new one is renamed in, then deleted; a kill
-    between the two renames leaves `path` missing and the old copy as `.<name>.*.old` beside it.
+
+def publish_directory(tmp: Path, path: str | os.PathLike, *, replace: bool = True) -> Path:
+    """Move the filled directory `tmp` to `path` atomically: every file and `tmp` fsynced, then renamed in.
+
+    An old `path` is renamed aside before the new one is renamed in, then deleted (a kill between the two
+    renames leaves `path` missing and the old copy as `.<name>.*.old` beside it). With `replace=False` an
+    existing `path` (a concurrent writer that won) is kept and `tmp` removed. Returns `path`.
     """
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # what `mkdir` would give, not `mkdtemp`'s owner-only 0o700
-        yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                fsync_file(file)
-        fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)
-        os.replace(tmp, path)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            fsync_file(file)
+    fsync_dir(tmp)
+    if not replace:
+        try:
+            os.replace(tmp, path)  # onto a non-empty directory this fails: the winner stays
+        except OSError:
+            if not path.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return path
         fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        return path
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+@contextmanager
+def atomic_directory(
+    path: str | os.PathLike, *, replace: bool = True, temp_prefix: str | None = None
+) -> Iterator[Path]:
+    """`with atomic_directory(path) as tmp:` fill `tmp`; when the block ends without error it replaces the
+    directory `path` (or takes its place), so a reader sees the old directory or the new one, never a mix.
+
+    `tmp` is a hidden directory beside `path` (`temporary_directory_beside`): on an error, or a kill, only it
+    is left (removed on error). The move is `publish_directory(tmp, path, replace=replace)`.
+    """
+    import shutil
+
+    tmp = temporary_directory_beside(path, prefix=temp_prefix)
+    try:
+        yield tmp
+        publish_directory(tmp, path, replace=replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

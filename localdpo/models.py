@@ -21,13 +21,12 @@ import torch
 
 from localdpo.embedded import (
     EMBEDDED_MODEL_NAME,
-    _atomic_dir_write,
     embedded_cache_dir,
     embedded_gguf_path,
     embedded_tokenizer,
 )
 from localdpo.fileintegrity import file_entry, read_manifest, verify_files
-from localdpo.fileio import atomic_write_text
+from localdpo.fileio import atomic_directory, atomic_write_text
 
 DEFAULT_MODEL = EMBEDDED_MODEL_NAME
 TINY_MODEL = "tiny"
@@ -94,7 +93,8 @@ def _write_converted(target_dir: Path) -> None:
         stat = gguf.stat()
         write_manifest(tmp, {"gguf": gguf.name, "gguf_bytes": stat.st_size, "dtype": "float32"})
 
-    _atomic_dir_write(target_dir, write)
+    with atomic_directory(target_dir, replace=False) as tmp:  # a concurrent writer that won is kept
+        write(tmp)
 
 
 def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:

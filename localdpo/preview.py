@@ -27,7 +27,7 @@ _BRACKETS = {"chosen": ("[+", "+]"), "rejected": ("[-", "-]")}
 
 
 @dataclass(frozen=True)
-class Segment:
+class TokenRun:
     """A run of consecutive tokens of one side that are all scored or all not."""
 
     text: str
@@ -99,10 +99,10 @@ def side_tokens(tokenized: TokenizedSteer, side: str, tokenizer) -> list[tuple[s
     return [(piece, bool(scored)) for piece, scored in zip(pieces, mask[start:].tolist())]
 
 
-def side_segments(tokenized: TokenizedSteer, side: str, tokenizer) -> list[Segment]:
+def side_runs(tokenized: TokenizedSteer, side: str, tokenizer) -> list[TokenRun]:
     """`side_tokens` as runs of consecutive tokens that are all scored or all not."""
     return [
-        Segment("".join(text for text, _ in run), scored)
+        TokenRun("".join(text for text, _ in run), scored)
         for scored, run in itertools.groupby(side_tokens(tokenized, side, tokenizer), key=lambda t: t[1])
     ]
 
@@ -160,7 +160,7 @@ def render_text(preview: Preview, tokenizer, *, color: bool) -> str:
             continue
         for side in SIDES:
             parts = []
-            for segment in side_segments(item.tokenized, side, tokenizer):
+            for segment in side_runs(item.tokenized, side, tokenizer):
                 if not segment.scored:
                     parts.append(segment.text)
                 elif color:
@@ -226,7 +226,7 @@ def render_html(preview: Preview, tokenizer) -> str:
             for side in SIDES:
                 text = "".join(
                     f'<mark class="{side}">{esc(s.text)}</mark>' if s.scored else esc(s.text)
-                    for s in side_segments(item.tokenized, side, tokenizer)
+                    for s in side_runs(item.tokenized, side, tokenizer)
                 )
                 ids = getattr(item.tokenized, f"{side}_ids")
                 counts = f"{len(ids)} tokens, {scored_count(item.tokenized, side)} scored"

@@ -79,7 +79,7 @@ class Steer:
     knew it (a task checker in `make-steers`); what follows is the model's run-on. None (or 0, an inserted
     item): not known, the span rule finds the edit's extent from the tokens alone."""
     rejected_by: str | None = None
-    """The model that wrote `rejected`, as `<name>@<fingerprint digest>` (`localdpo.fingerprint`): steers of
+    """The model that wrote `rejected`, as `<name>@<fingerprint digest>` (`localdpo.reference.fingerprint`): steers of
     one round are the mistakes of one model, so a person's rounds can be told apart. None: not recorded."""
     round: int | None = None
     """Steering round the steer belongs to (1 = steers of the starting model; r = steers of the model trained

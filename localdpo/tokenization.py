@@ -199,7 +199,7 @@ def _mask_range(mask: torch.Tensor) -> tuple[int, int]:
     return int(positions[0]), int(positions[-1]) + 1
 
 
-def _tokenize_side(
+def tokenize_side(
     tokenizer, prompt_text: str, is_chat: bool, assistant_text: str, add_eos: bool, mark: int | None = None
 ) -> tuple[list[int], int, int | None]:
     """Token ids of prompt + assistant text (+ EOS), the index of the first token holding assistant text, and
@@ -233,7 +233,9 @@ def _span_range(
         return div_start, div_end
     if span_mode is SpanMode.TO_END:
         return p, side_length
-    return min(assistant_start, p), side_length
+    if span_mode is SpanMode.COMPLETION:
+        return min(assistant_start, p), side_length
+    raise ValueError(f"unknown span mode {span_mode!r}")
 
 
 def _fit(
@@ -264,12 +266,12 @@ def tokenize_steer(
     """
     span_mode = SpanMode(span_mode)
     prompt_text, is_chat = render_prompt(steer.prompt, tokenizer)
-    chosen_ids, chosen_start, _ = _tokenize_side(
+    chosen_ids, chosen_start, _ = tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.chosen, steer.chosen_complete
     )
     # an inserted item (nothing replaced) has no extent in rejected to anchor on: the rule decides
     mark = len(steer.prefix) + steer.replaces if steer.replaces else None
-    rejected_ids, rejected_start, replaced_end = _tokenize_side(
+    rejected_ids, rejected_start, replaced_end = tokenize_side(
         tokenizer, prompt_text, is_chat, steer.prefix + steer.rejected, steer.rejected_complete, mark
     )
     if chosen_ids == rejected_ids:

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from localdpo.embedded import EMBEDDED_GGUF, _atomic_dir_write, embedded_cache_dir, embedded_gguf_path
+from localdpo.embedded import EMBEDDED_GGUF, embedded_cache_dir, embedded_gguf_path
 
 
 def test_the_gguf_is_found_without_importing_its_package(monkeypatch, tmp_path):
@@ -27,25 +27,6 @@ def test_a_missing_package_or_file_names_the_install_command(monkeypatch, tmp_pa
 
 def test_the_converted_copy_lives_under_the_cache_root(tmp_path):
     assert embedded_cache_dir(tmp_path) == tmp_path / "models" / "smollm2-135m-instruct"
-
-
-def test_a_directory_appears_whole_or_not_at_all(tmp_path):
-    target = tmp_path / "deep" / "tokenizer"
-
-    def fails(directory):
-        (directory / "half.json").write_text("{")
-        raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        _atomic_dir_write(target, fails)
-    assert not target.exists() and list(target.parent.iterdir()) == []
-
-    _atomic_dir_write(target, lambda d: (d / "tokenizer.json").write_text("{}"))
-    assert (target / "tokenizer.json").read_text() == "{}"
-    # a concurrent writer that already won is kept, and the loser's temporary directory is removed
-    _atomic_dir_write(target, lambda d: (d / "other.json").write_text("[]"))
-    assert sorted(p.name for p in target.iterdir()) == ["tokenizer.json"]
-    assert [p.name for p in target.parent.iterdir()] == ["tokenizer"]
 
 
 def test_the_embedded_tokenizer_splits_digits_and_merges_a_leading_space(smol_tokenizer):

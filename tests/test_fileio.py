@@ -4,7 +4,14 @@ import os
 
 import pytest
 
-from localdpo.fileio import atomic_directory, atomic_open, atomic_write_bytes, atomic_write_text
+from localdpo.fileio import (
+    atomic_directory,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+    publish_directory,
+    temporary_directory_beside,
+)
 
 
 def test_writes_text_and_bytes_and_replaces_the_old_file(tmp_path):
@@ -79,3 +86,53 @@ def _umask_now() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_directory_written_only_if_missing_appears_whole_and_a_winner_is_kept(tmp_path):
+    """`replace=False` (the embedded model's cache): a concurrent writer that got there first is kept."""
+    target = tmp_path / "deep" / "tokenizer"
+
+    def fails(directory):
+        (directory / "half.json").write_text("{")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError), atomic_directory(target, replace=False) as tmp:
+        fails(tmp)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+    with atomic_directory(target, replace=False) as tmp:
+        (tmp / "tokenizer.json").write_text("{}")
+    assert (target / "tokenizer.json").read_text() == "{}"
+    # a concurrent writer that already won is kept, and the loser's temporary directory is removed
+    with atomic_directory(target, replace=False) as tmp:
+        (tmp / "other.json").write_text("[]")
+    assert sorted(p.name for p in target.iterdir()) == ["tokenizer.json"]
+    assert [p.name for p in target.parent.iterdir()] == ["tokenizer"]
+
+
+def test_a_check_that_refuses_the_new_file_keeps_the_old_one(tmp_path):
+    """`check` reads the complete temporary file; raising there leaves the target and no temporary behind."""
+    out = atomic_write_text(tmp_path / "rows.jsonl", "old\n")
+    seen = []
+
+    def refuse(new_file):
+        seen.append(new_file.read_text())
+        raise ValueError("not valid")
+
+    with pytest.raises(ValueError, match="not valid"):
+        atomic_write_text(out, "new\n", check=refuse)
+    assert seen == ["new\n"] and out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+    atomic_write_text(out, "new\n", check=lambda new_file: None)
+    assert out.read_text() == "new\n"
+
+
+def test_a_directory_filled_elsewhere_is_published_over_the_old_one(tmp_path):
+    """`publish_directory`: a temporary directory beside the target (as several ranks fill a checkpoint)."""
+    out = tmp_path / "step-000002"
+    tmp = temporary_directory_beside(out, prefix=".tmp-step-000002-")
+    assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-step-000002-") and tmp.name.endswith(".tmp")
+    (tmp / "a.txt").write_text("new")
+    out.mkdir()
+    (out / "b.txt").write_text("old")
+    assert publish_directory(tmp, out) == out
+    assert [p.name for p in out.iterdir()] == ["a.txt"] and [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -1,6 +1,6 @@
 import json
 
-from localdpo.preview import preview_steers, render_html, render_text, side_segments
+from localdpo.preview import preview_steers, render_html, render_text, side_runs
 from localdpo.tokenization import tokenize_steer
 
 EXAMPLE = {
@@ -39,7 +39,7 @@ def test_preview_marks_the_tokens_tokenize_steer_scores(tmp_path, smol_tokenizer
     tokenized = preview.steers[0].tokenized
     assert tokenized.chosen_mask.equal(tokenize_steer(preview.steers[0].steer, smol_tokenizer).chosen_mask)
     for side, scored in (("chosen", " High"), ("rejected", " Low")):
-        segments = side_segments(tokenized, side, smol_tokenizer)
+        segments = side_runs(tokenized, side, smol_tokenizer)
         assert [s.text for s in segments if s.scored] == [scored]
         ids = getattr(tokenized, f"{side}_ids")
         start = getattr(tokenized, f"{side}_assistant_start")
@@ -65,6 +65,6 @@ def test_text_and_html_rendering(tmp_path, smol_tokenizer):
 
 def test_completion_mode_marks_the_whole_answer(tmp_path, smol_tokenizer):
     preview = preview_steers(write(tmp_path / "s.jsonl", [EXAMPLE]), smol_tokenizer, span_mode="completion")
-    segments = side_segments(preview.steers[0].tokenized, "chosen", smol_tokenizer)
+    segments = side_runs(preview.steers[0].tokenized, "chosen", smol_tokenizer)
     assert [s.scored for s in segments] == [True]
     assert segments[0].text == "1. High-quality example 1\n2. High-quality example 2"

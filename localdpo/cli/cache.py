@@ -68,7 +68,7 @@ def _build(args) -> int:
 
     from localdpo.cli import checked_device
     from localdpo.models import DEFAULT_MODEL, load_model
-    from localdpo.refcache import ReferenceCache
+    from localdpo.reference.cache import ReferenceCache
     from localdpo.steers import load_steers
     from localdpo.tokenization import tokenize_steers
 
@@ -112,10 +112,10 @@ def _build(args) -> int:
 
 
 def _info(args) -> int:
-    from localdpo.refstore import default_cache_dir, summarize
+    from localdpo.reference.store import default_cache_dir, store_summary
 
     cache_dir = default_cache_dir(args.cache_dir)
-    summary = summarize(cache_dir)
+    summary = store_summary(cache_dir)
     print(f"reference cache: {cache_dir}")
     if not summary.contexts:
         print("  empty")
@@ -139,11 +139,11 @@ def _info(args) -> int:
 
 
 def _verify(args) -> int:
-    from localdpo.refstore import default_cache_dir, summarize, verify_store
+    from localdpo.reference.store import default_cache_dir, store_summary, verify_store
 
     cache_dir = default_cache_dir(args.cache_dir)
     intact, damaged = verify_store(cache_dir, remove_damaged=args.remove_damaged)
-    orphans = summarize(cache_dir).orphan_shards
+    orphans = store_summary(cache_dir).orphan_shards
     if args.remove_damaged:
         for path in orphans:
             path.unlink(missing_ok=True)
@@ -158,7 +158,7 @@ def _verify(args) -> int:
 
 
 def _clear(args) -> int:
-    from localdpo.refstore import clear_store, default_cache_dir
+    from localdpo.reference.store import clear_store, default_cache_dir
 
     cache_dir = default_cache_dir(args.cache_dir)
     removed = clear_store(cache_dir)

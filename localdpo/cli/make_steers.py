@@ -42,8 +42,8 @@ def run(args) -> int:
     import torch
 
     from localdpo.cli import checked_device
-    from localdpo.models import load_model
     from localdpo.generation import GenerationConfig
+    from localdpo.models import load_model
     from localdpo.steermaking import make_steers, shuffle_steers
     from localdpo.steers import check_steer_output, write_steers
     from localdpo.tasks import resolve_tasks

@@ -316,8 +316,8 @@ def comparison_title(config: CompareConfig, task: str | None) -> str:
 
 def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, started: float):
     from localdpo.compare.selection import selection_table
+    from localdpo.reference.training import reference_cache_for
     from localdpo.trainer.device import autocast_dtype
-    from localdpo.trainer.reference import reference_cache_for
 
     out = config.task_dir(task)
     out.mkdir(parents=True, exist_ok=True)

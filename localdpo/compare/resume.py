@@ -10,7 +10,7 @@ its own wall time, and its fingerprint, a flat mapping of everything that decide
   written and shown (run_dir, cache_dir, W&B, checkpoints, the progress bar);
 - the SHA-256 of each steer file it reads (`steers_train.jsonl` and `steers_heldout.jsonl`, or
   `steers_validation.jsonl` for a selection run);
-- the starting model's weights and tokenizer (`localdpo.fingerprint`), the device type, the localdpo version and span rule version
+- the starting model's weights and tokenizer (`localdpo.reference.fingerprint`), the device type, the localdpo version and span rule version
   and the record format.
 
 Running the same `localdpo compare` on the same output directory again therefore keeps every run whose record
@@ -43,7 +43,7 @@ import localdpo
 from localdpo.compare.config import CompareConfig
 from localdpo.config import ConfigError, read_yaml, to_dict
 from localdpo.fileio import atomic_write_text
-from localdpo.fingerprint import content_hash, model_fingerprint, tokenizer_fingerprint
+from localdpo.reference.fingerprint import content_hash, model_fingerprint, tokenizer_fingerprint
 from localdpo.tokenization import SPAN_RULE_VERSION
 from localdpo.trainer.config import RunConfig
 

@@ -51,7 +51,7 @@ from localdpo.compare.runs import (
     quiet_weights,
 )
 from localdpo.fileio import atomic_write_text
-from localdpo.fingerprint import content_hash, model_label
+from localdpo.reference.fingerprint import content_hash, model_label
 from localdpo.steers import Steer, load_steers, save_steers
 from localdpo.tasks import TaskPrompt, get_task
 
@@ -193,8 +193,8 @@ def run_rounds(
 ) -> dict[int, dict[tuple[str, int], ChainRound]]:
     """Rounds 1 .. `rounds.count` of one task: round 1 the comparison's own final runs (`first`, by (variant,
     seed)), each later round trained here (see the module docstring); round -> (variant, seed) -> `ChainRound`."""
+    from localdpo.reference.training import reference_cache_for
     from localdpo.trainer.device import autocast_dtype
-    from localdpo.trainer.reference import reference_cache_for
 
     rounds, tag = config.rounds, config.task_name(task)
     task_object = get_task(task)

@@ -90,7 +90,7 @@ def quiet_weights():
 def save_weights(trainer) -> Path:
     """The trained model's weights as a plain model (a LoRA adapter merged in) under `<run_dir>/weights`,
     atomically: what the next round starts from."""
-    from localdpo.fingerprint import is_peft_model
+    from localdpo.reference.fingerprint import is_peft_model
     from localdpo.trainer.checkpoint import save_final_model
 
     model = trainer.model.merge_and_unload() if is_peft_model(trainer.model) else trainer.model

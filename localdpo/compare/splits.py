@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localdpo.config import ConfigError
-from localdpo.fingerprint import content_hash
+from localdpo.reference.fingerprint import content_hash
 from localdpo.steers import Prompt, Steer, load_steers
 from localdpo.tasks import split_of
 from localdpo.tasks.base import HELDOUT_PERCENT, VALIDATION_PERCENT

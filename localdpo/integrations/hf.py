@@ -2,7 +2,7 @@
 
 Batches are `localdpo.data.collate_pairs` batches (built by `SteerPairCollator` from a `SteerPairDataset`),
 optionally carrying the reference's per-token log-probs under `REF_CHOSEN_LOGPS` / `REF_REJECTED_LOGPS`
-(filled from a `localdpo.refcache.ReferenceCache`). The reference is, in order: those batch tensors, an
+(filled from a `localdpo.reference.cache.ReferenceCache`). The reference is, in order: those batch tensors, an
 explicit `ref_model`, or the policy with its PEFT adapter disabled.
 
 Dataset items are `IndexedSteer` objects, not dicts, so `Trainer`'s `remove_unused_columns` (which only
@@ -41,7 +41,7 @@ from localdpo.losses import (  # noqa: E402
     loss_combination,
     needs_reference,
 )
-from localdpo.refcache import padded_pair_values  # noqa: E402
+from localdpo.reference.cache import padded_pair_values  # noqa: E402
 from localdpo.steers import Steer  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
 
@@ -111,7 +111,7 @@ class SteerPairCollator:
     """`collate_pairs` batch of `IndexedSteer` items, plus reference per-token log-probs from `reference_cache`.
 
     `reference_cache` is anything with `.get(examples) -> list[(chosen (Tc,), rejected (Tr,))]` (a
-    `localdpo.refcache.ReferenceCache`); build it before training (`cache.precompute(dataset.examples)`)
+    `localdpo.reference.cache.ReferenceCache`); build it before training (`cache.precompute(dataset.examples)`)
     and keep `dataloader_num_workers=0` when misses may still be computed, since they run a forward.
     """
 

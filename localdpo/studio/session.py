@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from localdpo.fingerprint import model_label
 from localdpo.generation import Sampling, eos_token_ids, stream_continuation
+from localdpo.reference.fingerprint import model_label
 from localdpo.steers import Messages, Steer
 from localdpo.studio.errors import StudioError
 from localdpo.studio.text import IncrementalDecoder
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
-from localdpo.tokenization import _tokenize_side, render_prompt, tokenize_steer
+from localdpo.tokenization import render_prompt, tokenize_side, tokenize_steer
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class ModelRunner:
     """The one model of a studio server; `generate` calls take turns under a lock.
 
     `label` names the model in the steers it writes (`rejected_by`: `<name>@<first 12 hex digits of its
-    fingerprint>`, `localdpo.fingerprint`); `round` is the steering round its steers belong to.
+    fingerprint>`, `localdpo.reference.fingerprint`); `round` is the steering round its steers belong to.
     """
 
     def __init__(self, model, tokenizer, name: str, *, label: str | None = None, round: int = 1):
@@ -149,7 +149,7 @@ class ModelRunner:
     def input_ids(self, messages: Messages, assistant_text: str) -> list[int]:
         """Prompt + assistant text tokenized as `tokenize_steer` tokenizes a steer's side."""
         prompt_text, is_chat = render_prompt(messages, self.tokenizer)
-        ids, _, _ = _tokenize_side(self.tokenizer, prompt_text, is_chat, assistant_text, add_eos=False)
+        ids, _, _ = tokenize_side(self.tokenizer, prompt_text, is_chat, assistant_text, add_eos=False)
         return ids
 
     def _prefill(self, input_ids: torch.Tensor, stop: threading.Event):

@@ -4,9 +4,9 @@ Every change is a read-modify-write of the whole file under two locks (a thread 
 requests, the file's write lock for other processes: `localdpo.writeguard.write_lock`, an `flock` on
 `.<name>.lock` beside the file); for its whole life the store also holds the studio's shared hold on the file
 (`hold_for_studio`), so that commands refuse to write the file while a studio runs. The current lines are
-read, changed, written to a new file in a fresh temporary directory beside the target (same name, so
-`load_steers` gives id-less rows the same default ids), fsynced, checked with `load_steers`, and renamed over
-the target. A server killed at any moment leaves the old file or the new one. Lines the studio does not change
+read, changed, and written through `localdpo.fileio.atomic_write_text`: a temporary file beside the target,
+fsynced, checked with `load_steers`' rules read as the target (so id-less rows get the same default ids), and
+renamed over the target. A server killed at any moment leaves the old file or the new one. Lines the studio does not change
 are kept byte for byte (TRL rows, id-less rows, blank lines). A row is addressed by its id and its `version`
 (a hash of its line), so an edit or delete made from a stale view (another tab changed the row) is refused,
 not applied.
@@ -18,13 +18,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from localdpo.steers import Steer, SteerFileError, load_steers
+from localdpo.fileio import atomic_write_text
+from localdpo.steers import Steer, SteerFileError, jsonl_rows, load_steers, steers_from_rows
 from localdpo.studio.errors import StudioError
 from localdpo.writeguard import hold_for_studio, write_lock
 
@@ -58,8 +57,8 @@ class SteerStore:
         self._hold = hold_for_studio(self.path)  # released by `close` or when the process ends
         try:
             with self._locked():
-                for stale in self.path.parent.glob(f".{self.path.name}.studio-*"):
-                    shutil.rmtree(stale, ignore_errors=True)  # left by a server killed mid-write
+                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                    stale.unlink(missing_ok=True)  # left by a server killed mid-write
                 if self.path.exists():
                     load_steers(self.path)  # refuse to start on a file that is already invalid
         except BaseException:
@@ -94,27 +93,16 @@ class SteerStore:
 
     def _write_lines(self, lines: list[str]) -> None:
         """Replace the file by `lines` atomically, after checking the new file with `load_steers`."""
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.studio-", dir=self.path.parent))
-        try:
-            tmp = tmp_dir / self.path.name
-            with tmp.open("w", encoding="utf-8") as handle:
-                handle.write("".join(line + "\n" for line in lines))
-                handle.flush()
-                os.fsync(handle.fileno())
+
+        def check(new_file: Path) -> None:  # read as the target itself: the same default ids and messages
             try:
-                load_steers(tmp)
+                steers_from_rows(jsonl_rows(new_file), self.path)
             except SteerFileError as error:
                 raise StudioError(
                     409, f"{self.path}: the change would make the file invalid ({error})"
                 ) from None
-            os.replace(tmp, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a crash
-            finally:
-                os.close(directory)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+        atomic_write_text(self.path, "".join(line + "\n" for line in lines), check=check)
 
     def list(self) -> list[StoredSteer]:
         """Every steer of the file, in file order."""

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from localdpo.fileintegrity import file_entry, read_manifest, verify_files
-from localdpo.fileio import fsync_dir, fsync_file
+from localdpo.fileio import atomic_directory, publish_directory
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -64,6 +63,10 @@ class Checkpoint:
     """step, consumed (examples consumed from the data stream), data_seed, world_size, ..."""
     items: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per-item evaluation values saved with the checkpoint (empty when none were)."""
+
+
+TEMP_PREFIX = ".tmp-"
+"""Name prefix of a checkpoint being written (`.tmp-step-NNNNNN-*.tmp`), removed by `prune_checkpoints`."""
 
 
 def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
@@ -99,19 +102,15 @@ def save_checkpoint(
     items: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; returns its directory."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{checkpoint_dir(root, step).name}-", dir=root))
-    try:
+    final = checkpoint_dir(Path(root), step)
+    with atomic_directory(final, temp_prefix=f"{TEMP_PREFIX}{final.name}-") as tmp:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors")
         )
         torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
-        return publish_checkpoint(tmp, root, step, state=state, items=items, layout=FULL)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_checkpoint_manifest(tmp, step, state=state, items=items, layout=FULL)
+    return final
 
 
 def publish_checkpoint(
@@ -123,27 +122,22 @@ def publish_checkpoint(
     items: dict[str, torch.Tensor] | None,
     layout: str,
 ) -> Path:
-    """Finish the checkpoint being written in `tmp`: add `state.json` and the items, fsync every file, write
-    the manifest last, then rename `tmp` to `root/step-NNNNNN` (replacing a checkpoint of the same step)."""
-    final = checkpoint_dir(root, step)
+    """Finish the checkpoint being written in `tmp` (`write_checkpoint_manifest`), then move it to
+    `root/step-NNNNNN` atomically (`localdpo.fileio.publish_directory`, replacing a checkpoint of the same step)."""
+    write_checkpoint_manifest(tmp, step, state=state, items=items, layout=layout)
+    return publish_directory(tmp, checkpoint_dir(root, step))
+
+
+def write_checkpoint_manifest(
+    tmp: Path, step: int, *, state: dict[str, Any], items: dict[str, torch.Tensor] | None, layout: str
+) -> None:
+    """Add `state.json` and the items to the checkpoint being written in `tmp`, then its manifest, last."""
     if items:
         save_file({k: torch.as_tensor(v).contiguous().cpu() for k, v in items.items()}, str(tmp / ITEMS_FILE))
     (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1, sort_keys=True))
-    files = {}
-    for path in sorted(tmp.iterdir()):
-        fsync_file(path)
-        files[path.name] = file_entry(path)
+    files = {path.name: file_entry(path) for path in sorted(tmp.iterdir())}
     manifest = {"version": FORMAT_VERSION, "step": step, "complete": True, "layout": layout, "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    fsync_file(tmp / MANIFEST)
-    fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step: move the old one aside first
-        old = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    return final
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -313,17 +307,10 @@ def save_final_model(
 ) -> Path:
     """Save `model` (or its LoRA adapter) and `tokenizer` in Hugging Face format as `run_dir/<name>`, atomically;
     `state_dict`: the weights to write instead of the model's own (an FSDP model's, gathered whole)."""
-    run_dir = Path(run_dir)
-    final = run_dir / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=run_dir))
-    try:
+    final = Path(run_dir) / name
+    with atomic_directory(final) as tmp:  # an old `name` is replaced only once the new one is whole
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -357,5 +344,5 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> None:
         return
     for path in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
-    for path in root.glob(".tmp-*"):
+    for path in root.glob(f"{TEMP_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)

@@ -23,6 +23,7 @@ from localdpo.config import (  # noqa: F401  (the config layer, re-exported for 
     to_dict,
 )
 from localdpo.losses import LossType, loss_combination
+from localdpo.reference.training import ReferenceSource
 from localdpo.tokenization import SpanMode
 from localdpo.trainer.methods import Method
 
@@ -32,15 +33,6 @@ class OnTooLong(str, Enum):
 
     ERROR = "error"
     SKIP = "skip"
-
-
-class ReferenceSource(str, Enum):
-    """Where the reference log-probs come from."""
-
-    CACHE = "cache"
-    """Computed once from the starting model and stored (`localdpo.refcache`)."""
-    LIVE = "live"
-    """A frozen copy of the starting model (or the LoRA model with its adapter off), run every step."""
 
 
 class Precision(str, Enum):
@@ -206,10 +198,10 @@ class TrainConfig:
     """`ddp` (default, models whose weights and AdamW state fit one device) or `fsdp` (sharded; checkpoints in
     `torch.distributed.checkpoint` format). Applies under `torchrun`; `fsdp` also shards a single process."""
     packing: bool = True
-    """Pack each pair's shared prefix once (`localdpo.packing`, preference methods; falls back to the
+    """Pack each pair's shared prefix once (`localdpo.forward.packing`, preference methods; falls back to the
     unpacked forward, with a warning, where the architecture is not supported). False for ablation."""
     span_head: bool = True
-    """Apply the LM head on scored positions only (`localdpo.span_head`, every method; falls back to full
+    """Apply the LM head on scored positions only (`localdpo.forward.span_head`, every method; falls back to full
     logits, with a warning, where the head is not reproducible). False for ablation."""
     log_every: int = 1
     """Log training metrics every this many optimizer steps."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from localdpo.trainer.config import ConfigError
+from localdpo.trainer.config import ConfigError, Precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,10 +17,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `train.precision` on `device` (None: fp32): `auto` is bf16 on CUDA only."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.bfloat16 if use_bf16 else None
+    try:
+        precision = Precision(precision)
+    except ValueError:
+        raise ConfigError(
+            f"train.precision={precision!r} is not one of {[p.value for p in Precision]}"
+        ) from None
+    if precision is Precision.BF16:
+        return torch.bfloat16
+    if precision is Precision.FP32:
+        return None
+    if precision is Precision.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else None
+    raise ConfigError(f"train.precision={precision.value!r} has no autocast dtype")
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -3,7 +3,7 @@
 Each decoder layer becomes its own FSDP unit (`fully_shard`), then the training forward
 (`localdpo.trainer.modeling.PolicyForward`) becomes the root, which owns what is left: the embeddings, the
 final norm and the (tied) LM head. The root is the `PolicyForward`, not the causal LM, because the fast path
-calls the decoder and the LM head separately (`localdpo.span_head`): the root's hooks gather its parameters
+calls the decoder and the LM head separately (`localdpo.forward.span_head`): the root's hooks gather its parameters
 around the whole pair forward, as DDP's do around it. Between steps every parameter is a `DTensor` holding
 1/world of each tensor on each process, and so are its gradient and its AdamW state.
 

@@ -26,6 +26,13 @@ from localdpo.data import (
     trim_to_scored,
 )
 from localdpo.losses import LossType
+from localdpo.reference.training import (
+    CachedReference,
+    EvalReference,
+    LiveReference,
+    build_reference,
+    eval_reference_for,
+)
 from localdpo.steers import Steer
 from localdpo.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
@@ -51,13 +58,6 @@ from localdpo.trainer.modeling import (
     trainable_tensors,
 )
 from localdpo.trainer.optim import build_optimizer, clip_gradients
-from localdpo.trainer.reference import (
-    CachedReference,
-    EvalReference,
-    LiveReference,
-    build_reference,
-    eval_reference_for,
-)
 from localdpo.trainer.steer_metrics import SteerProbe, steer_probes
 from localdpo.trainer.steerdata import prepare_steers
 
@@ -282,7 +282,7 @@ class Trainer:
     def _shard(self) -> str:
         """Shard the training forward (and a frozen live reference) with FSDP2 (`localdpo.trainer.fsdp`);
         returns the starting weights' fingerprint, taken before sharding (what the held-out reference is keyed on)."""
-        from localdpo.fingerprint import model_fingerprint
+        from localdpo.reference.fingerprint import model_fingerprint
         from localdpo.trainer import fsdp
 
         fingerprint = model_fingerprint(self.model)

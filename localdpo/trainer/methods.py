@@ -58,7 +58,9 @@ class Method(str, Enum):
         """Span modes this method accepts; standard DPO is defined on the whole completion only."""
         if self in (Method.LDPO, Method.SFT):
             return (SpanMode.DIVERGENT, SpanMode.TO_END, SpanMode.COMPLETION)
-        return (SpanMode.COMPLETION,)
+        if self in (Method.DPO, Method.SFT_FULL):
+            return (SpanMode.COMPLETION,)
+        raise ValueError(f"method {self.value!r} has no span modes")
 
     @property
     def disables_dropout(self) -> bool:
@@ -160,6 +162,8 @@ def method_loss(
     if method is Method.SFT:
         metrics = {"train/sft_loss": sft.detach(), "tokens/scored": chosen_loss_mask.sum().float()}
         return MethodOutput(sft, metrics | span_logp_metrics("chosen", policy_chosen_logps, chosen_loss_mask))
+    if method not in (Method.LDPO, Method.DPO):
+        raise ValueError(f"method {method.value!r} has no loss")
     if (
         policy_rejected_logps is None
         or rejected_loss_mask is None

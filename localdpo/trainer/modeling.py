@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localdpo.forward import pair_logps
+from localdpo.forward.pairs import FastPaths, pair_logps
 from localdpo.models import TINY_MODEL, peft_wrapping
 from localdpo.trainer.config import RunConfig
 
@@ -65,18 +65,24 @@ class PolicyForward(nn.Module):
     DDP sets up its gradient all-reduce in its own `forward`; the fast path calls the decoder and the LM head
     separately, so it must run inside the wrapped module's forward, not around it. `forward(batch, score_mask)`
     gives per-token log-probs in `collate_pairs`' layout through the one pair forward, `localdpo.forward.pair_logps`,
-    with the fast paths this model can run; the chosen side alone when `score_mask` (the positions the loss
+    with the fast paths this model can run (decided here, once); the chosen side alone when `score_mask` (the positions the loss
     reads) is given.
     """
 
     def __init__(self, model: nn.Module, *, packing: bool, span_head: bool, pad_token_id: int):
         """`packing`/`span_head` as asked; one the model cannot run is turned off here, with a warning naming why."""
-        from localdpo.packing import usable_fast_paths
-
         super().__init__()
         self.model = model
         self.pad_token_id = pad_token_id
-        self.packing, self.span_head = usable_fast_paths(model, packing=packing, span_head=span_head)
+        self.paths = FastPaths.for_model(model, packing=packing, span_head=span_head)
+
+    @property
+    def packing(self) -> bool:
+        return self.paths.packing
+
+    @property
+    def span_head(self) -> bool:
+        return self.paths.span_head
 
     def forward(
         self, batch: dict[str, torch.Tensor], score_mask: torch.Tensor | None = None
@@ -88,8 +94,7 @@ class PolicyForward(nn.Module):
         return pair_logps(
             self.model,
             batch,
-            packing=self.packing,
-            span_head=self.span_head,
+            self.paths,
             pad_token_id=self.pad_token_id,
             score_mask=score_mask,
         )  # (B, Tc), (B, Tr) | None

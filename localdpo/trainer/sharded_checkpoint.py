@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from localdpo.fileio import fsync_file
+from localdpo.fileio import fsync_file, temporary_directory_beside
 from localdpo.trainer import checkpoint as ckpt
 from localdpo.trainer.distributed import DistInfo
 
@@ -77,7 +76,8 @@ def save_sharded_checkpoint(
     tmp_name = None
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        tmp_name = tempfile.mkdtemp(prefix=f".tmp-{ckpt.checkpoint_dir(root, progress.step).name}-", dir=root)
+        final = ckpt.checkpoint_dir(root, progress.step)
+        tmp_name = str(temporary_directory_beside(final, prefix=f"{ckpt.TEMP_PREFIX}{final.name}-"))
     tmp = Path(_shared_name(tmp_name, dist))
     try:
         model_state, optimizer_state = get_state_dict(model, optimizer, options=_state_dict_options())

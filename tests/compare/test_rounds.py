@@ -19,7 +19,7 @@ from localdpo.compare.report import RunRecord, summarize
 from localdpo.compare.rounds import round_prompts, yield_items
 from localdpo.compare.rounds_report import rounds_overview
 from localdpo.config import ConfigError, to_dict
-from localdpo.fingerprint import content_hash
+from localdpo.reference.fingerprint import content_hash
 from localdpo.steers import Steer, load_steers
 from localdpo.tasks import get_task, split_of
 
@@ -311,8 +311,8 @@ def test_a_round_starts_from_exactly_the_weights_the_last_one_saved(tmp_path):
 
     from localdpo.compare.rounds import load_weights
     from localdpo.compare.runs import save_weights
-    from localdpo.fingerprint import model_label
     from localdpo.models import tiny_model
+    from localdpo.reference.fingerprint import model_label
     from localdpo.trainer.config import load_config
     from localdpo.trainer.modeling import apply_lora
 

@@ -238,7 +238,7 @@ def test_trl_hf_and_localdpo_agree(smol_tokenizer, tmp_path):
 
 
 def test_reference_cache_gives_the_reference_model_values(smol_tokenizer, tmp_path):
-    refcache = pytest.importorskip("localdpo.refcache")
+    refcache = pytest.importorskip("localdpo.reference.cache")
     dataset = SteerPairDataset(STEERS, smol_tokenizer)
     reference = _tiny(1, smol_tokenizer)
     cache = refcache.ReferenceCache(reference, smol_tokenizer, cache_dir=tmp_path / "cache", progress=False)
@@ -340,7 +340,7 @@ def test_peft_policy_uses_the_base_model_as_reference(smol_tokenizer, tmp_path):
 
 def test_matches_localdpo_trainer_first_step(smol_tokenizer, tmp_path):
     """localdpo's own trainer logs the same first-step loss as the HF mixin (reference from a shared cache)."""
-    refcache = pytest.importorskip("localdpo.refcache")
+    refcache = pytest.importorskip("localdpo.reference.cache")
     loop = pytest.importorskip("localdpo.trainer.loop")
     from localdpo.trainer.config import load_config
 

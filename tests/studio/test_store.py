@@ -38,7 +38,7 @@ def test_append_keeps_existing_rows_byte_for_byte(tmp_path):
     assert text.startswith(original)
     steers = load_steers(path)
     assert [s.id for s in steers] == ["steers:1", "steers:3", "s1"]
-    assert not list(tmp_path.glob(".steers.jsonl.studio-*"))  # no temporary directory left
+    assert not list(tmp_path.glob(".steers.jsonl.*.tmp"))  # no temporary file left
 
 
 def test_an_invalid_file_is_refused_at_start(tmp_path):
@@ -143,4 +143,4 @@ def test_two_processes_and_one_killed_mid_write_lose_nothing(tmp_path):
     killed = [i for i in ids if i.startswith("b-")]
     assert killed == [f"b-{i}" for i in range(len(killed))] and len(killed) >= 3
     SteerStore(path)  # a restarted server opens the file and clears what the killed one left
-    assert not list(tmp_path.glob(".steers.jsonl.studio-*"))
+    assert not list(tmp_path.glob(".steers.jsonl.*.tmp"))

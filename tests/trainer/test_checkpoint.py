@@ -129,3 +129,31 @@ def test_a_sharded_checkpoint_without_its_dcp_metadata_does_not_verify(tmp_path)
     path = _sharded(tmp_path, ["__0_0.distcp", "scheduler.pt", "rng-rank0.pt"])
     with pytest.raises(CheckpointError, match="does not list .metadata"):
         verify_checkpoint(path)
+
+
+class _Saves:
+    """Stands in for a model or tokenizer: `save_pretrained` writes one file, or fails after writing it."""
+
+    def __init__(self, name, fail=False):
+        self.name, self.fail = name, fail
+
+    def save_pretrained(self, directory, **kwargs):
+        (directory / self.name).write_text("new")
+        if self.fail:
+            raise RuntimeError("disk full")
+
+
+def test_a_failed_final_save_keeps_the_old_final_model(tmp_path):
+    """Regression: `save_final_model` deleted the old `final/` before renaming the new one in (and fsynced
+    nothing), so a failure or a kill there lost both. Now the old one stays until the new one is whole."""
+    from localdpo.trainer.checkpoint import save_final_model
+
+    final = save_final_model(_Saves("model.safetensors"), _Saves("tokenizer.json"), tmp_path)
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "tokenizer.json"]
+    (final / "model.safetensors").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_final_model(_Saves("model.safetensors"), _Saves("tokenizer.json", fail=True), tmp_path)
+    assert (final / "model.safetensors").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]  # no temporary directory left
+    save_final_model(_Saves("model.safetensors"), _Saves("tokenizer.json"), tmp_path)
+    assert (final / "model.safetensors").read_text() == "new"

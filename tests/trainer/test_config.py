@@ -171,7 +171,8 @@ def test_a_loss_list_survives_save_and_load(tmp_path):
 def test_closed_choices_are_enums_and_save_as_plain_strings(tmp_path):
     from dataclasses import replace
 
-    from localdpo.trainer.config import OnTooLong, Precision, ReferenceSource, TaskSplit, WandbMode, validate
+    from localdpo.reference.training import ReferenceSource
+    from localdpo.trainer.config import OnTooLong, Precision, TaskSplit, WandbMode, validate
 
     config = load_config(
         None,

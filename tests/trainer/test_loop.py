@@ -158,7 +158,7 @@ def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny
     """What a comparison script passes in: tokenized steers and one reference cache of the starting model."""
     import copy
 
-    from localdpo.refcache import ReferenceCache
+    from localdpo.reference.cache import ReferenceCache
     from localdpo.tokenization import tokenize_steers
 
     model, tokenizer = tiny

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
+from localdpo.forward import pair_logps
 from localdpo.models import tiny_model
 from localdpo.tokenization import SpanMode, tokenize_steer
 from localdpo.trainer.methods import Method, sft_mask
-from localdpo.trainer.modeling import PolicyForward, pair_logps
+from localdpo.trainer.modeling import PolicyForward
 
 from .conftest import make_steers
 

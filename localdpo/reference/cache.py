@@ -9,7 +9,7 @@ causal attention the log-probs of a prefix do not depend on what follows).
 
 Keys: the sha256 of sorted JSON over the model fingerprint (full content of every weight, config, class),
 the tokenizer fingerprint (vocabulary, rules, special tokens, chat template), the compute dtype,
-`max_length`, a format version, and the exact token ids of the side (`localdpo.refstore.sequence_key`).
+`max_length`, a format version, and the exact token ids of the side (`localdpo.reference.store.sequence_key`).
 Every stored entry also keeps its ids, checked against the request before a value is returned.
 
 The fingerprint is computed once, at construction. Before any miss is computed the model's weights are
@@ -33,15 +33,15 @@ from localdpo.data import (
     collate_pairs,
     pad_right,
 )
-from localdpo.fingerprint import (
+from localdpo.forward import pair_logps
+from localdpo.reference.fingerprint import (
     content_hash,
     is_peft_model,
     model_fingerprint,
     tokenizer_fingerprint,
     weights_stamp,
 )
-from localdpo.forward import pair_logps
-from localdpo.refstore import (
+from localdpo.reference.store import (
     FORMAT_VERSION,
     ContextStore,
     Record,

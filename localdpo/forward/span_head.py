@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from localdpo.forward import has_prompt_learning_adapter, text_config
+from localdpo.forward.model_facts import has_prompt_learning_adapter, text_config
 
 DEFAULT_CHUNK_SIZE = 1024
 """Rows of hidden states projected through the LM head at once (1024 × 49,152 fp32 logits = 192 MiB)."""
@@ -145,7 +145,7 @@ def span_token_logps(
 ) -> torch.Tensor:
     """Per-token log-probs at the scored positions, zero elsewhere; never builds the (B, T, V) logits.
 
-    Equal, on `score_mask`, to `localdpo.forward.sequence_token_logps` (`out[b, t] = log p(x_t | x_<t)`);
+    Equal, on `score_mask`, to `localdpo.forward.pairs.sequence_token_logps` (`out[b, t] = log p(x_t | x_<t)`);
     position 0 has no predictor and is 0 even when marked.
 
     Shape: input_ids (B, T), attention_mask (B, T), score_mask (B, T) bool -> (B, T) float32.

@@ -1,49 +1,12 @@
-"""`localdpo.forward`: the one text-config lookup and the one prompt-learning adapter check, used by both
-fast paths (packing and the span head)."""
+"""`localdpo.forward.pairs`: the one pair forward, every fast-path combination against the plain forward, and
+the fast paths decided once per model."""
 
-from types import SimpleNamespace
+import warnings
 
 import pytest
+import torch
 
-from localdpo.forward import has_prompt_learning_adapter, text_config
-from localdpo.packing import PackingUnsupportedError, check_packing_support
-from localdpo.span_head import SpanHeadUnsupportedError, _check_not_prompt_learning
-
-
-class _Multimodal:
-    text = SimpleNamespace(model_type="llama", _attn_implementation="sdpa")
-
-    def get_text_config(self):
-        return self.text
-
-
-def _peft(**adapters):
-    configs = {name: SimpleNamespace(is_prompt_learning=prompt) for name, prompt in adapters.items()}
-    return SimpleNamespace(
-        config=SimpleNamespace(model_type="llama", _attn_implementation="sdpa"),
-        peft_config=configs,
-        active_adapter=next(iter(adapters)),
-    )
-
-
-def test_text_config_is_the_nested_text_config_when_there_is_one():
-    model = SimpleNamespace(config=_Multimodal())
-    assert text_config(model) is _Multimodal.text
-    plain = SimpleNamespace(config=SimpleNamespace(model_type="llama"))
-    assert text_config(plain) is plain.config
-
-
-def test_any_prompt_learning_adapter_is_refused_by_both_fast_paths():
-    assert not has_prompt_learning_adapter(SimpleNamespace(config=None))
-    assert not has_prompt_learning_adapter(_peft(default=False))
-    inactive = _peft(default=False, prompt=True)  # active adapter: `default`
-    for model in (_peft(default=True), inactive):
-        assert has_prompt_learning_adapter(model)
-        with pytest.raises(PackingUnsupportedError, match="prompt-learning"):
-            check_packing_support(model)
-        with pytest.raises(SpanHeadUnsupportedError, match="prompt-learning"):
-            _check_not_prompt_learning(model)
-    check_packing_support(_peft(default=False))  # a LoRA-style adapter packs
+from localdpo.forward.pairs import PLAIN, FastPaths
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +48,7 @@ def test_every_path_of_the_one_pair_forward_equals_the_plain_forward(
         REJECTED_INPUT_IDS,
         REJECTED_LOSS_MASK,
     )
-    from localdpo.forward import pair_logps, sequence_token_logps
+    from localdpo.forward.pairs import FastPaths, pair_logps, sequence_token_logps
 
     model, batch, pad = tiny_batch
     expected_chosen = sequence_token_logps(model, batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK])
@@ -95,8 +58,7 @@ def test_every_path_of_the_one_pair_forward_equals_the_plain_forward(
     chosen, rejected = pair_logps(
         model,
         batch,
-        packing=packing,
-        span_head=span_head,
+        FastPaths(packing=packing, span_head=span_head),
         pad_token_id=pad,
         score_mask=c if score_chosen_only else None,
     )
@@ -113,3 +75,31 @@ def test_every_path_of_the_one_pair_forward_equals_the_plain_forward(
         assert torch.equal(chosen, pair_logps(model, batch)[0]) and torch.equal(
             rejected, pair_logps(model, batch)[1]
         )
+
+
+def test_fast_paths_are_decided_once_with_a_warning_per_path_turned_off():
+    """A GPT-2 packs nowhere (not a packing-tested architecture) and has a decoder the span head can run."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=4, n_positions=64))
+    with pytest.warns(UserWarning, match="packing off: model_type 'gpt2'"):
+        paths = FastPaths.for_model(model, packing=True, span_head=False)
+    assert paths == FastPaths(packing=False, span_head=False) == PLAIN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FastPaths.for_model(model, packing=False, span_head=False) == PLAIN  # nothing asked, no warning
+
+
+def test_unpacked_span_head_path_is_the_stacked_forward_on_scored_tokens(tiny_batch):
+    """The one unpacked path with the span head: 2B stacked rows, only the loss masks' positions projected,
+    0 elsewhere; on those positions the same values as the plain stacked forward."""
+    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK
+    from localdpo.forward.pairs import pair_logps
+
+    model, batch, pad = tiny_batch
+    plain_chosen, plain_rejected = pair_logps(model, batch)
+    chosen, rejected = pair_logps(model, batch, FastPaths(span_head=True), pad_token_id=pad)
+    c, r = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
+    torch.testing.assert_close(chosen[c], plain_chosen[c], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected[r], plain_rejected[r], atol=1e-5, rtol=0)
+    assert torch.all(chosen[~c] == 0) and torch.all(rejected[~r] == 0)

@@ -2,13 +2,12 @@ import pytest
 import torch
 
 from localdpo.models import tiny_model
+from localdpo.reference.training import EvalReference
 from localdpo.tokenization import tokenize_steers
 from localdpo.trainer import Trainer
 from localdpo.trainer.evaluation import held_out_batches
 from localdpo.trainer.modeling import PolicyForward
-from localdpo.trainer.reference import EvalReference
-
-from .conftest import make_steers, tiny_config
+from tests.trainer.conftest import make_steers, tiny_config
 
 STEERS = make_steers(12)
 TRAIN, HELD = STEERS[:4], STEERS[4:]

@@ -13,9 +13,7 @@ from localdpo.data import (
     REJECTED_LOSS_MASK,
     collate_pairs,
 )
-from localdpo.forward import sequence_token_logps
-from localdpo.models import tiny_model
-from localdpo.packing import (
+from localdpo.forward.packing import (
     CHOSEN,
     PAD,
     REJECTED,
@@ -24,10 +22,10 @@ from localdpo.packing import (
     check_packing_support,
     pack_batch,
     pack_pairs,
-    packed_pair_logps,
-    pair_token_logps,
     supports_packing,
 )
+from localdpo.forward.pairs import FastPaths, packed_pair_logps, pair_logps, sequence_token_logps
+from localdpo.models import tiny_model
 from localdpo.steers import Steer
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steer
 
@@ -303,9 +301,11 @@ def test_unsupported_architecture_is_refused_and_entry_point_falls_back():
         check_packing_support(model)
     batch = collate_pairs(_random_pairs(96, seed=1), pad_token_id=0)
     with pytest.warns(UserWarning, match="packing off"):
-        chosen, rejected, c_mask, r_mask = pair_token_logps(model, batch)
+        paths = FastPaths.for_model(model, packing=True, span_head=True)
+    assert not paths.packing
+    chosen, rejected = pair_logps(model, batch, paths)
     expected_chosen, expected_rejected = _unpacked(model, batch)
-    c_mask, r_mask = _scored(c_mask), _scored(r_mask)
+    c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
     torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
 
@@ -323,9 +323,11 @@ def test_lora_model_packs_exactly(smol_tokenizer):
     batch = collate_pairs(_random_pairs(peft_model.config.vocab_size, seed=2), pad_token_id=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        chosen, rejected, c_mask, r_mask = pair_token_logps(peft_model, batch)
+        paths = FastPaths.for_model(peft_model, packing=True, span_head=True)
+        chosen, rejected = pair_logps(peft_model, batch, paths)
+    assert paths.packing
     expected_chosen, expected_rejected = _unpacked(peft_model, batch)
-    c_mask, r_mask = _scored(c_mask), _scored(r_mask)
+    c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
     torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
 
@@ -358,11 +360,11 @@ def test_entry_point_gives_collate_layout_on_every_path(tiny, smol_tokenizer, pa
     examples = _examples(smol_tokenizer, SpanMode.DIVERGENT)
     batch = collate_pairs(examples, pad_token_id=smol_tokenizer.pad_token_id)
     expected_chosen, expected_rejected = _unpacked(tiny, batch)
-    chosen, rejected, c_mask, r_mask = pair_token_logps(
-        tiny, examples, packing=packing, span_head=span_head, pad_token_id=smol_tokenizer.pad_token_id
-    )
-    assert torch.equal(c_mask, batch[CHOSEN_LOSS_MASK]) and torch.equal(r_mask, batch[REJECTED_LOSS_MASK])
-    c_mask, r_mask = _scored(c_mask), _scored(r_mask)
+    paths = FastPaths.for_model(tiny, packing=packing, span_head=span_head)
+    assert paths == FastPaths(packing=packing, span_head=span_head)
+    chosen, rejected = pair_logps(tiny, batch, paths, pad_token_id=smol_tokenizer.pad_token_id)
+    assert chosen.shape == batch[CHOSEN_INPUT_IDS].shape and rejected.shape == batch[REJECTED_INPUT_IDS].shape
+    c_mask, r_mask = _scored(batch[CHOSEN_LOSS_MASK]), _scored(batch[REJECTED_LOSS_MASK])
     torch.testing.assert_close(chosen[c_mask], expected_chosen[c_mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected[r_mask], expected_rejected[r_mask], atol=1e-5, rtol=0)
 
@@ -458,9 +460,12 @@ def test_standard_dpo_first_step_equals_trl_dpo_trainer(smol_tokenizer, tmp_path
     trl_loss.backward()
 
     pad = smol_tokenizer.pad_token_id
+    batch = collate_pairs(examples, pad_token_id=pad)
+    c_mask, r_mask = batch[CHOSEN_LOSS_MASK], batch[REJECTED_LOSS_MASK]
     with torch.no_grad():
-        ref_chosen, ref_rejected, _, _ = pair_token_logps(reference, examples, pad_token_id=pad)
-    chosen, rejected, c_mask, r_mask = pair_token_logps(policy, examples, pad_token_id=pad)
+        reference_paths = FastPaths.for_model(reference, packing=True, span_head=True)
+        ref_chosen, ref_rejected = pair_logps(reference, batch, reference_paths, pad_token_id=pad)
+    chosen, rejected = pair_logps(policy, batch, FastPaths.for_model(policy, packing=True, span_head=True), pad_token_id=pad)
     loss = localized_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, c_mask, r_mask, beta=0.1).loss
     loss.backward()
     torch.testing.assert_close(loss, trl_loss, atol=1e-5, rtol=0)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from localdpo.data import trim_to_scored
-from localdpo.fingerprint import model_fingerprint
 from localdpo.forward import sequence_token_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
 from localdpo.models import tiny_model
-from localdpo.refcache import ReferenceCache, ReferenceModelChangedError
-from localdpo.refstore import verify_store
+from localdpo.reference.cache import ReferenceCache, ReferenceModelChangedError
+from localdpo.reference.fingerprint import model_fingerprint
+from localdpo.reference.store import verify_store
 from localdpo.steers import Steer, save_steers
 from localdpo.tokenization import SpanMode, tokenize_steer
 
@@ -384,7 +384,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time, torch
     from localdpo.models import tiny_model
-    from localdpo.refcache import ReferenceCache
+    from localdpo.reference.cache import ReferenceCache
     from localdpo.steers import load_steers
     from localdpo.tokenization import tokenize_steer
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from localdpo.refstore import (
+from localdpo.reference.store import (
     REFCACHE_ENV,
     ContextStore,
     Record,
@@ -17,7 +17,7 @@ from localdpo.refstore import (
     load_verified_shard,
     sequence_key,
     stale_temp_files,
-    summarize,
+    store_summary,
     verify_store,
 )
 
@@ -106,19 +106,19 @@ def test_verify_store_reports_and_removes_damaged(tmp_path):
     assert len(intact) == 1 and damaged == []
 
 
-def test_summarize_counts_orphans_and_temp_files(tmp_path):
+def test_store_summary_counts_orphans_and_temp_files(tmp_path):
     store = _store(tmp_path)
     store.write([_record([1, 2, 3]), _record([1, 2, 4], side="rejected")])
     (store.shard_dir / "orphan.safetensors").write_bytes(b"x")
     (store.shard_dir / ".tmp.otherhost.1.abcd.x.safetensors").write_bytes(b"x")
-    summary = summarize(tmp_path)
+    summary = store_summary(tmp_path)
     assert [(c["shards"], c["entries"]) for c in summary.contexts] == [(1, 2)]
     assert [p.name for p in summary.orphan_shards] == ["orphan.safetensors"]
     assert len(summary.temp_files) == 1
 
 
 def test_temp_files_of_dead_processes_are_removed(tmp_path):
-    from localdpo.refstore import _HOST
+    from localdpo.reference.store import _HOST
 
     store = _store(tmp_path)
     dead = subprocess.run(
@@ -140,7 +140,7 @@ def test_a_write_killed_mid_way_leaves_a_temp_file_that_stale_detection_names(tm
     import os
 
     from localdpo import fileio
-    from localdpo.refstore import _HOST, _atomic_write
+    from localdpo.reference.store import _HOST, _atomic_write
 
     seen = []
 

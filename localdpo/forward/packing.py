@@ -14,6 +14,9 @@ Masks by attention implementation (transformers 5 passes a ready 4D mask through
 `masking_utils._preprocess_mask_arguments`): `sdpa` gets a (R, 1, L, L) boolean mask, `eager` the same as
 an additive float mask, `flex_attention` a `BlockMask` built from the pair and branch ids (no L×L tensor).
 `flash_attention_*` cannot express the tail-to-tail exclusion and is refused.
+
+This module lays pairs out and builds their masks; running the model on them is
+`localdpo.forward.pairs.packed_pair_logps`.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ from localdpo.data import (
     REJECTED_ATTENTION_MASK,
     REJECTED_INPUT_IDS,
     REJECTED_LOSS_MASK,
+    collate_pairs,
 )
-from localdpo.forward import has_prompt_learning_adapter, text_config
+from localdpo.forward.model_facts import has_prompt_learning_adapter, text_config
 
 PAD, SHARED, CHOSEN, REJECTED = -1, 0, 1, 2
 """Branch ids of packed tokens."""
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
 """Decoder-only architectures whose attention takes a custom 4D mask and explicit position ids (RoPE, no
-per-layer mask types), checked for equality with the unpacked forward in tests/test_packing.py."""
+per-layer mask types), checked for equality with the unpacked forward in tests/forward/test_packing.py."""
 
 MASKED_ATTENTION = frozenset({"sdpa", "eager", "flex_attention"})
 
@@ -175,7 +179,7 @@ class PackedBatch:
         raise PackingUnsupportedError(f"no packed mask for attention implementation {implementation!r}")
 
 
-def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+def _shared_token_count(a: torch.Tensor, b: torch.Tensor) -> int:
     limit = min(a.numel(), b.numel())
     differ = (a[:limit] != b[:limit]).nonzero()
     return int(differ[0]) if differ.numel() else limit
@@ -244,7 +248,7 @@ def _pair_layout(
     chosen: torch.Tensor, rejected: torch.Tensor, chosen_kept: int, rejected_kept: int
 ) -> PairLayout:
     """The layout of one pair from its unpadded sides (Shape: (Tc,), (Tr,)) and kept lengths."""
-    p = _common_prefix(chosen, rejected)
+    p = _shared_token_count(chosen, rejected)
     shared = min(p, max(chosen_kept, rejected_kept))
     return PairLayout(
         chosen_kept=chosen_kept,
@@ -361,8 +365,6 @@ def pack_pairs(
     pad_to_multiple_of: int | None = None,
 ) -> PackedBatch:
     """`pack_batch` of `collate_pairs(examples)`: a sequence of `TokenizedSteer` as packed rows."""
-    from localdpo.data import collate_pairs
-
     batch = collate_pairs(examples, pad_token_id=pad_token_id)
     return pack_batch(
         batch,
@@ -373,7 +375,8 @@ def pack_pairs(
     )
 
 
-def _check_window(model, packed: PackedBatch) -> None:
+def check_window(model, packed: PackedBatch) -> None:
+    """Raise `PackingUnsupportedError` when `packed` reaches past the sliding window `model` applies."""
     window = sliding_window(model)
     longest = int(packed.position_ids.max()) + 1
     if window is not None and longest > window:
@@ -381,135 +384,3 @@ def _check_window(model, packed: PackedBatch) -> None:
             f"sequences reach position {longest} > sliding_window={window}; a packed mask does not apply the "
             "window: use packing=False"
         )
-
-
-def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Zeros of `where`'s shape holding `values` at its True entries. Shape: (N,), (B, T) bool -> (B, T)."""
-    out = torch.zeros(where.shape, dtype=torch.float32, device=values.device)
-    return out.masked_scatter(where, values)
-
-
-def packed_pair_logps(
-    model,
-    packed: PackedBatch,
-    *,
-    span_head: bool = True,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of both sides from one packed forward, in collate_pairs' layout.
-
-    `out[b, t] = log p(x_t | x_<t)` as `sequence_token_logps` gives on the unpacked side, at every scored
-    position (with `span_head`, only there; without it, at every kept position); 0 elsewhere and at t = 0.
-    `span_head` projects only the predicting hidden states through the LM head (`localdpo.span_head`).
-
-    Shape: -> chosen (B, Tc) float32, rejected (B, Tr) float32.
-    """
-    from localdpo.span_head import DEFAULT_CHUNK_SIZE, decoder_hidden_states, head_token_logps
-
-    check_packing_support(model)
-    _check_window(model, packed)
-    device = next(model.parameters()).device
-    packed = packed.to(device)
-    implementation = text_config(model)._attn_implementation
-    mask = packed.attention_mask_for(implementation, next(model.parameters()).dtype)
-    need_chosen = packed.chosen_source >= 0  # (B, Tc)
-    need_rejected = packed.rejected_source >= 0  # (B, Tr)
-    if span_head:
-        need_chosen, need_rejected = need_chosen & packed.chosen_mask, need_rejected & packed.rejected_mask
-    source = torch.cat([packed.chosen_source[need_chosen], packed.rejected_source[need_rejected]])  # (N,)
-    targets = torch.cat([packed.chosen_ids[need_chosen], packed.rejected_ids[need_rejected]])  # (N,)
-    forward = {"attention_mask": mask, "position_ids": packed.position_ids, "use_cache": False}
-    if span_head:
-        hidden = decoder_hidden_states(model, packed.input_ids, **forward)  # (R, L, H)
-        flat = hidden.reshape(-1, hidden.shape[-1])  # (R·L, H)
-        # shared scored tokens appear on both sides with the same predictor and target: project them once
-        radix = int(targets.max()) + 1 if targets.numel() else 1
-        unique_keys, inverse = torch.unique(source * radix + targets, return_inverse=True)  # (U,), (N,)
-        rows, row_targets = flat[unique_keys // radix], unique_keys % radix  # (U, H), (U,)
-        logps = head_token_logps(model, rows, row_targets, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)[
-            inverse
-        ]
-    else:
-        logits = model(input_ids=packed.input_ids, **forward).logits  # (R, L, V)
-        rows = logits.reshape(-1, logits.shape[-1])[source].float()  # (N, V)
-        logps = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1)  # (N,)
-    n_chosen = int(need_chosen.sum())
-    return _scatter(logps[:n_chosen], need_chosen), _scatter(logps[n_chosen:], need_rejected)
-
-
-def usable_fast_paths(model, *, packing: bool, span_head: bool) -> tuple[bool, bool]:
-    """`(packing, span_head)` as asked, each turned off, with a warning naming why, where `model` cannot run it."""
-    import warnings
-
-    from localdpo.span_head import SpanHeadUnsupportedError, check_span_head_support
-
-    if packing:
-        try:
-            check_packing_support(model)
-        except PackingUnsupportedError as error:
-            warnings.warn(f"packing off: {error}", stacklevel=3)
-            packing = False
-    if span_head:
-        try:
-            check_span_head_support(model)
-        except SpanHeadUnsupportedError as error:
-            warnings.warn(f"span head off: {error}", stacklevel=3)
-            span_head = False
-    return packing, span_head
-
-
-def pair_token_logps(
-    model,
-    examples_or_batch,
-    *,
-    packing: bool = True,
-    span_head: bool = True,
-    pad_token_id: int | None = None,
-    max_tokens: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(chosen_logps, rejected_logps, chosen_mask, rejected_mask)` of a batch, by the fastest exact path.
-
-    `examples_or_batch` is a sequence of `TokenizedSteer` (collated here with `pad_token_id`) or a
-    `collate_pairs` batch. The log-probs are in collate_pairs' layout and equal `sequence_token_logps` on
-    every scored position, whichever path runs: packed when `packing` and the model supports it, else one
-    forward per side; span-only LM head when `span_head` and the head is reproducible, else full logits.
-    A requested fast path the model cannot run falls back with a warning naming the reason.
-
-    Shape: -> (B, Tc) float32, (B, Tr) float32, (B, Tc) bool, (B, Tr) bool.
-    """
-    import warnings
-
-    from localdpo.data import collate_pairs
-    from localdpo.forward import sequence_token_logps
-    from localdpo.span_head import span_token_logps
-
-    if isinstance(examples_or_batch, dict):
-        batch = examples_or_batch
-    else:
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is needed to collate TokenizedSteer examples")
-        batch = collate_pairs(examples_or_batch, pad_token_id=pad_token_id)
-    device = next(model.parameters()).device
-    chosen_mask = batch[CHOSEN_LOSS_MASK].to(device).bool()
-    rejected_mask = batch[REJECTED_LOSS_MASK].to(device).bool()
-    packing, span_head = usable_fast_paths(model, packing=packing, span_head=span_head)
-    if packing:
-        try:
-            packed = pack_batch(batch, pad_token_id=pad_token_id or 0, max_tokens=max_tokens)
-            _check_window(model, packed)
-        except PackingUnsupportedError as error:
-            warnings.warn(f"packing off: {error}", stacklevel=2)
-        else:
-            chosen, rejected = packed_pair_logps(model, packed, span_head=span_head)
-            return chosen, rejected, chosen_mask, rejected_mask
-    sides = []
-    for ids_key, attn_key, mask in (
-        (CHOSEN_INPUT_IDS, CHOSEN_ATTENTION_MASK, chosen_mask),
-        (REJECTED_INPUT_IDS, REJECTED_ATTENTION_MASK, rejected_mask),
-    ):
-        ids, attention = batch[ids_key].to(device), batch[attn_key].to(device)
-        if span_head:
-            sides.append(span_token_logps(model, ids, attention, mask))  # (B, T)
-        else:
-            sides.append(sequence_token_logps(model, ids, attention))  # (B, T)
-    return sides[0], sides[1], chosen_mask, rejected_mask

@@ -6,7 +6,8 @@ import pytest
 import torch
 import xxhash
 
-from localdpo.fingerprint import (
+from localdpo.models import tiny_model
+from localdpo.reference.fingerprint import (
     content_hash,
     model_fingerprint,
     model_label,
@@ -15,7 +16,6 @@ from localdpo.fingerprint import (
     tokenizer_fingerprint,
     weights_stamp,
 )
-from localdpo.models import tiny_model
 
 
 @pytest.fixture(scope="module")

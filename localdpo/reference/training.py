@@ -1,5 +1,6 @@
-"""Reference log-probs for a batch: from the reference cache (default) or a live frozen model for training
-batches, and for the held-out steers from the policy's own evaluation forward on the starting weights.
+"""The trainer's reference: where its log-probs come from (`ReferenceSource`: the reference cache, default, or
+a live frozen model for training batches), and for the held-out steers the policy's own evaluation forward on
+the starting weights.
 
 Each gives per-token log-probs of the starting model, laid out like the (trimmed, right-padded) batch.
 """
@@ -9,17 +10,30 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
+from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 
-from localdpo.refcache import ReferenceCache, padded_pair_values
+from localdpo.reference.cache import ReferenceCache, padded_pair_values
 from localdpo.tokenization import TokenizedSteer
-from localdpo.trainer.config import RunConfig
-from localdpo.trainer.distributed import DistInfo
+
+if TYPE_CHECKING:  # annotations only: the trainer's config imports `ReferenceSource` from here
+    from localdpo.trainer.config import RunConfig
+    from localdpo.trainer.distributed import DistInfo
+
+
+class ReferenceSource(str, Enum):
+    """Where the reference log-probs come from (`loss.reference`)."""
+
+    CACHE = "cache"
+    """Computed once from the starting model and stored (`localdpo.reference.cache`)."""
+    LIVE = "live"
+    """A frozen copy of the starting model (or the LoRA model with its adapter off), run every step."""
 
 
 class CachedReference:
-    """Reference log-probs looked up in a `localdpo.refcache.ReferenceCache` (or any object with `.get`).
+    """Reference log-probs looked up in a `localdpo.reference.cache.ReferenceCache` (or any object with `.get`).
 
     The cache is asked with the untrimmed examples (its keys are the full token ids); the values are cut to
     the batch's trimmed lengths and right-padded with 0 like the batch.
@@ -162,7 +176,7 @@ def eval_reference_for(
     policy's `PolicyForward`): `given` when it holds exactly these batches under the same signature, else built
     now, in eval mode with a peft adapter switched off. `batches()` gives the `held_out_batches` afresh;
     `fingerprint`: the starting weights' `model_fingerprint` when taken already (before FSDP sharded them)."""
-    from localdpo.fingerprint import is_peft_model, model_fingerprint
+    from localdpo.reference.fingerprint import is_peft_model, model_fingerprint
 
     # what decides the values besides the batches: the starting weights (adapters skipped), the forward
     if fingerprint is None:
@@ -210,11 +224,14 @@ def build_reference(
     without LoRA: a frozen copy of `base` run through `make_forward(copy)`; `live` with LoRA: `(None, cache)`, since the reference is the LoRA model with its adapter off, built once it
     exists. A given `cache` is handed back unused under `live`.
     """
-    if config.loss.reference == "live":
+    source = ReferenceSource(config.loss.reference)
+    if source is ReferenceSource.LIVE:
         if config.model.lora.enabled:
             return None, cache
         frozen = copy.deepcopy(base).eval().requires_grad_(False)
         return LiveReference(make_forward(frozen), autocast_dtype=autocast_dtype), cache
+    if source is not ReferenceSource.CACHE:
+        raise ValueError(f"loss.reference={source.value!r} has no reference here")
     if cache is None:
         cache = reference_cache_for(
             config, base, tokenizer, device=device, autocast_dtype=autocast_dtype, progress=dist.is_main

@@ -1,9 +1,14 @@
 import pytest
 import torch
 
-from localdpo.forward import sequence_token_logps
+from localdpo.forward.pairs import sequence_token_logps
+from localdpo.forward.span_head import (
+    SpanHeadUnsupportedError,
+    head_token_logps,
+    logit_transform,
+    span_token_logps,
+)
 from localdpo.models import tiny_model
-from localdpo.span_head import SpanHeadUnsupportedError, head_token_logps, logit_transform, span_token_logps
 
 
 @pytest.fixture(scope="module")

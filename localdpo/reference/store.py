@@ -35,8 +35,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from localdpo.fileio import atomic_write_bytes
-from localdpo.fingerprint import content_hash
 from localdpo.paths import cache_root
+from localdpo.reference.fingerprint import content_hash
 
 FORMAT_VERSION = 1
 REFCACHE_ENV = "LOCALDPO_REFCACHE"
@@ -365,7 +365,7 @@ def check_shard(index_path: Path, shard_dir: Path) -> ShardCheck:
 
 @dataclass
 class StoreSummary:
-    """What `summarize` found under a cache directory."""
+    """What `store_summary` found under a cache directory."""
 
     contexts: list[dict] = field(default_factory=list)
     """Per context: directory, hash, context dict, shards, entries, bytes."""
@@ -381,7 +381,7 @@ def context_dirs(cache_dir: Path) -> list[Path]:
     return sorted(p for p in cache_dir.iterdir() if (p / CONTEXT_FILE).is_file())
 
 
-def summarize(cache_dir: Path) -> StoreSummary:
+def store_summary(cache_dir: Path) -> StoreSummary:
     """Contexts, shard and entry counts and sizes under `cache_dir` (reads index files only)."""
     summary = StoreSummary()
     for directory in context_dirs(cache_dir):
