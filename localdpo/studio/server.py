@@ -10,17 +10,22 @@ import socket
 from localdpo.studio.app import create_app
 from localdpo.studio.session import ModelRunner, Studio
 from localdpo.studio.store import SteerStore
+from localdpo.studio.training import Training
 
 
 def load_studio(
     model_name: str, steers_path: str | os.PathLike, *, device: str = "cpu", token_limit: int = 1024
 ) -> Studio:
-    """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`."""
+    """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`, training
+    from the page on `device`."""
     from localdpo.models import load_model
 
     store = SteerStore(steers_path)  # before the model: a bad file fails fast
     model, tokenizer = load_model(model_name, device=device)
-    return Studio(ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit)
+    training = Training(store.path, model_name, device)
+    return Studio(
+        ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit, training=training
+    )
 
 
 def is_loopback(host: str) -> bool:
