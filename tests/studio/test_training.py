@@ -235,3 +235,14 @@ def test_a_tuned_models_label_names_its_adapter(runner, tmp_path):
     shutil.rmtree(tmp_path / "b")
     with pytest.raises(StudioError, match="cannot load the adapter"):
         load_tuned(runner, "run-b", tmp_path / "b")
+
+
+def test_the_servers_shutdown_stops_its_training_process(runner, steers_path, tmp_path):
+    training = Training(steers_path, "tiny", "cpu", extra_overrides=(f"cache_dir={tmp_path / 'cache'}",))
+    studio = Studio(runner, SteerStore(steers_path), training=training)
+    with TestClient(
+        create_app(studio, token=TOKEN), base_url="http://127.0.0.1", headers={"X-Studio-Token": TOKEN}
+    ) as client:
+        assert client.post("/api/training", json={"method": "sft", "steps": 10_000}).status_code == 200
+    run = training.current
+    assert run.ended.is_set() and run.returncode == -15 and run.stop_requested
