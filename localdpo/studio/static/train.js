@@ -174,6 +174,7 @@ async function compareAnswers() {
       const out = $(`compare-${side}`);
       out.textContent = "";
       $(`compare-${side}-label`).textContent = sides[side].rejected_by;
+      $(`compare-${side}-label`).parentElement.title = sides[side].rejected_by;
       await readLines(`api/sessions/${sides[side].session}/segments/0/stream`, (event) => {
         if (compareId !== training.compareId) return;
         if (event.type === "token") out.textContent += event.text;
