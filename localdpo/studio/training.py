@@ -84,9 +84,12 @@ class Budget:
 
 
 MAX_STEPS = 10_000
+"""The most steps the page may ask for."""
 
 
 class RunState(str, Enum):
+    """Where a training run stands, as read from its process and its `metrics.jsonl`."""
+
     PREPARING = "preparing"
     """Started, no step yet (loading the model, the reference log-probs, the step-0 evaluation)."""
     TRAINING = "training"
