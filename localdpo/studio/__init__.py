@@ -1,8 +1,9 @@
 """The steer studio: a local web page to watch a model write, cut its answer, correct it and let it resume.
 
 `localdpo studio` serves it (`localdpo.cli.studio`). Modules: `text` (token pieces that always add up to the
-decoded text), `session` (answer sessions: generation, cuts, steers, resume), `store` (the steer file, written
-atomically under a lock), `app` (the routes, the token check and the request limits; the review view shows
-each steer's scored tokens by `localdpo.preview.steer_view`), `server` (model loading, binding, uvicorn),
-`errors` (the refusal type), `static/` (the page: plain HTML, JS and CSS). See docs/studio.md.
+decoded text), `session` (answer sessions: generation, cuts, steers, resume; the start and tuned models),
+`store` (the steer file, written atomically under a lock), `training` (training runs from the page in a
+`localdpo train` process; the tuned model), `app` (the routes, the token check and the request limits; the
+review view shows each steer's scored tokens by `localdpo.preview.steer_view`), `server` (model loading,
+binding, uvicorn), `errors` (the refusal type), `static/` (the page: plain HTML, JS and CSS). See docs/studio.md.
 """

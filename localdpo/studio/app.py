@@ -20,8 +20,10 @@ Stream format (`GET /api/sessions/{id}/segments/{k}/stream?from=i`): one JSON ob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import math
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +41,15 @@ from starlette.routing import Route
 from localdpo.preview import steer_view
 from localdpo.studio.errors import StudioError
 from localdpo.studio.session import Sampling, Studio, TaskContext, degenerate_warnings, draw_task_prompt
+from localdpo.studio.training import (
+    HOLD_OUT_FRACTION,
+    MAX_STEPS,
+    METHOD_HELP,
+    METHODS,
+    MIN_STEERS,
+    Budget,
+    hold_out_counts,
+)
 from localdpo.tasks import known_tasks
 from localdpo.tokenization import SpanMode, tokenize_steer
 
@@ -62,6 +73,8 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 32_000
 MAX_TEMPERATURE = 5.0
 STREAM_POLL_S = 0.02
+TRAINING_POLL_S = 0.5
+STATIC_FILES["train.js"] = "text/javascript"
 
 
 def cookie_name(scope) -> str:
@@ -191,8 +204,135 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                 "steers": len(await run_in_threadpool(studio.store.list)),
                 "rejected_by": studio.runner.label,
                 "round": studio.runner.round,
+                "start_model": studio.start_runner.name,
+                "training": studio.training is not None,
             }
         )
+
+    def model_json() -> dict:
+        active = studio.runner
+        return {
+            "model": active.name,
+            "rejected_by": active.label,
+            "round": active.round,
+            "tuned": active is not studio.start_runner,
+            "start": {"model": studio.start_runner.name, "rejected_by": studio.start_runner.label},
+        }
+
+    def training_of() -> Any:
+        if studio.training is None:
+            raise StudioError(404, "training is off in this studio")
+        return studio.training
+
+    def training_json(steers: int) -> dict:
+        training = training_of()
+        train_steers, held_out = hold_out_counts(steers)
+        return {
+            "methods": [
+                {"name": name, "help": METHOD_HELP.get(name, f"localized DPO with the {name[5:]} loss")}
+                for name in METHODS
+            ],
+            "defaults": dataclasses.asdict(Budget()),
+            "max_steps": MAX_STEPS,
+            "hold_out_fraction": HOLD_OUT_FRACTION,
+            "min_steers": MIN_STEERS,
+            "steers": steers,
+            "train_steers": train_steers,
+            "held_out": held_out,
+            "runs_dir": str(training.root),
+            "runs": training.finished_runs(),
+            "current": None if training.current is None else training.current.status(),
+            "active": model_json(),
+        }
+
+    async def training_info(request: Request) -> Response:
+        training_of()
+        steers = len(await run_in_threadpool(studio.store.list))
+        return JSONResponse(await run_in_threadpool(training_json, steers))
+
+    async def start_training(request: Request) -> Response:
+        training = training_of()
+        body = await read_json(request)
+        method = field(body, "method", str)
+        defaults = Budget()
+        lr = field(body, "lr", float, defaults.lr)
+        if not (math.isfinite(lr) and 0 < lr <= 1):
+            raise StudioError(400, f"field 'lr': {lr} is outside (0, 1]")
+        budget = Budget(
+            steps=in_range("steps", field(body, "steps", int, defaults.steps), 1, MAX_STEPS),
+            lr=lr,
+            batch_size=in_range("batch_size", field(body, "batch_size", int, defaults.batch_size), 1, 64),
+        )
+
+        def start():
+            data, steers = studio.store.snapshot()
+            return training.start(method, budget, data, steers).status()
+
+        return JSONResponse(await run_in_threadpool(start))
+
+    async def stop_training(request: Request) -> Response:
+        run = await run_in_threadpool(training_of().stop)
+        return JSONResponse(run.status())
+
+    async def training_stream(request: Request) -> Response:
+        training = training_of()
+        run = training.current
+        if run is None:
+            raise StudioError(404, "no training run yet")
+
+        async def events():
+            last = None
+            while True:
+                status = await run_in_threadpool(run.status)
+                if status != last:
+                    yield json.dumps(status) + "\n"
+                    last = status
+                if not status["running"]:
+                    return
+                await asyncio.sleep(TRAINING_POLL_S)
+
+        return StreamingResponse(
+            events(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+        )
+
+    async def use_model(request: Request) -> Response:
+        body = await read_json(request)
+        run = field(body, "run", str, None)
+        training_of()
+        await run_in_threadpool(studio.use_model, run)
+        return JSONResponse(model_json())
+
+    async def compare(request: Request) -> Response:
+        """One prompt, two greedy answers: the start model's and training run `run`'s tuned model's."""
+        body = await read_json(request)
+        prompt = field(body, "prompt", str)
+        if not prompt.strip():
+            raise StudioError(400, "field 'prompt' is empty")
+        run = field(body, "run", str)
+        training_of()
+        system = field(body, "system", str, "")
+        sampling = Sampling(
+            max_new_tokens=in_range(
+                "max_new_tokens",
+                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, studio.token_limit)),
+                1,
+                studio.token_limit,
+            )
+        )
+        messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        tuned = await run_in_threadpool(studio.tuned_runner, run)
+        answers = {}
+        for side, runner in (("start", studio.start_runner), ("tuned", tuned)):
+            session = await run_in_threadpool(studio.open, messages, sampling, None, runner)
+            answers[side] = {
+                "session": session.id,
+                "segment": 0,
+                "model": runner.name,
+                "rejected_by": runner.label,
+            }
+        return JSONResponse(answers)
 
     async def task_prompt(request: Request) -> Response:
         body = await read_json(request)
@@ -389,13 +529,27 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         Route("/api/steers", list_steers),
         Route("/api/steers/{steer_id}", edit_steer, methods=["PUT"]),
         Route("/api/steers/{steer_id}", delete_steer, methods=["DELETE"]),
+        Route("/api/training", training_info),
+        Route("/api/training", start_training, methods=["POST"]),
+        Route("/api/training/stop", stop_training, methods=["POST"]),
+        Route("/api/training/stream", training_stream),
+        Route("/api/model", use_model, methods=["POST"]),
+        Route("/api/compare", compare, methods=["POST"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if studio.training is not None:  # a server going away stops its training process
+            await run_in_threadpool(studio.training.shutdown)
+
     middleware = [Middleware(Guard, token=token)]
     if loopback_only:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS))
     return Starlette(
         routes=routes,
         middleware=middleware,
+        lifespan=lifespan,
         exception_handlers={StudioError: studio_error, HTTPException: http_error},
     )
 

@@ -10,17 +10,24 @@ import socket
 from localdpo.studio.app import create_app
 from localdpo.studio.session import ModelRunner, Studio
 from localdpo.studio.store import SteerStore
+from localdpo.studio.training import Training
+
+SHUTDOWN_GRACE_S = 2
 
 
 def load_studio(
     model_name: str, steers_path: str | os.PathLike, *, device: str = "cpu", token_limit: int = 1024
 ) -> Studio:
-    """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`."""
+    """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`, training
+    from the page on `device`."""
     from localdpo.models import load_model
 
     store = SteerStore(steers_path)  # before the model: a bad file fails fast
     model, tokenizer = load_model(model_name, device=device)
-    return Studio(ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit)
+    training = Training(store.path, model_name, device)
+    return Studio(
+        ModelRunner(model, tokenizer, model_name), store, token_limit=token_limit, training=training
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -56,11 +63,20 @@ def address(sock: socket.socket, token: str) -> str:
 def serve(
     studio: Studio, sock: socket.socket, token: str | None = None, *, loopback_only: bool = True
 ) -> None:
-    """Serve `studio` on `sock` until interrupted."""
+    """Serve `studio` on `sock` until interrupted; a training run it started is stopped on the way out."""
     import uvicorn
 
     app = create_app(studio, token=token or new_token(), loopback_only=loopback_only)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    # Open streams (an answer, a training run followed by the page) are cut after this many seconds of
+    # shutdown, rather than waited for: the app's shutdown then stops the training process.
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if studio.training is not None:
+            studio.training.shutdown()
 
 
 def new_token() -> str:

@@ -420,17 +420,59 @@ def degenerate_warnings(steer: Steer, tokenized, split_tail: str = "") -> list[s
 
 
 class Studio:
-    """One server's model, steer file and open answer sessions (the oldest closed past `max_sessions`)."""
+    """One server's models, steer file, training runs and open answer sessions (the oldest closed past
+    `max_sessions`).
 
-    def __init__(self, runner: ModelRunner, store, *, max_sessions: int = 32, token_limit: int = 1024):
-        self.runner, self.store = runner, store
+    `start_runner` is the model the studio was started with; `runner` the one new answers are written by: the
+    start model, or a tuned one (`use_model`: a training run's adapter merged into a copy of the start model;
+    the latest one loaded is kept). A session keeps the model it was opened with.
+    """
+
+    def __init__(
+        self, runner: ModelRunner, store, *, max_sessions: int = 32, token_limit: int = 1024, training=None
+    ):
+        self.start_runner = self.runner = runner
+        self.tuned: ModelRunner | None = None
+        self.store = store
+        self.training = training
+        """`localdpo.studio.training.Training`, or None (training from the page is off)."""
         self.max_sessions, self.token_limit = max_sessions, token_limit
         self.sessions: OrderedDict[str, AnswerSession] = OrderedDict()
         self.lock = threading.Lock()
+        self.model_lock = threading.Lock()
 
-    def open(self, messages: Messages, sampling: Sampling, task: TaskContext | None) -> AnswerSession:
-        """A new session whose first segment is being generated."""
-        session = AnswerSession(secrets.token_hex(8), messages, sampling, task, self.runner)
+    def tuned_runner(self, run: str) -> ModelRunner:
+        """The start model with training run `run`'s adapter merged in (loaded once, the last one kept)."""
+        from localdpo.studio.training import load_tuned
+
+        if self.training is None:
+            raise StudioError(404, "training is off in this studio")
+        with self.model_lock:
+            name = f"{self.start_runner.name}+{run}"
+            if self.tuned is None or self.tuned.name != name:
+                adapter = self.training.adapter_of(run)
+                tuned = load_tuned(self.start_runner, run, adapter)
+                if self.runner is self.tuned:
+                    self.runner = self.start_runner
+                self.tuned = tuned
+            return self.tuned
+
+    def use_model(self, run: str | None) -> ModelRunner:
+        """Write new answers with training run `run`'s tuned model, or (None) with the start model."""
+        runner = self.start_runner if run is None else self.tuned_runner(run)
+        self.runner = runner
+        return runner
+
+    def open(
+        self,
+        messages: Messages,
+        sampling: Sampling,
+        task: TaskContext | None,
+        runner: ModelRunner | None = None,
+    ) -> AnswerSession:
+        """A new session whose first segment is being generated, by `runner` (default: the studio's `runner`)."""
+        runner = runner if runner is not None else self.runner
+        session = AnswerSession(secrets.token_hex(8), messages, sampling, task, runner)
         session.start_segment("")
         with self.lock:
             self.sessions[session.id] = session
@@ -472,7 +514,7 @@ class Studio:
                 raise StudioError(409, "; ".join(warnings), confirm=True)
             count = self.store.append(steer)
             segment.steered = True
-            self.runner.drop_cache(segment)
+            session.runner.drop_cache(segment)
         if chosen_complete:
             return steer, None, count
         return steer, session.start_segment(steer.prefix + steer.chosen), count

@@ -109,6 +109,12 @@ class SteerStore:
         with self._locked():
             return self._stored(self._read_lines())
 
+    def snapshot(self) -> tuple[bytes, int]:
+        """The file's bytes and its number of steers, read together (a training run's copy)."""
+        with self._locked():
+            data = self.path.read_bytes() if self.path.exists() else b""
+            return data, len(self._stored(self._read_lines()))
+
     def append(self, steer: Steer) -> int:
         """Add `steer` as the last row; returns the number of steers in the file."""
         with self._locked():

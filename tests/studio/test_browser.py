@@ -7,6 +7,7 @@ Finish and Cancel in another); the file must then hold exactly the steers the pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -28,10 +29,9 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def studio_server(tmp_path_factory):
-    """`localdpo studio` with the tiny model in a subprocess; yields (address, steer file)."""
-    steers = tmp_path_factory.mktemp("studio") / "steers.jsonl"
+@contextlib.contextmanager
+def running_studio(steers: Path):
+    """`localdpo studio --model tiny` on `steers` in a subprocess; yields its address."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -59,10 +59,18 @@ def studio_server(tmp_path_factory):
                 break
         else:
             pytest.fail("studio exited before printing its address:\n" + "".join(lines))
-        yield match.group(1), steers
+        yield match.group(1)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory):
+    """`localdpo studio` with the tiny model in a subprocess; yields (address, steer file)."""
+    steers = tmp_path_factory.mktemp("studio") / "steers.jsonl"
+    with running_studio(steers) as address:
+        yield address, steers
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +269,62 @@ def test_a_reload_keeps_the_draft_and_the_page_says_what_changed(page, studio_se
     page.wait_for_selector("#review-count:has-text('does not answer')")
     page.unroute("**/api/**")
     page.console_errors[:] = [e for e in page.console_errors if "net::ERR_FAILED" not in e]
+
+
+def test_train_compare_and_steer_the_tuned_model(browser, tmp_path):
+    """On a file of 6 steers: Train (ldpo, 2 steps) from the page, follow it to its held-out metrics, compare
+    the start and tuned models on one prompt, switch to the tuned model and save a steer it wrote: the file
+    records the tuned model as `rejected_by`, round 2."""
+    steers_file = tmp_path / "steers.jsonl"
+    colors = Path(__file__).resolve().parents[1] / "trainer" / "data" / "color_steers.jsonl"
+    steers_file.write_text("".join(line + "\n" for line in colors.read_text().splitlines()[:6]))
+    with running_studio(steers_file) as address:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.goto(address)
+        page.wait_for_selector("#model-info:has-text('tiny')")
+        page.click("#tab-train")
+        page.wait_for_selector("#train-split:has-text('5 to train on, 1 held out')")
+        page.select_option("#train-method", "ldpo")
+        page.fill("#train-steps", "2")
+        page.fill("#train-lr", "0.001")
+        page.fill("#train-batch", "2")
+        before = steers_file.read_bytes()
+        page.click("#train-start")
+        page.wait_for_selector("#view-train[data-training=done]", timeout=600_000)
+        assert "done" in page.text_content("#train-status")
+        steps = page.eval_on_selector_all(
+            "#train-evals tbody tr", "rows => rows.map(r => r.cells[0].textContent)"
+        )
+        assert steps == ["0", "2"]
+        assert steers_file.read_bytes() == before
+        run = page.input_value("#tuned-run")
+        assert run.endswith("-ldpo")
+
+        page.fill("#compare-prompt", "Name three colours.")
+        page.fill("#compare-max", "6")
+        page.click("#compare-run")
+        page.wait_for_selector("#compare-columns[data-state=finished]", timeout=60_000)
+        assert page.text_content("#compare-start") and page.text_content("#compare-tuned")
+        start_label = page.text_content("#compare-start-label")
+        tuned_label = page.text_content("#compare-tuned-label")
+        assert start_label.startswith("tiny@") and tuned_label.startswith(f"tiny+{run}@")
+
+        page.click("#use-tuned")
+        page.wait_for_selector("#active-model:has-text('the tuned model')")
+        assert f"tiny+{run}" in page.text_content("#model-info")
+        page.click("#tab-steer")
+        page.fill("#prompt", "Name three colours.")
+        page.fill("#max-tokens", "12")
+        page.click("#generate")
+        shown_pieces(page, 0)
+        page.click("#live .tok >> nth=2")
+        page.fill("#chosen", "red")
+        page.click("#save")
+        shown_pieces(page, 1)
+        steer = steers_in(steers_file)[-1]
+        assert (steer.rejected_by, steer.round, steer.meta["model"]) == (tuned_label, 2, f"tiny+{run}")
+        context.close()
+    assert [error for error in errors if "409 (Conflict)" not in error] == []

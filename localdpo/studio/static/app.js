@@ -635,11 +635,17 @@ function editForm(row) {
 // ---- start ----
 
 function showView(name) {
-  for (const view of ["steer", "review"]) {
+  for (const view of ["steer", "review", "train"]) {
     $(`view-${view}`).hidden = name !== view;
     $(`tab-${view}`).classList.toggle("active", name === view);
   }
   if (name === "review") loadReview();
+  if (name === "train") loadTraining();  // train.js
+}
+
+function showModelInfo(info) {
+  $("model-info").textContent = `model ${info.model} · steers → ${info.steers_file}`;
+  $("model-info").title = `rejected_by ${info.rejected_by}, round ${info.round}`;
 }
 
 async function start() {
@@ -654,6 +660,7 @@ async function start() {
   $("draw").addEventListener("click", draw);
   $("tab-steer").addEventListener("click", () => showView("steer"));
   $("tab-review").addEventListener("click", () => showView("review"));
+  $("tab-train").addEventListener("click", () => showView("train"));
   $("reload").addEventListener("click", loadReview);
   $("span-mode").addEventListener("change", loadReview);
   document.addEventListener("keydown", onKey);
@@ -662,7 +669,8 @@ async function start() {
   $("complete").addEventListener("change", persist);
   try {
     const info = await api("api/info");
-    $("model-info").textContent = `model ${info.model} · steers → ${info.steers_file}`;
+    showModelInfo(info);
+    $("tab-train").hidden = !info.training;
     showCount(info.steers);
     for (const task of info.tasks) $("task").append(new Option(`${task.name}: ${task.description}`, task.name));
     for (const mode of info.span_modes) $("span-mode").append(new Option(mode, mode));
