@@ -20,11 +20,13 @@ reads a segment's pieces as they grow. A stop is checked after every decode step
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -419,6 +421,24 @@ def degenerate_warnings(steer: Steer, tokenized, split_tail: str = "") -> list[s
     return warnings
 
 
+def load_tuned(start, run_name: str, adapter_dir: Path):
+    """A `ModelRunner` of the studio's starting model (`start`, a `ModelRunner`) with the adapter in
+    `adapter_dir` merged into a copy of its weights: named `<start name>+<run name>`, labelled by the merged
+    weights' fingerprint, writing steers of the round after the start model's."""
+    from localdpo.models import merge_adapter
+
+    try:
+        merged = merge_adapter(copy.deepcopy(start.model), adapter_dir)
+    except Exception as error:  # a run of another model: the adapter's shapes do not fit
+        raise StudioError(
+            400, f"cannot load the adapter of run {run_name}: {type(error).__name__}: {error}"
+        ) from None
+    merged.eval()
+    name = f"{start.name}+{run_name}"
+    # model_label fingerprints the merged weights: the adapter is in the label, not only in the name.
+    return ModelRunner(merged, start.tokenizer, name, label=model_label(name, merged), round=start.round + 1)
+
+
 class Studio:
     """One server's models, steer file, training runs and open answer sessions (the oldest closed past
     `max_sessions`).
@@ -443,8 +463,6 @@ class Studio:
 
     def tuned_runner(self, run: str) -> ModelRunner:
         """The start model with training run `run`'s adapter merged in (loaded once, the last one kept)."""
-        from localdpo.studio.training import load_tuned
-
         if self.training is None:
             raise StudioError(404, "training is off in this studio")
         with self.model_lock:

@@ -9,13 +9,12 @@ the loss, and at the first and last evaluation held-out preference accuracy, rec
 (`localdpo.trainer.evaluation`, `localdpo.trainer.steer_metrics`). One run at a time; Stop sends SIGTERM (SIGKILL
 after `STOP_GRACE_S`), and so does the server's shutdown.
 
-A finished run's adapter is merged into a copy of the studio's model (`load_tuned`): its steers then carry
+A finished run's adapter is merged into a copy of the studio's model (`session.load_tuned`): its steers then carry
 `rejected_by` = `<model>+<run>@<fingerprint of the merged weights>` and the next round.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import signal
 import subprocess
@@ -28,7 +27,6 @@ from pathlib import Path
 
 from localdpo.fileio import atomic_write_bytes
 from localdpo.losses import LossType
-from localdpo.reference.fingerprint import model_label
 from localdpo.studio.errors import StudioError
 
 HOLD_OUT_FRACTION = 0.2
@@ -339,22 +337,3 @@ class Training:
         if run not in self.finished_runs():
             raise StudioError(404, f"no finished training run {run!r} under {self.root}")
         return self.root / run / ADAPTER_DIR
-
-
-def load_tuned(start, run_name: str, adapter_dir: Path):
-    """A `ModelRunner` of the studio's starting model (`start`, a `ModelRunner`) with the adapter in
-    `adapter_dir` merged into a copy of its weights: named `<start name>+<run name>`, labelled by the merged
-    weights' fingerprint, writing steers of the round after the start model's."""
-    from localdpo.models import merge_adapter
-    from localdpo.studio.session import ModelRunner
-
-    try:
-        merged = merge_adapter(copy.deepcopy(start.model), adapter_dir)
-    except Exception as error:  # a run of another model: the adapter's shapes do not fit
-        raise StudioError(
-            400, f"cannot load the adapter of run {run_name}: {type(error).__name__}: {error}"
-        ) from None
-    merged.eval()
-    name = f"{start.name}+{run_name}"
-    # model_label fingerprints the merged weights: the adapter is in the label, not only in the name.
-    return ModelRunner(merged, start.tokenizer, name, label=model_label(name, merged), round=start.round + 1)

@@ -15,14 +15,13 @@ from localdpo.reference.fingerprint import model_label
 from localdpo.steers import load_steers
 from localdpo.studio.app import create_app
 from localdpo.studio.errors import StudioError
-from localdpo.studio.session import ModelRunner, Studio
+from localdpo.studio.session import ModelRunner, Studio, load_tuned
 from localdpo.studio.store import SteerStore
 from localdpo.studio.training import (
     METHODS,
     MIN_STEERS,
     Training,
     hold_out_counts,
-    load_tuned,
     read_metrics,
     runs_dir,
 )
