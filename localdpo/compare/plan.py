@@ -3,8 +3,9 @@
 `comparison_plan(config, labels)` gives one `TaskPlan` per task; the pipeline executes it (selection runs, then
 the final runs, then in rounds the later rounds) and the report describes it. With `select:`, the final runs
 depend on the points chosen on the validation split: `TaskPlan.choose(chosen)` is the same plan with them.
-Every `RunConfig` is built here and nowhere else, from typed values (`CompareConfig.run_config`): nothing
-travels as a `key=value` string after the comparison config is loaded.
+The pipeline and the rounds read every run's `RunConfig` from the plan, built once from typed values
+(`CompareConfig.run_config`, which `validate_compare` also calls to check each variant at load): nothing travels
+as a `key=value` string after the comparison config is loaded.
 
 E.g. variants `sft`, `ldpo`, seeds `[0, 1]`, no selection, no rounds: `final` holds four runs, in the order
 they train: (sft, 0), (ldpo, 0), (sft, 1), (ldpo, 1).
