@@ -1,12 +1,20 @@
 """localdpo: train language models on steers with a DPO loss localized to the corrected token span."""
 
-from localdpo.losses import LossType, PreferenceLossOutput, localized_dpo_loss, masked_sft_loss, token_logps
+from localdpo.losses import (
+    LossSpec,
+    LossType,
+    PreferenceLossOutput,
+    localized_dpo_loss,
+    masked_sft_loss,
+    token_logps,
+)
 from localdpo.steers import Steer, SteerFileError, load_steers, save_steers
 from localdpo.tokenization import SpanMode, SteerTooLongError, TokenizedSteer, divergent_span, tokenize_steer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LossSpec",
     "LossType",
     "PreferenceLossOutput",
     "SpanMode",

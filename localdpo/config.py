@@ -219,7 +219,12 @@ def apply_override(config: Any, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
     key, value = item.split("=", 1)
-    key = key.strip()
+    set_value(config, key.strip(), value, text=True)
+
+
+def set_value(config: Any, key: str, value: Any, *, text: bool = False) -> None:
+    """Set one dotted `key` (`optim.lr`) of the config dataclass `config` in place to `value` converted to the
+    field's type (`coerce`): a typed value (from YAML or code), or with `text` the text of a `key=value`."""
     parts = key.split(".")
     node, root = config, type(config)
     for depth, part in enumerate(parts):
@@ -238,13 +243,13 @@ def apply_override(config: Any, item: str) -> None:
             inner, _ = _optional_inner(tp)
             if not (inner is dict or typing.get_origin(inner) is dict):
                 raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys(root))}")
-            _set_entry(node, part, inner, rest, value, key)
+            _set_entry(node, part, inner, rest, value, key, text)
         else:
             setattr(node, part, coerce(value, tp, key))
         return
 
 
-def _set_entry(node: Any, name: str, tp, path: list[str], value: str, key: str) -> None:
+def _set_entry(node: Any, name: str, tp, path: list[str], value: Any, key: str, text: bool) -> None:
     """Set `path` inside the dict field `name` of `node`: the value typed by the dict's value type."""
     _, item_type = typing.get_args(tp) or (str, Any)
     mapping = dict(getattr(node, name) or {})
@@ -259,7 +264,7 @@ def _set_entry(node: Any, name: str, tp, path: list[str], value: str, key: str) 
         child = leaf.get(part)
         leaf[part] = child = dict(child) if isinstance(child, dict) else {}
         leaf = child
-    leaf[path[-1]] = yaml.safe_load(value)
+    leaf[path[-1]] = yaml.safe_load(value) if text else value
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:

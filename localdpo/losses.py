@@ -1,6 +1,7 @@
 """Pure loss functions on tensors: per-token log-probs, the localized preference losses, masked SFT.
 
-No configs, no models: other trainers import these directly.
+No configs, no models: other trainers import these directly. `LossSpec` is the one frozen value of a loss's
+parameters that every trainer passes.
 
 Notation: Δc and Δr are the policy-minus-reference log-probs summed over the chosen and the rejected span
 (divided by the span length when `length_normalize`), h = Δc − Δr the DPO margin, σ the logistic function.
@@ -328,6 +329,86 @@ def localized_dpo_loss(
         terms=terms,
     )
 
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Everything besides the tensors that decides a localized preference loss: its weighted terms and their
+    parameters, checked once when built (`ValueError` as `loss_combination` raises it).
+
+    Built from a config once (`RunConfig.loss.spec()`, `LocalizedLossConfig.spec()`, a TRL `DPOConfig` in
+    `LocalizedDPOTrainer`) and read by every trainer, so no layer unpacks the loss parameters field by field.
+    E.g. `LossSpec((LossType.SIGMOID, LossType.SFT), (1.0, 0.5), beta=0.1)`: DPO plus half the chosen-span NLL.
+    """
+
+    loss_types: tuple[LossType, ...] = (LossType.SIGMOID,)
+    """The terms, in the order they are summed (`LossType`; each once)."""
+    loss_weights: tuple[float, ...] = (1.0,)
+    """Weight of each term, same length."""
+    beta: float = 0.1
+    """β: scale of the log-ratio margin (and of the logged rewards)."""
+    label_smoothing: float = 0.0
+    """ε of conservative (sigmoid) or robust DPO."""
+    length_normalize: bool = False
+    """Divide each span's log-ratio by its token count."""
+    dpop_lambda: float = 50.0
+    """λ of DPO-Positive (`dpop`)."""
+
+    def __post_init__(self):
+        combination = loss_combination(self.loss_types, self.loss_weights)
+        object.__setattr__(self, "loss_types", tuple(t for t, _ in combination))
+        object.__setattr__(self, "loss_weights", tuple(w for _, w in combination))
+
+    @classmethod
+    def of(
+        cls, loss_type: LossType | str | Sequence[LossType | str], loss_weights: Sequence[float] | None = None, **params
+    ) -> LossSpec:
+        """The spec of a loss given as one type or a list of terms with weights (default 1 each)."""
+        combination = loss_combination(loss_type, loss_weights)
+        return cls(tuple(t for t, _ in combination), tuple(w for _, w in combination), **params)
+
+    @property
+    def combination(self) -> list[tuple[LossType, float]]:
+        """`[(type, weight), ...]`."""
+        return list(zip(self.loss_types, self.loss_weights))
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any term reads reference log-probs (`needs_reference`)."""
+        return needs_reference(self.loss_types)
+
+    def loss(
+        self,
+        policy_chosen_logps: torch.Tensor,
+        policy_rejected_logps: torch.Tensor,
+        ref_chosen_logps: torch.Tensor | None,
+        ref_rejected_logps: torch.Tensor | None,
+        chosen_mask: torch.Tensor,
+        rejected_mask: torch.Tensor,
+        *,
+        sft_num_tokens: float | None = None,
+        unlikelihood_num_tokens: float | None = None,
+    ) -> PreferenceLossOutput:
+        """`localized_dpo_loss` of this spec on one batch.
+
+        Shape: *_chosen_logps (B, Tc), *_rejected_logps (B, Tr), chosen_mask (B, Tc), rejected_mask (B, Tr).
+        """
+        return localized_dpo_loss(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            chosen_mask,
+            rejected_mask,
+            beta=self.beta,
+            loss_type=list(self.loss_types),
+            loss_weights=list(self.loss_weights),
+            label_smoothing=self.label_smoothing,
+            length_normalize=self.length_normalize,
+            dpop_lambda=self.dpop_lambda,
+            sft_num_tokens=sft_num_tokens,
+            unlikelihood_num_tokens=unlikelihood_num_tokens,
+        )
 
 def _token_mean_term(
     logps: torch.Tensor, mask: torch.Tensor, num_tokens: float | None

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from localdpo.config import ConfigError, apply_override, build, enum_fields, from_dict, save_config, to_dict
+from localdpo.config import (
+    ConfigError,
+    apply_override,
+    build,
+    enum_fields,
+    from_dict,
+    save_config,
+    set_value,
+    to_dict,
+)
 
 
 class Color(str, Enum):
@@ -102,3 +111,24 @@ def test_saved_yaml_round_trips(tmp_path):
 def test_override_without_equals_sign():
     with pytest.raises(ConfigError, match=r"override 'seeds': expected key=value"):
         apply_override(Outer(), "seeds")
+
+
+def test_set_value_sets_a_typed_value_as_its_key_value_text_would():
+    """A value from YAML or code (a grid point's) converts to the field's type like the same `key=value` text,
+    with no round trip through a string: `inner.n` 5.0 -> 5, a typed list stays a list, `run.a.b` keeps 0.5."""
+    typed, text = Outer(), Outer()
+    for key, value, item in [
+        ("inner.n", 5.0, "inner.n=5"),
+        ("color", "blue", "color=blue"),
+        ("seeds", [1, 2], "seeds=[1,2]"),
+        ("maybe.n", 7, "maybe.n=7"),
+        ("run.train.lr", 0.5, "run.train.lr=0.5"),
+    ]:
+        set_value(typed, key, value)
+        apply_override(text, item)
+    assert typed == text
+    assert typed.inner.n == 5 and typed.color is Color.BLUE and typed.run == {"train": {"lr": 0.5}}
+    with pytest.raises(ConfigError, match=r"inner.n='x': expected int"):
+        set_value(typed, "inner.n", "x")
+    with pytest.raises(ConfigError, match="unknown config key 'inner.m'"):
+        set_value(typed, "inner.m", 1)

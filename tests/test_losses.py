@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from localdpo import localized_dpo_loss, masked_sft_loss, token_logps
 from localdpo.losses import (
     UNLIKELIHOOD_MIN_ONE_MINUS_P,
+    LossSpec,
     LossType,
     log1mexp,
     needs_reference,
@@ -480,3 +481,42 @@ def test_unlikelihood_is_not_a_preference_loss_of_the_log_ratios():
 
     with pytest.raises(ValueError, match="per-token term of the rejected span"):
         preference_losses(torch.zeros(1), torch.zeros(1), beta=0.1, loss_type="unlikelihood")
+
+
+# --- LossSpec ------------------------------------------------------------------------------------------
+
+
+def test_loss_spec_is_the_loss_with_its_parameters():
+    """`LossSpec.loss` is `localized_dpo_loss` with the spec's parameters: dpop at β 0.2, λ 5, length-normalized,
+    plus half the chosen-span NLL, on one hand-made batch."""
+    policy_c = torch.tensor([[-1.0, -2.0, -0.5]])  # (1, 3)
+    policy_r = torch.tensor([[-0.7, -1.5]])  # (1, 2)
+    ref_c, ref_r = torch.tensor([[-1.2, -1.0, -0.5]]), torch.tensor([[-0.9, -1.0]])
+    mask_c, mask_r = torch.tensor([[False, True, True]]), torch.tensor([[True, True]])
+    spec = LossSpec.of(["dpop", "sft"], [1.0, 0.5], beta=0.2, length_normalize=True, dpop_lambda=5.0)
+    assert spec.loss_types == (LossType.DPOP, LossType.SFT) and spec.loss_weights == (1.0, 0.5)
+    assert spec.combination == [(LossType.DPOP, 1.0), (LossType.SFT, 0.5)] and spec.needs_reference
+    direct = localized_dpo_loss(
+        policy_c, policy_r, ref_c, ref_r, mask_c, mask_r,
+        beta=0.2, loss_type=["dpop", "sft"], loss_weights=[1.0, 0.5], length_normalize=True, dpop_lambda=5.0,
+    )  # fmt: skip
+    out = spec.loss(policy_c, policy_r, ref_c, ref_r, mask_c, mask_r)
+    assert torch.equal(out.loss, direct.loss) and torch.equal(out.margins, direct.margins)
+    # Δc = (-2 + 1 + 0) / 2 = -0.5, Δr = (0.2 - 0.5) / 2 = -0.15: dpop = -log σ(0.2 (Δc - Δr - 5 · 0.5))
+    dpop = -F.logsigmoid(torch.tensor(0.2 * (-0.5 + 0.15 - 5 * 0.5))).item()
+    assert out.terms["dpop"].item() == pytest.approx(dpop, rel=1e-6)
+    assert out.terms["sft"].item() == pytest.approx(1.25)  # NLL of the chosen span: (2 + 0.5) / 2
+    assert out.loss.item() == pytest.approx(dpop + 0.5 * 1.25, rel=1e-6)
+
+
+def test_loss_spec_is_checked_when_built_and_frozen():
+    assert LossSpec() == LossSpec.of("sigmoid")  # DPO's sigmoid at β 0.1, weight 1
+    assert not LossSpec.of(["sft", "unlikelihood"]).needs_reference
+    with pytest.raises(ValueError, match="loss_type 'dpo': expected one of sigmoid"):
+        LossSpec.of("dpo")
+    with pytest.raises(ValueError, match="loss_weights has 1 values for 2 loss types"):
+        LossSpec((LossType.SIGMOID, LossType.SFT), (1.0,))
+    with pytest.raises(ValueError, match="no preference or unlikelihood term"):
+        LossSpec.of("sft")
+    with pytest.raises(AttributeError):
+        LossSpec().beta = 0.5  # frozen: a trainer cannot change the loss under a run

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from localdpo.config import ConfigError, build, read_yaml, save_config
+from localdpo.config import ConfigError, build, read_yaml, save_config, set_value
 from localdpo.trainer.config import RunConfig, TaskSplit, apply_override, from_dict, validate
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -66,16 +66,36 @@ class SelectConfig:
     variant at span SFT's own selected learning rate, as in a dose-response against SFT); None = each
     variant is selected on its own grid."""
 
-    def points(self, label: str) -> list[list[str]]:
-        """Every grid point of `label` as `key=value` overrides (the cartesian product, in key order)."""
+    def points(self, label: str) -> list[Point]:
+        """Every grid point of `label` (the cartesian product, in key order), its values as the YAML gave them."""
         grid = {**self.grid, **self.variants.get(label, {})}
-        points: list[list[str]] = [[]]
+        points: list[tuple[tuple[str, Any], ...]] = [()]
         for key, values in grid.items():
-            points = [[*point, f"{key}={_override_value(value)}"] for point in points for value in values]
-        return points
+            points = [(*point, (key, value)) for point in points for value in values]
+        return [Point(point) for point in points]
 
 
-def _override_value(value: Any) -> str:
+@dataclass(frozen=True)
+class Point:
+    """One point of a variant's selection grid: a value for each grid key (`optim.lr`), in the grid's key order;
+    the empty point is the variant as written."""
+
+    values: tuple[tuple[str, Any], ...] = ()
+    """`(RunConfig key, value)` pairs, set on the run's config as typed values (`localdpo.config.set_value`)."""
+
+    @property
+    def overrides(self) -> list[str]:
+        """The point as tables, records and run names show it: `key=value` with the value in YAML flow style
+        (`optim.lr=1.0e-05`)."""
+        return [f"{key}={_shown(value)}" for key, value in self.values]
+
+    @property
+    def name(self) -> str:
+        """The point in a run directory's name: its `overrides` without `=`, joined by `-`."""
+        return "-".join(item.replace("=", "") for item in self.overrides)
+
+
+def _shown(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
@@ -182,21 +202,26 @@ class CompareConfig:
         seed: int,
         *,
         task: str | None = None,
-        extra: list[str] | None = None,
-        point: list[str] | None = None,
+        point: Point = Point(),
         selection: bool = False,
         round_: int = 1,
+        evaluates_start: bool = True,
     ) -> RunConfig:
-        """The `RunConfig` of one variant and seed (validated), with grid `point` overrides; a `selection` run
-        is scored once, at its end, on the validation prompts; a run of a later round (`round_` >= 2) trains
-        `rounds.max_steps` steps in its own directory and does not evaluate its starting weights (the previous
-        round's final evaluation did)."""
+        """The `RunConfig` of one variant and seed (validated) at grid `point`; a `selection` run is scored once,
+        at its end, on the validation prompts; a run of a later round (`round_` >= 2) trains `rounds.max_steps`
+        steps in its own directory and does not evaluate its starting weights (the previous round's final
+        evaluation did); nor does a run that is not `evaluates_start` (another run evaluated the starting model).
+        The comparison's plan (`localdpo.compare.plan`) calls this once per run."""
         if label not in self.variants:
             raise ConfigError(f"unknown variant {label!r}; variants: {', '.join(self.variants)}")
         task = task if task is not None else self.tasks[0]
         config = from_dict(self.run or {})
-        for item in [*self.variants[label], *(point or []), *(extra or [])]:
+        for item in self.variants[label]:
             apply_override(config, item)
+        for key, value in point.values:
+            set_value(config, key, value)
+        if not evaluates_start:
+            config.eval.at_start = False
         config.train.seed = seed
         config.model.name = self.model
         config.wandb.group = config.wandb.group or f"compare-{self.name}"
@@ -205,7 +230,7 @@ class CompareConfig:
         config.eval.task_batch_size = config.eval.task_batch_size or self.eval_batch_size
         prefix = f"{self.name}/{self.task_name(task)}" if len(self.tasks) > 1 else self.name
         if selection:
-            name = f"{label}-" + "-".join(p.replace("=", "") for p in point or []) if point else label
+            name = f"{label}-{point.name}" if point.values else label
             config.run_dir = str(self.task_dir(task) / "select" / name)
             config.wandb.name = f"{prefix}/select/{name}"
             config.eval.task_split = TaskSplit.VALIDATION
@@ -281,11 +306,11 @@ def validate_compare(config: CompareConfig) -> CompareConfig:
     if config.rounds is not None:
         _validate_rounds(config)
     for label in config.variants:
-        for point in config.select.points(label) if config.select else [[]]:
+        for point in config.select.points(label) if config.select else [Point()]:
             try:
                 config.run_config(label, config.seeds[0], point=point, selection=config.select is not None)
             except ConfigError as error:
-                raise ConfigError(f"variant {label!r} {' '.join(point)}: {error}") from None
+                raise ConfigError(f"variant {label!r} {' '.join(point.overrides)}: {error}") from None
     return config
 
 

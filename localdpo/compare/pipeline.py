@@ -11,7 +11,6 @@ answered and checked, and the metrics are those the held-out steers measure them
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,13 +19,15 @@ import numpy as np
 import torch
 
 from localdpo.compare import resume
-from localdpo.compare.config import CompareConfig, save_compare_config
+from localdpo.compare.config import CompareConfig, Point, save_compare_config
+from localdpo.compare.plan import TaskPlan, comparison_plan
 from localdpo.compare.plots import accuracy_over_rounds, accuracy_over_steps, accuracy_vs_drift, dose_plots
 from localdpo.compare.report import (
-    METRICS_BY_KEY,
-    PRIMARY_METRIC,
     RunRecord,
-    intervals_note,
+    comparison_title,
+    pooled_notes,
+    primary_metric_of,
+    results_notes,
     summarize,
     write_csv,
     write_markdown,
@@ -155,10 +156,7 @@ def run_comparison(
 
     started = time.perf_counter()
     out = config.output_dir
-    labels = variants or list(config.variants)
-    unknown = [label for label in labels if label not in config.variants]
-    if unknown:
-        raise ValueError(f"unknown variant {unknown[0]!r}; variants: {', '.join(config.variants)}")
+    plans = comparison_plan(config, variants)
     saved = out / resume.CONFIG_NAME
     if restart:
         removed = resume.clear_comparison(config)
@@ -171,7 +169,7 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     save_compare_config(config, saved)
 
-    probe = config.run_config(labels[0], config.seeds[0])
+    probe = plans[0].probe
     torch.manual_seed(0)
     model, tokenizer = load_base_model(probe)
     model.eval()
@@ -187,8 +185,8 @@ def run_comparison(
 
     records: list[RunRecord] = []
     outputs: list[tuple[Path, Path, list[Path]]] = []
-    for task in config.tasks:
-        task_records, task_outputs = _run_task(config, task, labels, shared, started)
+    for plan in plans:
+        task_records, task_outputs = _run_task(config, plan, shared, started)
         records += task_records
         outputs.append(task_outputs)
     results_md, results_csv, plots = outputs[0]
@@ -238,91 +236,110 @@ def _task_steers(config: CompareConfig, task: str | None, shared: Shared) -> Tas
     return TaskSteers(read, files, summaries)
 
 
-def _select(config: CompareConfig, task: str | None, labels, shared: Shared, steers: TaskSteers, cache):
-    """Train every grid point of every variant once (first seed), score it on the validation split; the points
-    trained by an earlier invocation are read from their records, so the same points are chosen. With
-    `select.shared_from` only that variant's grid runs, and every variant gets its chosen point."""
+def _select(config: CompareConfig, plan: TaskPlan, shared: Shared, steers: TaskSteers, cache):
+    """Train every selection run of the plan (every grid point of every variant, first seed), score it on the
+    validation split, and choose; the points trained by an earlier invocation are read from their records, so
+    the same points are chosen. With `select.shared_from` only that variant's grid runs, and every variant gets
+    its chosen point. Returns every scored point, each variant's chosen one, and that one's typed `Point`."""
     from localdpo.compare.selection import GridPoint, choose
 
     points: list[GridPoint] = []
-    chosen: dict[str, GridPoint] = {}
-    tag = config.task_name(task)
+    best: dict[str, GridPoint] = {}
+    chosen: dict[str, Point] = {}
     eval_reference = None
-    seed = config.seeds[0]
-    source = config.select.shared_from
-    for label in [source] if source else labels:
+    primary = primary_metric_of(plan)
+    for label in dict.fromkeys(run.label for run in plan.selection):
+        runs = [run for run in plan.selection if run.label == label]
         candidates = []
-        for point in config.select.points(label):
-            run_config = config.run_config(label, seed, task=task, point=point, selection=True)
-            doing = f"[{tag}] selecting {label} {' '.join(point)}: {run_config.train.max_steps} steps"
+        for planned in runs:
+            overrides = planned.point.overrides
+            doing = (
+                f"[{plan.name}] selecting {label} {' '.join(overrides)}: {planned.config.train.max_steps} steps"
+            )
             run, eval_reference = finished_run(
-                config, run_config, shared, steers, "validation", cache, eval_reference, doing
+                config, planned.config, shared, steers, "validation", cache, eval_reference, doing
             )
             metrics = run.history[-1] if run.history else {}
             grid_point = GridPoint(
                 label,
-                point,
+                overrides,
                 {k: float(v) for k, v in metrics.items() if k.startswith("eval/")},
-                primary=primary_metric_of(config, task),
+                primary=primary,
             )
             grid_point.run_dir = str(run.run_dir)
             candidates.append(grid_point)
-        chosen[label] = choose(candidates)
-        log(f"[{tag}] {label}: chose {' '.join(chosen[label].point) or '(as written)'}")
+        best[label] = choose(candidates)
+        chosen[label] = runs[candidates.index(best[label])].point
+        log(f"[{plan.name}] {label}: chose {' '.join(best[label].point) or '(as written)'}")
         points += candidates
+    source = config.select.shared_from
     if source:
-        chosen |= {label: chosen[source] for label in labels}  # the one chosen point, for every variant
-    return points, chosen
+        best |= {label: best[source] for label in plan.labels}  # the one chosen point, for every variant
+        chosen |= {label: chosen[source] for label in plan.labels}
+    return points, best, chosen
 
 
-def primary_metric_of(config: CompareConfig, task: str | None) -> str:
-    """The comparison's primary metric (`localdpo.compare.report.PRIMARY_METRICS`): task accuracy with a task;
-    without one uptake, or held-out preference accuracy when the runs skip the steer metrics."""
-    if task is not None:
-        return PRIMARY_METRIC
-    steer_metrics = config.run_config(config.baseline, config.seeds[0], task=None).eval.steer_metrics
-    return "uptake" if steer_metrics else "preference_accuracy"
+def _train_final_runs(config: CompareConfig, plan: TaskPlan, shared: Shared, steers: TaskSteers, cache):
+    """Train (or keep) the plan's round-1 runs in order; returns their records (the starting model's `base` row
+    first, from the one run that evaluated it), the runs by (variant, seed) for the rounds to continue, and the
+    held-out steers' reference for the runs after them."""
+    task, tag = plan.task, plan.name
+    records: list[RunRecord] = []
+    first: dict[tuple[str, int], resume.FinishedRun] = {}  # in rounds: the runs round 2 continues
+    base_items, base_point = None, None
+    eval_reference = None  # the held-out steers' reference log-probs, computed by the first run, then shared
+    for planned in plan.final:
+        # the starting model is evaluated once (first run's step 0) and shared by every curve
+        planned = planned.without_start_evaluation() if base_items is not None else planned
+        label, seed, overrides = planned.label, planned.seed, planned.point.overrides
+        doing = (
+            f"[{tag}] training {label} seed {seed}: {planned.config.train.max_steps} steps of "
+            f"{planned.config.train.batch_size} steers" + (f" ({' '.join(overrides)})" if overrides else "")
+        )
+        run, eval_reference = finished_run(
+            config,
+            planned.config,
+            shared,
+            steers,
+            "heldout",
+            cache,
+            eval_reference,
+            doing,
+            keep_weights=config.rounds is not None,
+        )
+        first[(label, seed)] = run
+        history = history_points(run.history)
+        if base_items is None and run.initial_items:
+            base_items, base_point = run.initial_items, history[0]
+        elif base_point is not None and (not history or history[0]["step"] != 0):
+            history = [base_point, *history]
+        records.append(
+            RunRecord(
+                label,
+                seed,
+                run.items,
+                history=history,
+                run_dir=str(run.run_dir),
+                task=tag if task is not None else None,
+                overrides=overrides,
+            )
+        )
+    if base_items is not None:
+        records.insert(0, RunRecord("base", 0, base_items, task=tag if task is not None else None))
+    return records, first, eval_reference
 
 
-SELECTION_WORDS = {
-    "task_accuracy": "validation task accuracy",
-    "uptake": "uptake at the validation steers",
-    "preference_accuracy": "validation preference accuracy",
-    "chosen_nll": "chosen-span NLL",
-    "drift_kl": "drift",
-}
-
-
-def _selection_order(primary: str) -> str:
-    """`higher validation task accuracy, then higher ...`: the order `score_keys(primary)` decides in."""
-    from localdpo.compare.selection import score_keys
-
-    return ", then ".join(
-        f"{'higher' if higher else 'lower'} {SELECTION_WORDS[key.removeprefix('eval/')]}"
-        for key, higher in score_keys(primary)
-    )
-
-
-def comparison_title(config: CompareConfig, task: str | None) -> str:
-    """The title of a task's results: the task's name, or without one the person's steer file(s)."""
-    if task is not None:
-        return f"localdpo comparison `{config.name}`: {config.task_name(task)} steers, {config.model}"
-    files = [Path(config.steers.train_file).name]
-    if config.steers.heldout_file:
-        files.append(f"held out: `{Path(config.steers.heldout_file).name}`")
-    steers = f"`{files[0]}`" + (f" ({files[1]})" if len(files) > 1 else "")
-    return f"localdpo comparison `{config.name}`: steers of {steers}, no task checker, {config.model}"
-
-
-def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, started: float):
+def _run_task(config: CompareConfig, plan: TaskPlan, shared: Shared, started: float):
+    """One task's plan executed: its steers and reference cache, the selection runs (then the final runs at the
+    chosen points), the final runs, the later rounds; its tables, records and plots. Returns its records (of the
+    last round) and `(results.md, results.csv, plots)`."""
     from localdpo.compare.selection import selection_table
     from localdpo.reference.training import reference_cache_for
     from localdpo.trainer.device import autocast_dtype
 
-    out = config.task_dir(task)
+    task, tag, out = plan.task, plan.name, plan.directory
     out.mkdir(parents=True, exist_ok=True)
     kept_before = len(shared.kept_seconds)
-    tag = config.task_name(task)
     steers = _task_steers(config, task, shared)
     train_steers, heldout_steers = steers.splits["train"], steers.splits["heldout"]
     validation_steers = steers.splits.get("validation", [])
@@ -333,7 +350,7 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, s
             f"[{tag}] {len(train_steers)} train steers, {len(heldout_steers)} held-out steers"
             + (f", {len(validation_steers)} validation steers" if config.select is not None else "")
         )
-    probe = config.run_config(labels[0], config.seeds[0], task=task)
+    probe = plan.probe
     cache = reference_cache_for(
         probe,
         shared.model,
@@ -342,59 +359,17 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, s
         autocast_dtype=autocast_dtype(probe.train.precision, shared.device),
     )
 
-    grid_points, chosen = [], {}
+    grid_points, best = [], {}
     if config.select is not None:
-        grid_points, chosen = _select(config, task, labels, shared, steers, cache)
+        grid_points, best, chosen = _select(config, plan, shared, steers, cache)
+        plan = plan.choose(config, chosen)
 
-    records: list[RunRecord] = []
-    first: dict[tuple[str, int], resume.FinishedRun] = {}  # in rounds: the runs round 2 continues
-    base_items, base_point = None, None
-    eval_reference = None  # the held-out steers' reference log-probs, computed by the first run, then shared
-    for seed in config.seeds:
-        for label in labels:
-            # the starting model is evaluated once (first run's step 0) and shared by every curve
-            extra = ["eval.at_start=false"] if base_items is not None else []
-            point = chosen[label].point if label in chosen else []
-            run_config = config.run_config(label, seed, task=task, point=point, extra=extra)
-            doing = (
-                f"[{tag}] training {label} seed {seed}: {run_config.train.max_steps} steps of "
-                f"{run_config.train.batch_size} steers" + (f" ({' '.join(point)})" if point else "")
-            )
-            run, eval_reference = finished_run(
-                config,
-                run_config,
-                shared,
-                steers,
-                "heldout",
-                cache,
-                eval_reference,
-                doing,
-                keep_weights=config.rounds is not None,
-            )
-            first[(label, seed)] = run
-            history = history_points(run.history)
-            if base_items is None and run.initial_items:
-                base_items, base_point = run.initial_items, history[0]
-            elif base_point is not None and (not history or history[0]["step"] != 0):
-                history = [base_point, *history]
-            records.append(
-                RunRecord(
-                    label,
-                    seed,
-                    run.items,
-                    history=history,
-                    run_dir=str(run.run_dir),
-                    task=tag if task is not None else None,
-                    overrides=list(point),
-                )
-            )
-    if base_items is not None:
-        records.insert(0, RunRecord("base", 0, base_items, task=tag if task is not None else None))
+    records, first, eval_reference = _train_final_runs(config, plan, shared, steers, cache)
     by_round: dict[int, list] = {}
     if config.rounds is not None:
         from localdpo.compare.rounds import round_records, run_rounds
 
-        chains = run_rounds(config, task, labels, shared, steers, cache, chosen, first, eval_reference)
+        chains = run_rounds(config, plan, shared, steers, cache, first, eval_reference)
         round_of = round_records(chains, records, tag)
         by_round = {r: summarize(round_of[r], baseline=config.baseline) for r in round_of}
         records = round_of[max(round_of)]  # the headline and the pooled table: the last round
@@ -410,38 +385,17 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, s
         selection=grid_points,
     )
     seconds = time.perf_counter() - started + sum(shared.kept_seconds)  # kept runs: their own wall times
-    notes = _notes(config, task, records, steers, seconds, shared.device, chosen)
+    notes = results_notes(
+        config, plan, records, steers, seconds=seconds, device=shared.device, kept=kept, in_rounds=bool(by_round)
+    )
     selection_md = ""
     if config.select is not None:
-        source = config.select.shared_from
-        where = (
-            f"{config.select.validation_prompts} validation prompts ({len(validation_steers)} validation steers)"
-            if task is not None
-            else f"the {len(validation_steers)} validation steers"
-        )
-        notes.append(
-            (
-                f"Hyperparameters chosen for `{source}` and used by every variant, "
-                if source
-                else "Hyperparameters chosen per variant "
-            )
-            + f"on {where}, one run each with seed {config.seeds[0]}: "
-            + _selection_order(primary_metric_of(config, task))
-            + ". The held-out split was not read during selection."
-        )
-        selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, chosen)
+        selection_md = "\n## Selection (validation split)\n\n" + selection_table(grid_points, best)
     if by_round:
         from localdpo.compare.rounds_report import rounds_markdown, write_rounds_csv
 
-        notes += rounds_notes(config, task, chosen)
         selection_md = rounds_markdown(by_round, baseline=config.baseline) + selection_md
         write_rounds_csv(by_round, out / "rounds.csv", baseline=config.baseline, task=tag)
-    if kept:
-        n_runs = len(grid_points) + len(config.seeds) * len(labels) * (config.rounds.count if by_round else 1)
-        notes.append(
-            f"Resumed: {kept} of the {n_runs} runs were kept from an earlier invocation that was stopped (read "
-            "from their records); the wall time adds their own times to this invocation's."
-        )
     title = comparison_title(config, task)
     if by_round:
         title += f", round {max(by_round)} of {max(by_round)} (every round below)"
@@ -454,7 +408,7 @@ def _run_task(config: CompareConfig, task: str | None, labels, shared: Shared, s
         accuracy_over_steps(
             round_of[1] if by_round else records, out / "accuracy_over_steps.png", metric=over_steps
         ),
-        accuracy_vs_drift(rows, out / "accuracy_vs_drift.png", metric=primary_metric_of(config, task)),
+        accuracy_vs_drift(rows, out / "accuracy_vs_drift.png", metric=primary_metric_of(plan)),
         *dose_plots(rows, out),  # metric against α, when the variants are named `sft+0.3ldpo_b0.1`, ...
     ]
     if by_round:
@@ -488,149 +442,14 @@ def _write_pooled(
     rows = summarize(pooled, baseline=config.baseline)
     write_csv(rows, results_csv, baseline=config.baseline, task="+".join(names))
     per_task = "\nPer task: " + ", ".join(f"[{task}]({task}/results.md)" for task in names) + "\n"
-    notes = [
-        f"Pooled over the tasks {names}: each run's held-out items of every task side by side, so the "
-        f"paired difference against `{config.baseline}` weighs each task by its number of items; per-task "
-        "tables are in each task's folder.",
-        intervals_note(config.baseline),
-        f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
-        f"wall time {seconds / 60:.1f} min.",
-    ]
-    if config.rounds is not None:
-        notes.insert(
-            1,
-            f"Steering in rounds: the runs of the last round ({config.rounds.count}); every round is in "
-            "each task's folder.",
-        )
     write_markdown(
         rows,
         results_md,
         baseline=config.baseline,
         title=f"localdpo comparison `{config.name}`: pooled over {', '.join(names)}, {config.model}",
-        notes=notes,
+        notes=pooled_notes(config, names, seconds=seconds, device=device),
         extra=per_task,
     )
-
-
-def _training_hyperparameters(config, task: str, labels, chosen: dict) -> str:
-    """The learning rate and beta the final runs of `labels` trained with: one pair, or each variant's own."""
-    values = {}
-    for label in labels:
-        point = chosen[label].point if label in chosen else []
-        run = config.run_config(label, config.seeds[0], task=task, point=point)
-        values[label] = f"lr {run.optim.lr:g}, beta {run.loss.beta:g}"
-    if len(set(values.values())) == 1 and not chosen:
-        return f"the same {next(iter(values.values()))}."
-    source = config.select.shared_from if chosen and config.select is not None else None
-    if source:
-        return (
-            f"`{source}`'s grid point, chosen on the validation split (below) and shared by every variant (with "
-            "its own overrides): " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
-        )
-    where = "chosen on the validation split (below)" if chosen else "set per variant"
-    return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
-
-
-def _notes(config, task, records, steers: TaskSteers, seconds, device, chosen) -> list[str]:
-    from localdpo.compare.selection import edge_note
-
-    run = config.run_config(config.baseline, config.seeds[0], task=task)
-    n_train, n_heldout = len(steers.splits["train"]), len(steers.splits["heldout"])
-    primary = primary_metric_of(config, task)
-    notes = [
-        f"Seeds {config.seeds}; every variant trained {run.train.max_steps} steps x {run.train.batch_size} steers "
-        f"(x{run.train.grad_accum} accumulation) from the same weights, at "
-        + _training_hyperparameters(config, task, [r.method for r in records if r.method != "base"], chosen),
-    ]
-    if task is not None:
-        n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
-        notes += [
-            f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy "
-            "mistakes (train and held-out prompts are disjoint by a fixed hash of each prompt).",
-            f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy "
-            "and chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || "
-            "policy) on unrelated chat prompts (per-prompt means).",
-            "Recurrence and uptake: greedy from prompt + prefix at each held-out steer, the model writes the "
-            "rejected span again, resp. the chosen span, token for token (over the steers with a non-empty such "
-            "span); continuation acc.: greedy from prompt + prefix + chosen to the end of the answer, judged right "
-            "by the task's checker (over the task steers).",
-        ]
-    else:
-        notes += [
-            steers.own.note(),
-            "No task checker: measured only by what the steers measure themselves. Held-out preference accuracy "
-            "and chosen-span NLL: the held-out steers (divergent span); recurrence and uptake: greedy from prompt "
-            "+ prefix at each held-out steer, the model writes the rejected span again, resp. the chosen span, "
-            "token for token (over the steers with a non-empty such span); drift: mean per-token KL(reference || "
-            "policy) on unrelated chat prompts (per-prompt means).",
-            f"Primary metric: {METRICS_BY_KEY[primary].label} (the Holm family; selection reads it first). "
-            + (
-                "Uptake is the behaviour a steer asks for (at the point of the mistake, the model now writes the "
-                "correction), read from greedy generation the same way for every method; preference accuracy "
-                "reads the policy's log-ratio against the reference, which the DPO-family losses push up directly "
-                "and SFT does not, so it would lean towards them."
-                if primary == "uptake"
-                else "The runs skip the steer metrics (eval.steer_metrics=false), so uptake is not measured."
-            ),
-        ]
-    notes += [
-        intervals_note(config.baseline, primary),
-        "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
-        "every margin is exactly 0 there (policy = reference): ties count as not preferred.",
-        f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
-        f"wall time {seconds / 60:.1f} min.",
-    ]
-    if run.eval.max_steers is not None and run.eval.max_steers < n_heldout:
-        notes.append(
-            f"The held-out steer metrics read the first {run.eval.max_steers} of the {n_heldout} held-out steers "
-            f"(run.eval.max_steers={run.eval.max_steers})."
-        )
-    if chosen:
-        source = config.select.shared_from
-        selected = {source: chosen[source]} if source else chosen  # a shared point: one variant's grid ran
-        notes.append(edge_note(selected, {label: config.select.points(label) for label in selected}))
-    if steers.summaries:
-        notes.append(
-            "Steer yield: "
-            + json.dumps(
-                {
-                    k: {x: v[x] for x in ("tried", "correct", "uncheckable", "steers")}
-                    for k, v in steers.summaries.items()
-                }
-            )
-        )
-    return notes
-
-
-def rounds_notes(config: CompareConfig, task: str, chosen: dict) -> list[str]:
-    """The results notes of a comparison in rounds: what a later round does, its reference and why, where the
-    hyperparameters come from."""
-    rounds = config.rounds
-    run = config.run_config(config.baseline, config.seeds[0], task=task, round_=2)
-    reference = (
-        "the model the round starts from (rounds.reference=previous, as in iterative RPO, Pang et al. 2024: "
-        "the steers' rejected sides are that model's own output, so each log-ratio starts at 0 on them)"
-        if rounds.reference.value == "previous"
-        else "the starting model in every round (rounds.reference=start: one fixed KL anchor)"
-    )
-    chosen_where = (
-        "chosen once on round 1's validation split (below) and kept for every round"
-        if chosen
-        else "as written in the config, the same in every round (no selection)"
-    )
-    return [
-        f"Rounds: {rounds.count}. Round 1 is the comparison as above; in each later round every variant x seed "
-        f"continues from its own previous round's weights: its model answers "
-        f"{rounds.train_prompts or config.steers.train_prompts} fresh train prompts (the same for every variant "
-        "and seed; never a prompt of an earlier round, of validation or of the held-out split), its greedy "
-        f"mistakes become the round's steers, and it trains {run.train.max_steps} steps on them (a fresh "
-        f"optimizer and schedule). Reference of the preference losses in a later round: {reference}. Drift, "
-        "held-out preference accuracy and the held-out steers are measured against the starting model in every "
-        "round, on the same held-out prompts and steers.",
-        f"Hyperparameters: {chosen_where}; the held-out prompts were never read for a choice.",
-        "Yield: the share of a round's fresh prompts on which the model entering the round still made a mistake "
-        "that gave a steer (round 1: the starting model's); a chain with none goes on unchanged.",
-    ]
 
 
 def _write_records(records: list[RunRecord], grid_points, path: Path) -> None:

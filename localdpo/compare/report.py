@@ -1,11 +1,15 @@
-"""Results of a comparison: per-run item metrics in, `results.csv` and `results.md` out."""
+"""Results of a comparison: per-run item metrics in, `results.csv` and `results.md` out, with the notes that say in
+words what the comparison's plan did."""
 
 from __future__ import annotations
 
 import csv
+import json
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +22,11 @@ from localdpo.compare.stats import (
     paired_seed_test,
 )
 from localdpo.fileio import atomic_open, atomic_write_text
+
+if TYPE_CHECKING:  # the notes describe a plan; the plan does not read the report
+    from localdpo.compare.config import CompareConfig
+    from localdpo.compare.plan import TaskPlan
+    from localdpo.compare.runs import TaskSteers
 
 
 @dataclass(frozen=True)
@@ -388,3 +397,236 @@ def write_markdown(
         + extra
     )
     atomic_write_text(path, text)
+
+
+# The results notes: what a comparison's plan (`localdpo.compare.plan`) did, in words under its tables.
+
+
+def primary_metric_of(plan: TaskPlan) -> str:
+    """The comparison's primary metric (`PRIMARY_METRICS`): task accuracy with a task; without one uptake, or
+    held-out preference accuracy when the runs skip the steer metrics."""
+    if plan.task is not None:
+        return PRIMARY_METRIC
+    return "uptake" if plan.baseline.eval.steer_metrics else "preference_accuracy"
+
+
+SELECTION_WORDS = {
+    "task_accuracy": "validation task accuracy",
+    "uptake": "uptake at the validation steers",
+    "preference_accuracy": "validation preference accuracy",
+    "chosen_nll": "chosen-span NLL",
+    "drift_kl": "drift",
+}
+
+
+def selection_order(primary: str) -> str:
+    """`higher validation task accuracy, then higher ...`: the order `score_keys(primary)` decides in."""
+    from localdpo.compare.selection import score_keys
+
+    return ", then ".join(
+        f"{'higher' if higher else 'lower'} {SELECTION_WORDS[key.removeprefix('eval/')]}"
+        for key, higher in score_keys(primary)
+    )
+
+
+def comparison_title(config: CompareConfig, task: str | None) -> str:
+    """The title of a task's results: the task's name, or without one the person's steer file(s)."""
+    if task is not None:
+        return f"localdpo comparison `{config.name}`: {config.task_name(task)} steers, {config.model}"
+    files = [Path(config.steers.train_file).name]
+    if config.steers.heldout_file:
+        files.append(f"held out: `{Path(config.steers.heldout_file).name}`")
+    steers = f"`{files[0]}`" + (f" ({files[1]})" if len(files) > 1 else "")
+    return f"localdpo comparison `{config.name}`: steers of {steers}, no task checker, {config.model}"
+
+
+def training_hyperparameters(config: CompareConfig, plan: TaskPlan, labels: Sequence[str]) -> str:
+    """The learning rate and beta the final runs of `labels` trained with: one pair, or each variant's own."""
+    values = {}
+    for label in labels:
+        run = plan.final_run(label, config.seeds[0]).config
+        values[label] = f"lr {run.optim.lr:g}, beta {run.loss.beta:g}"
+    chosen = plan.chosen
+    if len(set(values.values())) == 1 and not chosen:
+        return f"the same {next(iter(values.values()))}."
+    source = config.select.shared_from if chosen and config.select is not None else None
+    if source:
+        return (
+            f"`{source}`'s grid point, chosen on the validation split (below) and shared by every variant (with "
+            "its own overrides): " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
+        )
+    where = "chosen on the validation split (below)" if chosen else "set per variant"
+    return f"its own hyperparameters, {where}: " + "; ".join(f"{k} {v}" for k, v in values.items()) + "."
+
+
+def machine_note(device, seconds: float) -> str:
+    """Where and how long the comparison ran."""
+    import torch
+
+    return (
+        f"Machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}; "
+        f"wall time {seconds / 60:.1f} min."
+    )
+
+
+def results_notes(
+    config: CompareConfig,
+    plan: TaskPlan,
+    records: Sequence[RunRecord],
+    steers: TaskSteers,
+    *,
+    seconds: float,
+    device,
+    kept: int,
+    in_rounds: bool,
+) -> list[str]:
+    """The notes under a task's results tables: the training budget and hyperparameters, the steers and what
+    each metric reads, the intervals, the machine; then the selection, the rounds, and how many runs were
+    `kept` from an earlier invocation, where they apply."""
+    from localdpo.compare.selection import GridPoint, edge_note
+
+    task, run = plan.task, plan.baseline
+    n_train, n_heldout = len(steers.splits["train"]), len(steers.splits["heldout"])
+    primary = primary_metric_of(plan)
+    notes = [
+        f"Seeds {config.seeds}; every variant trained {run.train.max_steps} steps x {run.train.batch_size} steers "
+        f"(x{run.train.grad_accum} accumulation) from the same weights, at "
+        + training_hyperparameters(config, plan, [r.method for r in records if r.method != STARTING_MODEL]),
+    ]
+    if task is not None:
+        n_prompts = next((len(r.items["task_accuracy"]) for r in records if "task_accuracy" in r.items), 0)
+        notes += [
+            f"Steers: {n_train} for training, {n_heldout} held out, made from the starting model's own greedy "
+            "mistakes (train and held-out prompts are disjoint by a fixed hash of each prompt).",
+            f"Task accuracy and format kept: greedy answers to {n_prompts} held-out prompts; preference accuracy "
+            "and chosen-span NLL: the held-out steers (divergent span); drift: mean per-token KL(reference || "
+            "policy) on unrelated chat prompts (per-prompt means).",
+            "Recurrence and uptake: greedy from prompt + prefix at each held-out steer, the model writes the "
+            "rejected span again, resp. the chosen span, token for token (over the steers with a non-empty such "
+            "span); continuation acc.: greedy from prompt + prefix + chosen to the end of the answer, judged right "
+            "by the task's checker (over the task steers).",
+        ]
+    else:
+        notes += [
+            steers.own.note(),
+            "No task checker: measured only by what the steers measure themselves. Held-out preference accuracy "
+            "and chosen-span NLL: the held-out steers (divergent span); recurrence and uptake: greedy from prompt "
+            "+ prefix at each held-out steer, the model writes the rejected span again, resp. the chosen span, "
+            "token for token (over the steers with a non-empty such span); drift: mean per-token KL(reference || "
+            "policy) on unrelated chat prompts (per-prompt means).",
+            f"Primary metric: {METRICS_BY_KEY[primary].label} (the Holm family; selection reads it first). "
+            + (
+                "Uptake is the behaviour a steer asks for (at the point of the mistake, the model now writes the "
+                "correction), read from greedy generation the same way for every method; preference accuracy "
+                "reads the policy's log-ratio against the reference, which the DPO-family losses push up directly "
+                "and SFT does not, so it would lean towards them."
+                if primary == "uptake"
+                else "The runs skip the steer metrics (eval.steer_metrics=false), so uptake is not measured."
+            ),
+        ]
+    notes += [
+        intervals_note(config.baseline, primary),
+        "`base` is the starting model: one row, no training noise. Its held-out preference accuracy is 0 because "
+        "every margin is exactly 0 there (policy = reference): ties count as not preferred.",
+        machine_note(device, seconds),
+    ]
+    if run.eval.max_steers is not None and run.eval.max_steers < n_heldout:
+        notes.append(
+            f"The held-out steer metrics read the first {run.eval.max_steers} of the {n_heldout} held-out steers "
+            f"(run.eval.max_steers={run.eval.max_steers})."
+        )
+    if plan.chosen:
+        source = config.select.shared_from
+        selected = [source] if source else list(plan.chosen)  # a shared point: one variant's grid ran
+        notes.append(
+            edge_note(
+                {label: GridPoint(label, plan.chosen[label].overrides) for label in selected},
+                {label: [point.overrides for point in config.select.points(label)] for label in selected},
+            )
+        )
+    if steers.summaries:
+        notes.append(
+            "Steer yield: "
+            + json.dumps(
+                {
+                    k: {x: v[x] for x in ("tried", "correct", "uncheckable", "steers")}
+                    for k, v in steers.summaries.items()
+                }
+            )
+        )
+    if config.select is not None:
+        source = config.select.shared_from
+        validation_steers = steers.splits.get("validation", [])
+        where = (
+            f"{config.select.validation_prompts} validation prompts ({len(validation_steers)} validation steers)"
+            if task is not None
+            else f"the {len(validation_steers)} validation steers"
+        )
+        notes.append(
+            (
+                f"Hyperparameters chosen for `{source}` and used by every variant, "
+                if source
+                else "Hyperparameters chosen per variant "
+            )
+            + f"on {where}, one run each with seed {config.seeds[0]}: "
+            + selection_order(primary)
+            + ". The held-out split was not read during selection."
+        )
+    if in_rounds:
+        notes += rounds_notes(config, plan)
+    if kept:
+        n_runs = len(plan.selection) + len(config.seeds) * len(plan.labels) * (config.rounds.count if in_rounds else 1)
+        notes.append(
+            f"Resumed: {kept} of the {n_runs} runs were kept from an earlier invocation that was stopped (read "
+            "from their records); the wall time adds their own times to this invocation's."
+        )
+    return notes
+
+
+def rounds_notes(config: CompareConfig, plan: TaskPlan) -> list[str]:
+    """The results notes of a comparison in rounds: what a later round does, its reference and why, where the
+    hyperparameters come from."""
+    rounds = config.rounds
+    run = plan.baseline_later_round
+    reference = (
+        "the model the round starts from (rounds.reference=previous, as in iterative RPO, Pang et al. 2024: "
+        "the steers' rejected sides are that model's own output, so each log-ratio starts at 0 on them)"
+        if rounds.reference.value == "previous"
+        else "the starting model in every round (rounds.reference=start: one fixed KL anchor)"
+    )
+    chosen_where = (
+        "chosen once on round 1's validation split (below) and kept for every round"
+        if plan.chosen
+        else "as written in the config, the same in every round (no selection)"
+    )
+    return [
+        f"Rounds: {rounds.count}. Round 1 is the comparison as above; in each later round every variant x seed "
+        f"continues from its own previous round's weights: its model answers "
+        f"{rounds.train_prompts or config.steers.train_prompts} fresh train prompts (the same for every variant "
+        "and seed; never a prompt of an earlier round, of validation or of the held-out split), its greedy "
+        f"mistakes become the round's steers, and it trains {run.train.max_steps} steps on them (a fresh "
+        f"optimizer and schedule). Reference of the preference losses in a later round: {reference}. Drift, "
+        "held-out preference accuracy and the held-out steers are measured against the starting model in every "
+        "round, on the same held-out prompts and steers.",
+        f"Hyperparameters: {chosen_where}; the held-out prompts were never read for a choice.",
+        "Yield: the share of a round's fresh prompts on which the model entering the round still made a mistake "
+        "that gave a steer (round 1: the starting model's); a chain with none goes on unchanged.",
+    ]
+
+
+def pooled_notes(config: CompareConfig, names: Sequence[str], *, seconds: float, device) -> list[str]:
+    """The notes under the table pooled over the tasks `names`."""
+    notes = [
+        f"Pooled over the tasks {list(names)}: each run's held-out items of every task side by side, so the "
+        f"paired difference against `{config.baseline}` weighs each task by its number of items; per-task "
+        "tables are in each task's folder.",
+        intervals_note(config.baseline),
+        machine_note(device, seconds),
+    ]
+    if config.rounds is not None:
+        notes.insert(
+            1,
+            f"Steering in rounds: the runs of the last round ({config.rounds.count}); every round is in "
+            "each task's folder.",
+        )
+    return notes

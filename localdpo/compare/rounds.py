@@ -40,6 +40,7 @@ import torch
 import localdpo
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, RoundReference
+from localdpo.compare.plan import TaskPlan
 from localdpo.compare.report import STARTING_MODEL, RunRecord
 from localdpo.compare.runs import (
     WEIGHTS_DIR,
@@ -182,21 +183,20 @@ def chain_steers(
 
 def run_rounds(
     config: CompareConfig,
-    task: str,
-    labels: Sequence[str],
+    plan: TaskPlan,
     shared: Shared,
     steers: TaskSteers,
     cache,
-    chosen: dict,
     first: dict[tuple[str, int], resume.FinishedRun],
     eval_reference,
 ) -> dict[int, dict[tuple[str, int], ChainRound]]:
     """Rounds 1 .. `rounds.count` of one task: round 1 the comparison's own final runs (`first`, by (variant,
-    seed)), each later round trained here (see the module docstring); round -> (variant, seed) -> `ChainRound`."""
+    seed)), each later round the plan's runs of that round (`TaskPlan.later_rounds`) trained here (see the
+    module docstring); round -> (variant, seed) -> `ChainRound`."""
     from localdpo.reference.training import reference_cache_for
     from localdpo.trainer.device import autocast_dtype
 
-    rounds, tag = config.rounds, config.task_name(task)
+    rounds, task, tag = config.rounds, plan.task, plan.name
     task_object = get_task(task)
     per_round = rounds.train_prompts or config.steers.train_prompts
     used = frozenset(steer.meta.get("prompt_id") for steer in steers.splits["train"])
@@ -216,60 +216,55 @@ def run_rounds(
             used=frozenset() if made else used,
         )
         chains[round_] = {}
-        for seed in config.seeds:
-            for label in labels:
-                previous = chains[round_ - 1][(label, seed)].run
-                chain = f"{label}-seed{seed}"
-                model = _Weights(previous.run_dir, shared.device)
-                train, train_file = chain_steers(
-                    config, task, round_, chain, previous, prompts, shared, model
-                )
-                items = yield_items(prompts, train)
-                if not train:
-                    log(
-                        f"[{tag}] round {round_} {chain}: no mistake on {len(prompts)} prompts, the model goes on"
+        for planned in plan.later_rounds[round_]:
+            label, seed = planned.label, planned.seed
+            previous = chains[round_ - 1][(label, seed)].run
+            chain = f"{label}-seed{seed}"
+            model = _Weights(previous.run_dir, shared.device)
+            train, train_file = chain_steers(config, task, round_, chain, previous, prompts, shared, model)
+            items = yield_items(prompts, train)
+            if not train:
+                log(f"[{tag}] round {round_} {chain}: no mistake on {len(prompts)} prompts, the model goes on")
+                chains[round_][(label, seed)] = ChainRound(previous, items, 0)
+                continue
+            run_config = planned.config
+            if rounds.reference is RoundReference.PREVIOUS and run_config.method.needs_reference:
+
+                def reference(model=model, run_config=run_config):
+                    return reference_cache_for(
+                        run_config,
+                        model(),
+                        shared.tokenizer,
+                        device=shared.device,
+                        autocast_dtype=autocast_dtype(run_config.train.precision, shared.device),
                     )
-                    chains[round_][(label, seed)] = ChainRound(previous, items, 0)
-                    continue
-                point = chosen[label].point if label in chosen else []
-                run_config = config.run_config(label, seed, task=task, point=point, round_=round_)
-                if rounds.reference is RoundReference.PREVIOUS and run_config.method.needs_reference:
 
-                    def reference(model=model, run_config=run_config):
-                        return reference_cache_for(
-                            run_config,
-                            model(),
-                            shared.tokenizer,
-                            device=shared.device,
-                            autocast_dtype=autocast_dtype(run_config.train.precision, shared.device),
-                        )
-
-                else:
-                    reference = cache  # the starting model's (an SFT run reads none)
-                doing = (
-                    f"[{tag}] round {round_}: training {label} seed {seed} from its round {round_ - 1} weights, "
-                    f"{run_config.train.max_steps} steps on {len(train)} steers of its own mistakes"
-                )
-                run, eval_reference = finished_run(
-                    config,
-                    run_config,
-                    shared,
-                    steers,
-                    "heldout",
-                    reference,
-                    eval_reference,
-                    doing,
-                    train=(train, train_file),
-                    start=model,
-                    inputs={
-                        "round": round_,
-                        "continues": content_hash(previous.fingerprint),
-                        "rounds reference": rounds.reference.value,
-                    },
-                    keep_weights=round_ < rounds.count,
-                )
-                _remove_weights(previous.run_dir)  # the chain's next round starts from this run's weights
-                chains[round_][(label, seed)] = ChainRound(run, items, len(train))
+            else:
+                reference = cache  # the starting model's (an SFT run reads none)
+            doing = (
+                f"[{tag}] round {round_}: training {label} seed {seed} from its round {round_ - 1} weights, "
+                f"{run_config.train.max_steps} steps on {len(train)} steers of its own mistakes"
+            )
+            run, eval_reference = finished_run(
+                config,
+                run_config,
+                shared,
+                steers,
+                "heldout",
+                reference,
+                eval_reference,
+                doing,
+                train=(train, train_file),
+                start=model,
+                inputs={
+                    "round": round_,
+                    "continues": content_hash(previous.fingerprint),
+                    "rounds reference": rounds.reference.value,
+                },
+                keep_weights=round_ < rounds.count,
+            )
+            _remove_weights(previous.run_dir)  # the chain's next round starts from this run's weights
+            chains[round_][(label, seed)] = ChainRound(run, items, len(train))
     return chains
 
 

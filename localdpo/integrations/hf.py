@@ -34,13 +34,7 @@ from localdpo.data import (  # noqa: E402
     trim_to_scored,
 )
 from localdpo.forward import pair_logps  # noqa: E402
-from localdpo.losses import (  # noqa: E402
-    LossType,
-    PreferenceLossOutput,
-    localized_dpo_loss,
-    loss_combination,
-    needs_reference,
-)
+from localdpo.losses import LossSpec, LossType, PreferenceLossOutput  # noqa: E402
 from localdpo.reference.cache import padded_pair_values  # noqa: E402
 from localdpo.steers import Steer  # noqa: E402
 from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
@@ -53,7 +47,8 @@ REF_REJECTED_LOGPS = "ref_rejected_token_logps"
 
 @dataclass
 class LocalizedLossConfig:
-    """Arguments of `localdpo.localized_dpo_loss` used by the Trainer integration."""
+    """The loss options of the Trainer integration, as a person writes them; the trainer computes the frozen
+    `localdpo.losses.LossSpec` they make (`spec()`)."""
 
     beta: float = 0.1
     """β: scale of the log-ratio margin (and of the logged rewards)."""
@@ -70,6 +65,17 @@ class LocalizedLossConfig:
     """Divide each side's span log-ratio by its number of scored tokens."""
     dpop_lambda: float = 50.0
     """λ of DPO-Positive (`dpop`): weight of the penalty when the chosen span falls below the reference."""
+
+    def spec(self) -> LossSpec:
+        """The frozen loss these options describe; `ValueError` naming a bad type or combination."""
+        return LossSpec.of(
+            self.loss_type,
+            self.loss_weights,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            length_normalize=self.length_normalize,
+            dpop_lambda=self.dpop_lambda,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,21 +161,22 @@ def _is_peft(model) -> bool:
 def localized_loss_from_batch(
     model,
     batch: dict[str, torch.Tensor],
-    config: LocalizedLossConfig,
+    spec: LossSpec | LocalizedLossConfig,
     *,
     ref_model=None,
 ) -> PreferenceLossOutput:
-    """Localized DPO loss of a `collate_pairs` batch: policy forward, reference, `localized_dpo_loss`.
+    """The loss `spec` of a `collate_pairs` batch: policy forward, reference, `LossSpec.loss`.
 
     The reference comes from the batch's `REF_*_LOGPS` tensors when present, else from `ref_model`, else
     from `model` with its PEFT adapter disabled; a plain model without any of them raises, unless the loss
     reads no reference (`sft` and `unlikelihood` terms only: no reference forward, rewards against 0).
     """
+    spec = spec.spec() if isinstance(spec, LocalizedLossConfig) else spec
     policy_chosen, policy_rejected = stacked_pair_logps(model, batch)  # (B, Tc), (B, Tr)
     ref_chosen = ref_rejected = None
     if REF_CHOSEN_LOGPS in batch and REF_REJECTED_LOGPS in batch:
         ref_chosen, ref_rejected = batch[REF_CHOSEN_LOGPS], batch[REF_REJECTED_LOGPS]
-    elif needs_reference(config.loss_type):
+    elif spec.needs_reference:
         inner = getattr(model, "module", model)  # DDP wraps the PEFT model
         if ref_model is not None:
             reference, context = ref_model, contextlib.nullcontext()
@@ -182,19 +189,8 @@ def localized_loss_from_batch(
             )
         with torch.no_grad(), context:
             ref_chosen, ref_rejected = stacked_pair_logps(reference, batch)
-    return localized_dpo_loss(
-        policy_chosen,
-        policy_rejected,
-        ref_chosen,
-        ref_rejected,
-        batch[CHOSEN_LOSS_MASK],
-        batch[REJECTED_LOSS_MASK],
-        beta=config.beta,
-        loss_type=config.loss_type,
-        loss_weights=config.loss_weights,
-        label_smoothing=config.label_smoothing,
-        length_normalize=config.length_normalize,
-        dpop_lambda=config.dpop_lambda,
+    return spec.loss(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch[CHOSEN_LOSS_MASK], batch[REJECTED_LOSS_MASK]
     )
 
 
@@ -209,10 +205,14 @@ class LocalizedDPOLossMixin:
 
     loss_is_scaled_for_ga = False
 
-    def init_localized_loss(self, config: LocalizedLossConfig | None = None, ref_model=None) -> None:
+    def init_localized_loss(self, config: LocalizedLossConfig | LossSpec | None = None, ref_model=None) -> None:
         self.localized_loss_config = config or LocalizedLossConfig()
-        # fail early on a bad name or combination (ValueError naming it)
-        loss_combination(self.localized_loss_config.loss_type, self.localized_loss_config.loss_weights)
+        # built once, so a bad name or combination fails here (ValueError naming it), not at the first step
+        self.loss_spec = (
+            self.localized_loss_config.spec()
+            if isinstance(self.localized_loss_config, LocalizedLossConfig)
+            else self.localized_loss_config
+        )
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.requires_grad_(False)
@@ -221,7 +221,7 @@ class LocalizedDPOLossMixin:
         self._localized_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = localized_loss_from_batch(model, inputs, self.localized_loss_config, ref_model=self.ref_model)
+        out = localized_loss_from_batch(model, inputs, self.loss_spec, ref_model=self.ref_model)
         metrics = self._localized_metrics["train" if model.training else "eval"]
         metrics["rewards/chosen"].append(out.chosen_rewards.mean().item())
         metrics["rewards/rejected"].append(out.rejected_rewards.mean().item())
@@ -260,7 +260,7 @@ class LocalizedDPOLossTrainer(LocalizedDPOLossMixin, Trainer):
         args=None,
         *,
         ref_model=None,
-        loss_config: LocalizedLossConfig | None = None,
+        loss_config: LocalizedLossConfig | LossSpec | None = None,
         reference_cache=None,
         data_collator=None,
         processing_class=None,

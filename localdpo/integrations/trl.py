@@ -50,13 +50,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 from trl.trainer.utils import pad  # noqa: E402
 
-from localdpo.losses import (  # noqa: E402
-    LossType,
-    localized_dpo_loss,
-    loss_combination,
-    masked_sum,
-    needs_reference,
-)
+from localdpo.losses import LossSpec, LossType, loss_combination, masked_sum  # noqa: E402
 from localdpo.steers import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
 from localdpo.tokenization import (  # noqa: E402
     SPAN_RULE_VERSION,
@@ -381,6 +375,16 @@ class LocalizedDPOTrainer(DPOTrainer):
         _check_args(args, self.span_mode)
         # localdpo's types of a loss TRL cannot compute (a list naming dpop, cal_dpo or unlikelihood), else None
         self.localized_loss_types = localized_loss_types(args.loss_type)
+        self.loss_spec = None
+        """The loss localdpo computes in TRL's place (`localdpo.losses.LossSpec`), or None when TRL computes it."""
+        if self.localized_loss_types is not None:
+            self.loss_spec = LossSpec.of(
+                self.localized_loss_types,
+                args.loss_weights,
+                beta=args.beta,
+                label_smoothing=args.label_smoothing,
+                dpop_lambda=getattr(args, "dpop_lambda", 0.0),  # unused without dpop (_check_args)
+            )
         train_dataset = self._steer_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
             eval_dataset = {
@@ -468,7 +472,7 @@ class LocalizedDPOTrainer(DPOTrainer):
 
     def _compute_localized_loss(self, model, inputs, return_outputs):
         """The loss of a `loss_type` list naming dpop, cal_dpo or unlikelihood: TRL's policy forward and
-        reference values (no reference forward for reference-free terms only), `localized_dpo_loss` on the
+        reference values (no reference forward for reference-free terms only), `self.loss_spec` on the
         span masks, and TRL's reward and log-prob metrics."""
         mode = "train" if self.model.training else "eval"
         non_model_keys = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
@@ -487,26 +491,14 @@ class LocalizedDPOTrainer(DPOTrainer):
         ref_chosen = ref_rejected = None  # reference-free terms only: rewards against a reference of 0
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]  # (B,) each
-        elif needs_reference(self.localized_loss_types):
+        elif self.loss_spec.needs_reference:
             # TRL's reference: ref_model, or the policy with its PEFT adapter switched off (or its "ref" adapter)
             reference = self.ref_model if self.ref_model is not None else self.model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)  # (B,) each
         if ref_chosen is not None:
             ref_chosen = span_sums_as_token_logps(ref_chosen.to(policy_chosen.dtype), chosen_mask)  # (B, T-1)
             ref_rejected = span_sums_as_token_logps(ref_rejected.to(policy_rejected.dtype), rejected_mask)
-        out = localized_dpo_loss(
-            policy_chosen,
-            policy_rejected,
-            ref_chosen,
-            ref_rejected,
-            chosen_mask,
-            rejected_mask,
-            beta=self.beta,
-            loss_type=self.localized_loss_types,
-            loss_weights=self.loss_weights,
-            label_smoothing=self.label_smoothing,
-            dpop_lambda=getattr(self.args, "dpop_lambda", 0.0),  # unused without dpop (_check_args)
-        )
+        out = self.loss_spec.loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_mask, rejected_mask)
         loss = out.loss
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss

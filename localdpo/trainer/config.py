@@ -22,7 +22,7 @@ from localdpo.config import (  # noqa: F401  (the config layer, re-exported for 
     save_config,
     to_dict,
 )
-from localdpo.losses import LossType, loss_combination
+from localdpo.losses import LossSpec, LossType, loss_combination
 from localdpo.reference.training import ReferenceSource
 from localdpo.tokenization import SpanMode
 from localdpo.trainer.methods import Method
@@ -156,6 +156,18 @@ class LossConfig:
         if self.sft_weight:
             types, weights = [*types, LossType.SFT], [*weights, self.sft_weight]
         return loss_combination(types, weights)
+
+    def spec(self) -> LossSpec:
+        """The frozen loss the trainer computes (`localdpo.losses.LossSpec`): `combination` and the parameters."""
+        combination = self.combination
+        return LossSpec(
+            tuple(t for t, _ in combination),
+            tuple(w for _, w in combination),
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            length_normalize=self.length_normalize,
+            dpop_lambda=self.dpop_lambda,
+        )
 
 
 @dataclass

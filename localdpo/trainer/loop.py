@@ -100,6 +100,8 @@ class Trainer:
         weights, measured against the comparison's starting model: `localdpo.compare.rounds`); the training
         reference is then whatever `reference_cache` holds, the drift reference whatever `drift_set` holds."""
         self.config = validate(config)
+        self.loss_spec = self.config.loss.spec()
+        """The loss of the preference methods, fixed for the run (`localdpo.losses.LossSpec`)."""
         self._given_model, self.tokenizer = model, tokenizer
         self._eval_reference_model = eval_reference_model
         self._given_train, self._given_eval = train_steers, eval_steers
@@ -458,6 +460,7 @@ class Trainer:
             ref_chosen, ref_rejected = self.reference.training_logps(examples, batch, self.device)
         return method_loss(
             cfg.method,
+            self.loss_spec,
             policy_chosen_logps=chosen,
             chosen_loss_mask=batch[CHOSEN_LOSS_MASK],
             chosen_attention_mask=batch[CHOSEN_ATTENTION_MASK],
@@ -465,12 +468,6 @@ class Trainer:
             rejected_loss_mask=batch[REJECTED_LOSS_MASK],
             ref_chosen_logps=ref_chosen,
             ref_rejected_logps=ref_rejected,
-            beta=cfg.loss.beta,
-            loss_type=[term for term, _ in cfg.loss.combination],
-            loss_weights=[weight for _, weight in cfg.loss.combination],
-            label_smoothing=cfg.loss.label_smoothing,
-            length_normalize=cfg.loss.length_normalize,
-            dpop_lambda=cfg.loss.dpop_lambda,
             sft_num_tokens=sft_num_tokens,
             unlikelihood_num_tokens=unlikelihood_num_tokens,
         )
@@ -492,7 +489,7 @@ class Trainer:
         )
         sft_num_tokens = step_sft_tokens / (accum * self.dist.world_size)
         unlikelihood_num_tokens = None  # the unlikelihood term likewise over the step's rejected-span tokens
-        if cfg.method.is_preference and LossType.UNLIKELIHOOD in dict(cfg.loss.combination):
+        if cfg.method.is_preference and LossType.UNLIKELIHOOD in self.loss_spec.loss_types:
             step_rejected_tokens = all_reduce_sum(
                 float(sum(int(batch[REJECTED_LOSS_MASK].sum()) for _, batch in micro_batches)),
                 self.dist,

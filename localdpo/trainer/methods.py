@@ -11,14 +11,13 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
 from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_LOSS_MASK
-from localdpo.losses import LossType, localized_dpo_loss, loss_combination, masked_sft_loss, masked_sum
+from localdpo.losses import LossSpec, masked_sft_loss, masked_sum
 from localdpo.tokenization import SpanMode
 
 
@@ -120,6 +119,7 @@ def span_logp_metrics(
 
 def method_loss(
     method: Method | str,
+    spec: LossSpec | None = None,
     *,
     policy_chosen_logps: torch.Tensor,
     chosen_loss_mask: torch.Tensor,
@@ -128,20 +128,14 @@ def method_loss(
     rejected_loss_mask: torch.Tensor | None = None,
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
-    beta: float = 0.1,
-    loss_type: LossType | str | Sequence[LossType | str] = LossType.SIGMOID,
-    loss_weights: Sequence[float] | None = None,
-    label_smoothing: float = 0.0,
-    length_normalize: bool = False,
-    dpop_lambda: float = 50.0,
     sft_num_tokens: float | None = None,
     unlikelihood_num_tokens: float | None = None,
 ) -> MethodOutput:
     """The loss of `method` on one batch and its metrics.
 
-    Preference methods: `localized_dpo_loss` on the loss masks (which the tokenizer set from the span mode)
-    with the combination `loss_type` / `loss_weights` (its `sft` term is the masked NLL of the chosen span,
-    RPO-style). `sft`: masked NLL of the chosen span. `sft_full`: NLL of every chosen token after the first,
+    Preference methods: the loss of `spec` (`LossSpec.loss`; None = `LossSpec()`, DPO's sigmoid at β 0.1) on
+    the loss masks (which the tokenizer set from the span mode), its terms weighted as the spec says (its `sft`
+    term is the masked NLL of the chosen span, RPO-style). `sft`: masked NLL of the chosen span. `sft_full`: NLL of every chosen token after the first,
     prompt included. The NLL is a token mean: over this batch's scored tokens, or over `sft_num_tokens` (a
     trainer with gradient accumulation passes the step's scored tokens / micro-batches, so the step's gradient
     is one token mean over the whole step); an `unlikelihood` term likewise over the rejected span's tokens,
@@ -174,23 +168,18 @@ def method_loss(
             f"method {method.value} needs rejected log-probs, its mask and reference log-probs of both sides"
         )
     rejected_loss_mask = rejected_loss_mask.bool()
-    out = localized_dpo_loss(
+    spec = spec or LossSpec()
+    out = spec.loss(
         policy_chosen_logps,
         policy_rejected_logps,
         ref_chosen_logps,
         ref_rejected_logps,
         chosen_loss_mask,
         rejected_loss_mask,
-        beta=beta,
-        loss_type=loss_type,
-        loss_weights=loss_weights,
-        label_smoothing=label_smoothing,
-        length_normalize=length_normalize,
-        dpop_lambda=dpop_lambda,
         sft_num_tokens=sft_num_tokens,
         unlikelihood_num_tokens=unlikelihood_num_tokens,
     )
-    preference = [(t, w) for t, w in loss_combination(loss_type, loss_weights) if t.is_preference]
+    preference = [(t, w) for t, w in spec.combination if t.is_preference]
     metrics = {
         **({"train/preference_loss": sum(w * out.terms[t.value] for t, w in preference)} if preference else {}),
         "train/sft_loss": sft.detach(),

@@ -51,7 +51,8 @@ def test_overrides_are_typed_and_the_saved_config_round_trips(tmp_path):
     )
     assert config.tasks == ["addition", "multiples"] and config.seeds == [3]
     assert config.run["train"] == {"max_steps": 5, "batch_size": 2, "progress": False}
-    assert config.select.points("ldpo") == [
+    assert config.select.points("ldpo")[0].values == (("optim.lr", 0.001), ("loss.beta", 0.1))  # typed values
+    assert [point.overrides for point in config.select.points("ldpo")] == [
         ["optim.lr=0.001", "loss.beta=0.1"],
         ["optim.lr=0.001", "loss.beta=0.5"],
         ["optim.lr=1.0e-05", "loss.beta=0.1"],

@@ -157,7 +157,7 @@ def test_selection_then_final_runs_on_two_tasks(tmp_path):
             "select={grid: {optim.lr: [1.0e-3, 1.0e-5]}, variants: {ldpo: {loss.beta: [0.1, 0.5]}}, validation_prompts: 3}",
         ],
     )
-    assert config.select.points("sft") == [["optim.lr=0.001"], ["optim.lr=1.0e-05"]]
+    assert [point.overrides for point in config.select.points("sft")] == [["optim.lr=0.001"], ["optim.lr=1.0e-05"]]
     assert len(config.select.points("ldpo")) == 4
     result = run_comparison(config)
     out = result.out_dir
@@ -237,22 +237,26 @@ def replace_meta(steer, prompt_id):
 def test_results_notes_name_each_variants_own_learning_rate():
     """The table's note states the hyperparameters the final runs used: one pair when every variant shares
     it, else each variant's (set in its overrides, or chosen on the validation split)."""
-    from localdpo.compare.pipeline import _training_hyperparameters
-    from localdpo.compare.selection import GridPoint
+    from localdpo.compare.config import Point
+    from localdpo.compare.plan import task_plan
+    from localdpo.compare.report import training_hyperparameters
+
+    def described(config, chosen=None):
+        plan = task_plan(config, "addition", ["sft", "ldpo"])
+        plan = plan.choose(config, chosen) if chosen else plan
+        return training_hyperparameters(config, plan, ["sft", "ldpo"])
 
     shared = load_compare_config(preset_path("tiny"), ["variants={sft: [method=sft], ldpo: [method=ldpo]}"])
-    assert (
-        _training_hyperparameters(shared, "addition", ["sft", "ldpo"], {}) == "the same lr 0.001, beta 0.1."
-    )
+    assert described(shared) == "the same lr 0.001, beta 0.1."
     own = load_compare_config(
         preset_path("tiny"),
         ["variants={sft: [method=sft], ldpo: [method=ldpo, optim.lr=5.0e-06, loss.beta=0.5]}"],
     )
-    assert _training_hyperparameters(own, "addition", ["sft", "ldpo"], {}) == (
+    assert described(own) == (
         "its own hyperparameters, set per variant: sft lr 0.001, beta 0.1; ldpo lr 5e-06, beta 0.5."
     )
-    chosen = {"sft": GridPoint("sft", ["optim.lr=3.0e-05"]), "ldpo": GridPoint("ldpo", ["optim.lr=1.0e-06"])}
-    assert _training_hyperparameters(shared, "addition", ["sft", "ldpo"], chosen) == (
+    chosen = {"sft": Point((("optim.lr", 3.0e-05),)), "ldpo": Point((("optim.lr", 1.0e-06),))}
+    assert described(shared, chosen) == (
         "its own hyperparameters, chosen on the validation split (below): sft lr 3e-05, beta 0.1; "
         "ldpo lr 1e-06, beta 0.1."
     )

@@ -143,6 +143,7 @@ def test_first_step_loss_matches_localdpo(smol_tokenizer, tmp_path, config):
         loss_type=config.loss_type, label_smoothing=config.label_smoothing, length_normalize=config.length_normalize,
     )  # fmt: skip
     assert _trainer_loss(trainer, dataset) == pytest.approx(expected, abs=1e-5)
+    assert trainer.loss_spec == config.spec()  # the frozen loss the mixin computes, built once
     trivial = {"sigmoid": math.log(2), "ipo": 25.0, "robust": math.log(2)}[config.loss_type]
     assert abs(expected - trivial) > 1e-4  # policy != reference: not the value at h = 0
 
@@ -367,3 +368,19 @@ def test_matches_localdpo_trainer_first_step(smol_tokenizer, tmp_path):
     )  # fmt: skip
     assert first_step == pytest.approx(_trainer_loss(hf, dataset), abs=1e-5)
     assert abs(first_step - math.log(2)) > 1e-4
+
+
+def test_a_loss_spec_is_taken_as_the_loss_config(smol_tokenizer, tmp_path):
+    """`loss_config` may be the frozen `LossSpec` itself: the same loss as the `LocalizedLossConfig` it equals."""
+    from localdpo.losses import LossSpec
+
+    dataset = SteerPairDataset(STEERS, smol_tokenizer)
+    losses = []
+    for loss_config in (LocalizedLossConfig(loss_type="dpop", dpop_lambda=5.0), LossSpec.of("dpop", dpop_lambda=5.0)):
+        trainer = LocalizedDPOLossTrainer(
+            _tiny(0, smol_tokenizer), _args(tmp_path), ref_model=_tiny(1, smol_tokenizer), loss_config=loss_config,
+            train_dataset=dataset, processing_class=smol_tokenizer,
+        )  # fmt: skip
+        assert trainer.loss_spec == LossSpec.of("dpop", dpop_lambda=5.0)
+        losses.append(_trainer_loss(trainer, dataset))
+    assert losses[0] == losses[1]

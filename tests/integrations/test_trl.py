@@ -31,7 +31,7 @@ from localdpo.integrations.trl import (  # noqa: E402
     trl_loss_type,
     trl_row_from_tokenized,
 )
-from localdpo.losses import masked_sft_loss  # noqa: E402
+from localdpo.losses import LossSpec, masked_sft_loss  # noqa: E402
 from localdpo.models import tiny_model  # noqa: E402
 from localdpo.steers import steer_from_row  # noqa: E402
 
@@ -315,6 +315,8 @@ def test_apo_dpop_cal_dpo_and_combinations_match_localdpo(
         train_dataset=STEERS, processing_class=smol_tokenizer,
     )  # fmt: skip
     assert (trainer.localized_loss_types is None) == trl_own
+    if not trl_own:  # the loss localdpo computes in TRL's place, frozen from args once
+        assert trainer.loss_spec == LossSpec.of(types, loss_weights, beta=0.1, dpop_lambda=dpop_lambda)
     policy, reference = _load(model_dirs["policy"]), _load(model_dirs["reference"])
     expected = _localdpo_loss(
         policy, reference, smol_tokenizer, STEERS, "divergent", beta=0.1, loss_type=loss_type,

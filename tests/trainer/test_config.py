@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from localdpo.losses import LossType
+from localdpo.losses import LossSpec, LossType
 from localdpo.tokenization import SpanMode
 from localdpo.trainer.config import (
     ConfigError,
@@ -41,6 +41,31 @@ def test_overrides_are_parsed_to_the_field_type():
     assert config.optim.max_grad_norm is None
     assert config.wandb.tags == ["a", "b"]
 
+
+
+def test_the_loss_spec_is_the_configs_loss_frozen():
+    """`loss.sft_weight` becomes the spec's `sft` term; every parameter the loss reads is carried over."""
+    config = load_config(
+        None,
+        [
+            "loss.loss_type=[dpop,unlikelihood]",
+            "loss.loss_weights=[1,0.3]",
+            "loss.sft_weight=0.5",
+            "loss.beta=0.2",
+            "loss.label_smoothing=0.1",
+            "loss.length_normalize=true",
+            "loss.dpop_lambda=5",
+        ],
+    )
+    assert config.loss.spec() == LossSpec(
+        (LossType.DPOP, LossType.UNLIKELIHOOD, LossType.SFT),
+        (1.0, 0.3, 0.5),
+        beta=0.2,
+        label_smoothing=0.1,
+        length_normalize=True,
+        dpop_lambda=5.0,
+    )
+    assert load_config(None, []).loss.spec() == LossSpec()  # DPO's sigmoid at β 0.1
 
 def test_method_default_span_modes():
     assert load_config(None, ["method=ldpo"]).span_mode is SpanMode.DIVERGENT

@@ -115,9 +115,9 @@ def test_unlikelihood_is_one_token_mean_over_the_step_under_accumulation(tmp_pat
     uneven = [replace(s, rejected="very " * (i * i) + s.rejected) for i, s in enumerate(TRAIN)]
     seen = []
 
-    def spy(method, **kwargs):
+    def spy(method, spec, **kwargs):
         seen.append((int(kwargs["rejected_loss_mask"].sum()), kwargs["unlikelihood_num_tokens"]))
-        return method_loss(method, **kwargs)
+        return method_loss(method, spec, **kwargs)
 
     method_loss = loop.method_loss
     monkeypatch.setattr(loop, "method_loss", spy)

@@ -3,6 +3,7 @@ import torch
 
 from localdpo.data import collate_pairs
 from localdpo.forward import sequence_token_logps
+from localdpo.losses import LossSpec
 from localdpo.models import tiny_model
 from localdpo.steers import Steer
 from localdpo.tokenization import SpanMode, tokenize_steer
@@ -18,9 +19,10 @@ MASK_R = torch.tensor([[False, False, True, True]])
 ATTN = torch.ones(1, 4, dtype=torch.bool)
 
 
-def _loss(method, **kwargs):
+def _loss(method, spec=None, **kwargs):
     return method_loss(
         method,
+        spec,
         policy_chosen_logps=POLICY_C,
         chosen_loss_mask=MASK_C,
         chosen_attention_mask=ATTN,
@@ -35,7 +37,7 @@ def _loss(method, **kwargs):
 def test_ldpo_loss_hand_computed():
     """Chosen span log-ratio -1.0 - (-1.5) = 0.5; rejected (-0.5 - 1.5) - (-0.8 - 1.0) = -0.2; h = 0.7.
     beta = 0.1: loss = -log sigmoid(0.07) = log(1 + e^-0.07) = 0.6587596."""
-    out = _loss(Method.LDPO, beta=0.1)
+    out = _loss(Method.LDPO, LossSpec(beta=0.1))
     assert out.loss.item() == pytest.approx(0.6587595555486971, abs=1e-6)
     assert out.metrics["rewards/chosen"].item() == pytest.approx(0.05, abs=1e-7)
     assert out.metrics["rewards/rejected"].item() == pytest.approx(-0.02, abs=1e-7)
@@ -45,7 +47,7 @@ def test_ldpo_loss_hand_computed():
 
 def test_sft_term_adds_the_chosen_span_nll():
     """RPO-style: 0.6587596 + 0.5 * NLL(chosen span) = 0.6587596 + 0.5 * 1.0 = 1.1587596."""
-    out = _loss(Method.LDPO, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    out = _loss(Method.LDPO, LossSpec.of(["sigmoid", "sft"], [1.0, 0.5], beta=0.1))
     assert out.loss.item() == pytest.approx(1.1587595555486971, abs=1e-6)
 
 
@@ -140,7 +142,7 @@ def test_ldpo_ignores_rejected_text_after_the_span(tiny):
 def test_span_log_probs_are_logged_against_the_reference():
     """Chosen span: policy -1.0, reference -1.5 (one token); rejected span: policy -0.5 - 1.5 = -2.0 over
     2 tokens, reference -0.8 - 1.0 = -1.8."""
-    metrics = _loss(Method.LDPO, beta=0.1).metrics
+    metrics = _loss(Method.LDPO, LossSpec(beta=0.1)).metrics
     assert metrics["logps/chosen_span"].item() == pytest.approx(-1.0)
     assert metrics["logps/chosen_span_per_token"].item() == pytest.approx(-1.0)
     assert metrics["logratios/chosen_span"].item() == pytest.approx(0.5)
@@ -153,7 +155,7 @@ def test_span_log_probs_are_logged_against_the_reference():
 
 
 def test_each_term_of_a_combination_is_logged():
-    out = _loss(Method.LDPO, beta=0.1, loss_type=["dpop", "sft"], loss_weights=[1.0, 0.5])
+    out = _loss(Method.LDPO, LossSpec.of(["dpop", "sft"], [1.0, 0.5], beta=0.1))
     assert out.metrics["train/loss_dpop"].item() == pytest.approx(0.6587595555486971, abs=1e-6)  # Δc > 0
     assert out.metrics["train/loss_sft"].item() == pytest.approx(1.0)
     assert out.metrics["train/preference_loss"].item() == pytest.approx(0.6587595555486971, abs=1e-6)
@@ -163,11 +165,11 @@ def test_sft_plus_unlikelihood_logs_its_terms_and_no_preference_loss():
     """Rejected span log-probs -0.5, -1.5: -log(1 - e^-0.5) = 0.9327521296, -log(1 - e^-1.5) = 0.2524824589,
     mean 0.5926172942; loss = 1.0 (chosen-span NLL) + 0.3 · 0.5926172942 = 1.1777851883. With
     `unlikelihood_num_tokens` = 4 (a step of more rejected tokens) the term halves: 0.2963086471."""
-    out = _loss(Method.LDPO, loss_type=["sft", "unlikelihood"], loss_weights=[1.0, 0.3])
+    out = _loss(Method.LDPO, LossSpec.of(["sft", "unlikelihood"], [1.0, 0.3]))
     assert out.loss.item() == pytest.approx(1.1777851883, rel=1e-6)
     assert out.metrics["train/loss_unlikelihood"].item() == pytest.approx(0.5926172942, rel=1e-6)
     assert out.metrics["train/loss_sft"].item() == pytest.approx(1.0)
     assert "train/preference_loss" not in out.metrics
     assert out.metrics["logratios/rejected_span"].item() == pytest.approx(-0.2)  # the reference still logged
-    step = _loss(Method.LDPO, loss_type=["sft", "unlikelihood"], unlikelihood_num_tokens=4.0)
+    step = _loss(Method.LDPO, LossSpec.of(["sft", "unlikelihood"]), unlikelihood_num_tokens=4.0)
     assert step.metrics["train/loss_unlikelihood"].item() == pytest.approx(0.2963086471, rel=1e-6)
