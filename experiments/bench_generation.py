@@ -24,9 +24,9 @@ from localdpo.generation import (
     prompt_ids,
     stop_at_first_mistake,
 )
-from localdpo.models import load_model
-from localdpo.steermaking import STOP_AFTER_TOKENS
+from localdpo.models.loading import load_model
 from localdpo.tasks import get_task
+from localdpo.tasks.steermaking import STOP_AFTER_TOKENS
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ SEVEN_B_BF16_BYTES = 7_000_000_000 * 2  # 7e9 parameters x 2 bytes
 
 def make_steers(n: int):
     """`n` synthetic steers of a few shapes (numeric edit, partial list correction, complete answer)."""
-    from localdpo.steers import Steer
+    from localdpo.steers.steer import Steer
 
     steers = []
     for i in range(n):
@@ -89,13 +89,13 @@ def worker(args) -> dict:
 
     import torch
 
-    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, pad_right
     from localdpo.forward import sequence_token_logps
     from localdpo.losses import localized_dpo_loss
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
     from localdpo.reference.cache import ReferenceCache
     from localdpo.reference.fingerprint import model_fingerprint
-    from localdpo.tokenization import tokenize_steer
+    from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, pad_right
+    from localdpo.steers.tokenization import tokenize_steer
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -152,7 +152,7 @@ SMOLLM2_1_7B = dict(
 
 def make_steers(count: int, prefix_length: int, vocab: int, seed: int):
     """`count` synthetic TokenizedSteer: a random shared head of `prefix_length` ids, tails of 8-64 ids, tails scored."""
-    from localdpo.tokenization import SpanMode, TokenizedSteer
+    from localdpo.steers.tokenization import SpanMode, TokenizedSteer
 
     generator = torch.Generator().manual_seed(seed)
     steers = []
@@ -186,14 +186,14 @@ def make_steers(count: int, prefix_length: int, vocab: int, seed: int):
 
 def load_models(model_name: str, device: str):
     """`(policy, reference, tokenizer)`: the same weights twice (the reference with 1% noise), fp32 on CPU, bf16 on CUDA."""
-    from localdpo.embedded import embedded_tokenizer
+    from localdpo.models.embedded import embedded_tokenizer
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = embedded_tokenizer()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model_name in ("135m", "tiny"):
-        from localdpo.models import DEFAULT_MODEL, TINY_MODEL, load_model
+        from localdpo.models.loading import DEFAULT_MODEL, TINY_MODEL, load_model
 
         policy, _ = load_model(
             TINY_MODEL if model_name == "tiny" else DEFAULT_MODEL, dtype=dtype, device=device
@@ -285,9 +285,9 @@ def sharded_copy(policy, contender: Contender, tokenizer, device: str):
 def _localdpo_step_fn(contender: Contender, policy, reference, tokenizer, steers, device: str):
     """A closure running one localdpo step, and the reference precompute seconds; `policy` may be a sharded
     `PolicyForward` (`sharded_copy`), which runs the same fast path through its own forward."""
-    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
     from localdpo.forward import FastPaths, pair_logps
     from localdpo.losses import localized_dpo_loss
+    from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
 
     pad = tokenizer.pad_token_id
     reference_paths = FastPaths.for_model(reference, packing=contender.packing, span_head=contender.span_head)

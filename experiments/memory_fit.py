@@ -184,8 +184,8 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(1)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
     from localdpo.losses import localized_dpo_loss
+    from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
     from localdpo.trainer.modeling import PolicyForward
     from localdpo.trainer.optim import build_optimizer
 
@@ -237,7 +237,7 @@ def synthetic_steers(count: int, prefix: int, tail: int, vocab: int):
     """`count` TokenizedSteer: a random shared `prefix`, two random `tail`-token tails, the tails scored."""
     import torch
 
-    from localdpo.tokenization import SpanMode, TokenizedSteer
+    from localdpo.steers.tokenization import SpanMode, TokenizedSteer
 
     generator = torch.Generator().manual_seed(0)
     steers = []
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
         )  # fmt: skip
         print(table)
         if args.out:
-            from localdpo.fileio import atomic_write_text
+            from localdpo.storage.fileio import atomic_write_text
 
             os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
             atomic_write_text(args.out, header + table)

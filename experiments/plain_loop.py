@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from localdpo import LossType, Steer, load_steers, localized_dpo_loss, token_logps, tokenize_steer
-from localdpo.data import collate_pairs
 from localdpo.losses import loss_combination, needs_reference
+from localdpo.steers.batches import collate_pairs
 
 EXAMPLE_STEERS = [
     Steer(
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"plain_loop.py: {error}", file=sys.stderr)
         return 2
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
 
     model, tokenizer = load_model(args.model)
     steers = load_steers(args.steers) if args.steers else EXAMPLE_STEERS

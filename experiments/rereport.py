@@ -24,7 +24,7 @@ from localdpo.compare.pipeline import pooled_records
 from localdpo.compare.plots import dose_plots
 from localdpo.compare.report import RunRecord, markdown_tables, summarize
 from localdpo.compare.results import load_records
-from localdpo.fileio import atomic_write_text
+from localdpo.storage.fileio import atomic_write_text
 
 
 def records_of(directory: Path, task: str | None) -> list[RunRecord]:

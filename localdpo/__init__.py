@@ -8,8 +8,14 @@ from localdpo.losses import (
     masked_sft_loss,
     token_logps,
 )
-from localdpo.steers import Steer, SteerFileError, load_steers, save_steers
-from localdpo.tokenization import SpanMode, SteerTooLongError, TokenizedSteer, divergent_span, tokenize_steer
+from localdpo.steers.steer import Steer, SteerFileError, load_steers, save_steers
+from localdpo.steers.tokenization import (
+    SpanMode,
+    SteerTooLongError,
+    TokenizedSteer,
+    divergent_span,
+    tokenize_steer,
+)
 
 __version__ = "0.1.0"
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from localdpo.fileio import atomic_write_text
+from localdpo.storage.fileio import atomic_write_text
 
 C = TypeVar("C")
 
@@ -302,5 +302,5 @@ def build(
 
 
 def save_config(config: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML atomically (`localdpo.fileio`); returns the path."""
+    """Write the resolved config as YAML atomically (`localdpo.storage.fileio`); returns the path."""
     return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

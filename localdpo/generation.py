@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from localdpo.forward import kv_cache_kwargs, returned_cache
+from localdpo.steers.tokenization import render_prompt
 from localdpo.tasks import Task, TaskPrompt, Verdict
-from localdpo.tokenization import render_prompt
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """SmolLM2's real byte-level BPE tokenizer (from the embedded GGUF, cached as tokenizer.json)."""
-    from localdpo.embedded import embedded_tokenizer
+    from localdpo.models.embedded import embedded_tokenizer
 
     return embedded_tokenizer()
 

@@ -21,10 +21,10 @@ from localdpo.generation import (
     seeded,
     stream_continuation,
 )
-from localdpo.models import tiny_model
-from localdpo.steers import Steer
+from localdpo.models.loading import tiny_model
+from localdpo.steers.steer import Steer
+from localdpo.steers.tokenization import tokenize_steer
 from localdpo.tasks import get_task
-from localdpo.tokenization import tokenize_steer
 
 PROMPTS = [
     "What is 2 + 2?",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "plain_loop.py"
 
@@ -21,7 +21,7 @@ def plain_loop():
 
 
 def _tiny(tokenizer):
-    """The tiny SmolLM2-shaped random model (`localdpo.models.tiny_model`); weights depend only on the seed."""
+    """The tiny SmolLM2-shaped random model (`localdpo.models.loading.tiny_model`); weights depend only on the seed."""
     return tiny_model(seed=0, tokenizer=tokenizer)[0]
 
 

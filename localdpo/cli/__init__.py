@@ -56,14 +56,14 @@ def checked_device(name: str | None) -> str:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input, never a bug: each message names the input and what to do."""
-    from localdpo.convert import ConvertError
-    from localdpo.gguf_export import ExportError
-    from localdpo.models import ModelNotFoundError
-    from localdpo.steers import SteerFileError, SteerValidationError
+    from localdpo.export.gguf import ExportError
+    from localdpo.models.loading import ModelNotFoundError
+    from localdpo.steers.convert import ConvertError
+    from localdpo.steers.steer import SteerFileError, SteerValidationError
+    from localdpo.steers.tokenization import SteerTooLongError
+    from localdpo.storage.writeguard import OutputRefusedError
     from localdpo.tasks import PromptSpaceError, UnknownTaskError
-    from localdpo.tokenization import SteerTooLongError
     from localdpo.trainer.config import ConfigError
-    from localdpo.writeguard import OutputRefusedError
 
     return (
         UsageError,

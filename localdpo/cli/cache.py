@@ -67,10 +67,10 @@ def _build(args) -> int:
     import torch
 
     from localdpo.cli import checked_device
-    from localdpo.models import DEFAULT_MODEL, load_model
+    from localdpo.models.loading import DEFAULT_MODEL, load_model
     from localdpo.reference.cache import ReferenceCache
-    from localdpo.steers import load_steers
-    from localdpo.tokenization import tokenize_steers
+    from localdpo.steers.steer import load_steers
+    from localdpo.steers.tokenization import tokenize_steers
 
     steers = load_steers(args.steers)  # a bad file fails before the model loads
     device = checked_device(args.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from localdpo.writeguard import add_write_mode_arguments
+from localdpo.storage.writeguard import add_write_mode_arguments
 
 HELP = "convert TRL preference, Step-DPO or any Hugging Face datasets rows to a steer JSONL file"
 
@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from localdpo.cli import UsageError
-    from localdpo.convert import convert_steers, parse_mapping
-    from localdpo.steers import check_steer_output
-    from localdpo.writeguard import WriteMode, write_mode_of
+    from localdpo.steers.convert import convert_steers, parse_mapping
+    from localdpo.steers.steer import check_steer_output
+    from localdpo.storage.writeguard import WriteMode, write_mode_of
 
     mode = write_mode_of(args)
     check_steer_output(args.out, mode, inputs=(args.source,))  # before a slow source is read

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localdpo.writeguard import add_write_mode_arguments
+from localdpo.storage.writeguard import add_write_mode_arguments
 
 HELP = "greedy accuracy of a model (name, path or checkpoint dir) on held-out prompts of checkable tasks"
 
@@ -40,11 +40,11 @@ def run(args) -> int:
     import torch
 
     from localdpo.cli import checked_device
-    from localdpo.fileio import atomic_write_text
-    from localdpo.models import load_model
-    from localdpo.taskeval import evaluate_task
+    from localdpo.models.loading import load_model
+    from localdpo.storage.fileio import atomic_write_text
+    from localdpo.storage.writeguard import check_output, claimed_output, write_mode_of
     from localdpo.tasks import resolve_tasks
-    from localdpo.writeguard import check_output, claimed_output, write_mode_of
+    from localdpo.tasks.evaluation import evaluate_task
 
     tasks = resolve_tasks(args.task)  # an unknown name fails before the model loads
     if args.out:

@@ -1,11 +1,11 @@
 """`localdpo export RUN_OR_MODEL OUT`: a trained model as a GGUF file with an Ollama Modelfile, or a plain
-Hugging Face directory, each with a model card (`localdpo.export`)."""
+Hugging Face directory, each with a model card (`localdpo.export.exporter`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from localdpo.writeguard import add_write_mode_arguments
+from localdpo.storage.writeguard import add_write_mode_arguments
 
 HELP = "export a run's model (or a checkpoint, an adapter, any model) as GGUF + Ollama Modelfile or HF"
 
@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localdpo.export import GGUF_FILE, MODELFILE, export_model
-    from localdpo.writeguard import write_mode_of
+    from localdpo.export.exporter import GGUF_FILE, MODELFILE, export_model
+    from localdpo.storage.writeguard import write_mode_of
 
     result = export_model(
         args.source,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localdpo.writeguard import add_write_mode_arguments
+from localdpo.storage.writeguard import add_write_mode_arguments
 
 HELP = "generate answers to task prompts, stop at each first mistake and write the corrections as steers"
 
@@ -43,11 +43,11 @@ def run(args) -> int:
 
     from localdpo.cli import checked_device
     from localdpo.generation import GenerationConfig
-    from localdpo.models import load_model
-    from localdpo.steermaking import make_steers, shuffle_steers
-    from localdpo.steers import check_steer_output, write_steers
+    from localdpo.models.loading import load_model
+    from localdpo.steers.steer import check_steer_output, write_steers
+    from localdpo.storage.writeguard import WriteMode, write_mode_of
     from localdpo.tasks import resolve_tasks
-    from localdpo.writeguard import WriteMode, write_mode_of
+    from localdpo.tasks.steermaking import make_steers, shuffle_steers
 
     mode = write_mode_of(args)
     check_steer_output(args.out, mode)  # before the model loads: an existing file is refused at once

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from localdpo.writeguard import add_write_mode_arguments
+from localdpo.storage.writeguard import add_write_mode_arguments
 
 HELP = "show each steer's prompt, prefix and both sides with the scored tokens marked, and the rows skipped"
 
@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from localdpo.cli import UsageError
-    from localdpo.fileio import atomic_write_text
-    from localdpo.models import load_tokenizer
-    from localdpo.preview import preview_steers, render_html, render_text
-    from localdpo.writeguard import check_output, claimed_output, write_mode_of
+    from localdpo.models.loading import load_tokenizer
+    from localdpo.steers.preview import preview_steers, render_html, render_text
+    from localdpo.storage.fileio import atomic_write_text
+    from localdpo.storage.writeguard import check_output, claimed_output, write_mode_of
 
     if args.max_length is not None and args.max_length < 1:
         raise UsageError(f"--max-length {args.max_length}: must be >= 1")

@@ -57,7 +57,7 @@ def run(args) -> int:
         return fail(f"needs the studio extra ({error.name} is missing): pip install 'localdpo[studio]'")
     import torch
 
-    from localdpo.steers import SteerFileError
+    from localdpo.steers.steer import SteerFileError
     from localdpo.studio.server import address, bind, is_loopback, load_studio, new_token, serve
 
     if args.threads:

@@ -11,7 +11,7 @@ from pathlib import Path
 from localdpo.compare.config import CompareConfig
 from localdpo.compare.pipeline import ComparisonResult, comparison_steers, run_comparison
 from localdpo.compare.report import markdown_tables, summarize
-from localdpo.steers import load_steers, save_steers
+from localdpo.steers.steer import load_steers, save_steers
 
 
 @dataclass

@@ -35,8 +35,8 @@ from localdpo.compare.report import (
 from localdpo.compare.runs import Shared, TaskSteers, finished_run, history_points, log
 from localdpo.compare.splits import OwnSteers, own_steers, prompt_key
 from localdpo.config import ConfigError
-from localdpo.fileio import atomic_write_text
-from localdpo.steers import Steer, load_steers, save_steers
+from localdpo.steers.steer import Steer, load_steers, save_steers
+from localdpo.storage.fileio import atomic_write_text
 
 
 @dataclass
@@ -99,8 +99,8 @@ def comparison_steers(
     model's own mistakes, or without a task (None) a person's own, split (`split_own_steers`); checked so that
     no prompt reaches two splits."""
     from localdpo.generation import GenerationConfig
-    from localdpo.steermaking import make_steers
     from localdpo.tasks import get_task
+    from localdpo.tasks.steermaking import make_steers
 
     if task_name is None:
         own = split_own_steers(config)

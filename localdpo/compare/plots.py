@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from localdpo.compare.report import METRICS_BY_KEY, RunRecord, SummaryRow
-from localdpo.fileio import atomic_open
+from localdpo.storage.fileio import atomic_open
 
 
 def metric_label(metric: str) -> str:

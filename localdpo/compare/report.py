@@ -21,7 +21,7 @@ from localdpo.compare.stats import (
     paired_difference,
     paired_seed_test,
 )
-from localdpo.fileio import atomic_open, atomic_write_text
+from localdpo.storage.fileio import atomic_open, atomic_write_text
 
 if TYPE_CHECKING:  # the notes describe a plan; the plan does not read the report
     from localdpo.compare.config import CompareConfig

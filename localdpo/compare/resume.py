@@ -42,9 +42,9 @@ import yaml
 import localdpo
 from localdpo.compare.config import CompareConfig
 from localdpo.config import ConfigError, read_yaml, to_dict
-from localdpo.fileio import atomic_write_text
 from localdpo.reference.fingerprint import content_hash, model_fingerprint, tokenizer_fingerprint
-from localdpo.tokenization import SPAN_RULE_VERSION
+from localdpo.steers.tokenization import SPAN_RULE_VERSION
+from localdpo.storage.fileio import atomic_write_text
 from localdpo.trainer.config import RunConfig
 
 CONFIG_NAME = "compare_config.yaml"

@@ -51,9 +51,9 @@ from localdpo.compare.runs import (
     log,
     quiet_weights,
 )
-from localdpo.fileio import atomic_write_text
 from localdpo.reference.fingerprint import content_hash, model_label
-from localdpo.steers import Steer, load_steers, save_steers
+from localdpo.steers.steer import Steer, load_steers, save_steers
+from localdpo.storage.fileio import atomic_write_text
 from localdpo.tasks import TaskPrompt, get_task
 
 ROUNDS_DIR = "rounds"
@@ -141,7 +141,7 @@ def chain_steers(
     on `prompts`, or those made into the file earlier from the same run and prompts (its manifest says so and
     the file has its recorded digest)."""
     from localdpo.generation import GenerationConfig
-    from localdpo.steermaking import make_steers
+    from localdpo.tasks.steermaking import make_steers
 
     folder = config.task_dir(task) / ROUNDS_DIR / f"round{round_}"
     path = folder / f"steers_{chain}.jsonl"

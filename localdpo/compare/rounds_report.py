@@ -17,7 +17,7 @@ from localdpo.compare.report import (
     markdown_tables,
     summary_lines,
 )
-from localdpo.fileio import atomic_open
+from localdpo.storage.fileio import atomic_open
 
 ROUND_METRICS = ("task_accuracy", "recurrence", "uptake", "continuation_accuracy", "drift_kl", "yield")
 """What the overview follows from round to round (each where measured)."""

@@ -16,7 +16,7 @@ import torch
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig
 from localdpo.compare.splits import OwnSteers
-from localdpo.steers import Steer
+from localdpo.steers.steer import Steer
 
 HISTORY_KEYS = {"eval/task_accuracy": "task_accuracy", "eval/task_format_kept": "format_kept"}
 WEIGHTS_DIR = "weights"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from localdpo.config import ConfigError
 from localdpo.reference.fingerprint import content_hash
-from localdpo.steers import Prompt, Steer, load_steers
+from localdpo.steers.steer import Prompt, Steer, load_steers
 from localdpo.tasks import split_of
 from localdpo.tasks.base import HELDOUT_PERCENT, VALIDATION_PERCENT
 

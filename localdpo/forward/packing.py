@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from localdpo.data import (
+from localdpo.forward.model_facts import has_prompt_learning_adapter, text_config
+from localdpo.steers.batches import (
     CHOSEN_ATTENTION_MASK,
     CHOSEN_INPUT_IDS,
     CHOSEN_LOSS_MASK,
@@ -35,7 +36,6 @@ from localdpo.data import (
     REJECTED_LOSS_MASK,
     collate_pairs,
 )
-from localdpo.forward.model_facts import has_prompt_learning_adapter, text_config
 
 PAD, SHARED, CHOSEN, REJECTED = -1, 0, 1, 2
 """Branch ids of packed tokens."""

@@ -13,14 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from localdpo.data import (
-    CHOSEN_ATTENTION_MASK,
-    CHOSEN_INPUT_IDS,
-    CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
-    REJECTED_INPUT_IDS,
-    REJECTED_LOSS_MASK,
-)
 from localdpo.forward.model_facts import text_config
 from localdpo.forward.packing import (
     PackedBatch,
@@ -38,6 +30,14 @@ from localdpo.forward.span_head import (
     span_token_logps,
 )
 from localdpo.losses import token_logps
+from localdpo.steers.batches import (
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Hugging Face `transformers.Trainer` integration: the localized DPO loss as a `compute_loss`.
 
-Batches are `localdpo.data.collate_pairs` batches (built by `SteerPairCollator` from a `SteerPairDataset`),
+Batches are `localdpo.steers.batches.collate_pairs` batches (built by `SteerPairCollator` from a `SteerPairDataset`),
 optionally carrying the reference's per-token log-probs under `REF_CHOSEN_LOGPS` / `REF_REJECTED_LOGPS`
 (filled from a `localdpo.reference.cache.ReferenceCache`). The reference is, in order: those batch tensors, an
 explicit `ref_model`, or the policy with its PEFT adapter disabled.
@@ -25,7 +25,10 @@ check_versions(("transformers",), integration="localdpo.integrations.hf")
 
 from transformers import Trainer  # noqa: E402
 
-from localdpo.data import (  # noqa: E402
+from localdpo.forward import pair_logps  # noqa: E402
+from localdpo.losses import LossSpec, LossType, PreferenceLossOutput  # noqa: E402
+from localdpo.reference.cache import padded_pair_values  # noqa: E402
+from localdpo.steers.batches import (  # noqa: E402
     CHOSEN_INPUT_IDS,
     CHOSEN_LOSS_MASK,
     REJECTED_INPUT_IDS,
@@ -33,11 +36,8 @@ from localdpo.data import (  # noqa: E402
     collate_pairs,
     trim_to_scored,
 )
-from localdpo.forward import pair_logps  # noqa: E402
-from localdpo.losses import LossSpec, LossType, PreferenceLossOutput  # noqa: E402
-from localdpo.reference.cache import padded_pair_values  # noqa: E402
-from localdpo.steers import Steer  # noqa: E402
-from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
+from localdpo.steers.steer import Steer  # noqa: E402
+from localdpo.steers.tokenization import SpanMode, TokenizedSteer, tokenize_steers  # noqa: E402
 
 REF_CHOSEN_LOGPS = "ref_chosen_token_logps"
 """(B, Tc) float32: the reference's per-token log-probs of the chosen side (0 on padding)."""

@@ -51,8 +51,8 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 from trl.trainer.utils import pad  # noqa: E402
 
 from localdpo.losses import LossSpec, LossType, loss_combination, masked_sum  # noqa: E402
-from localdpo.steers import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
-from localdpo.tokenization import (  # noqa: E402
+from localdpo.steers.steer import STEER_FIELDS, Steer, load_steers, steer_from_row  # noqa: E402
+from localdpo.steers.tokenization import (  # noqa: E402
     SPAN_RULE_VERSION,
     SpanMode,
     TokenizedSteer,
@@ -192,7 +192,7 @@ def steers_to_trl_dataset(
     """A tokenized TRL dataset of steers: localdpo's token ids and spans in TRL's column layout.
 
     Sides longer than `max_length` lose unscored tail tokens only; a scored token past it raises
-    `SteerTooLongError` (see `localdpo.tokenization`).
+    `SteerTooLongError` (see `localdpo.steers.tokenization`).
     """
     if not steers:
         raise ValueError("no steers to train on")

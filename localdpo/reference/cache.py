@@ -3,7 +3,7 @@
 What is stored: the per-token log-probs of each side's *whole* token sequence (prompt + prefix +
 continuation), so every span mode, beta and loss type is served from one cache: a span only selects
 positions. A side's ids are the same for every span mode (unless `max_length` cut its tail), and a side
-trimmed after its last scored token (`localdpo.data.trim_to_scored`) is served as a prefix of the cached
+trimmed after its last scored token (`localdpo.steers.batches.trim_to_scored`) is served as a prefix of the cached
 full side of the same steer, after checking that the cached ids start with the requested ones (under
 causal attention the log-probs of a prefix do not depend on what follows).
 
@@ -27,12 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-from localdpo.data import (
-    CHOSEN_ATTENTION_MASK,
-    REJECTED_ATTENTION_MASK,
-    collate_pairs,
-    pad_right,
-)
 from localdpo.forward import pair_logps
 from localdpo.reference.fingerprint import (
     content_hash,
@@ -49,7 +43,13 @@ from localdpo.reference.store import (
     default_cache_dir,
     sequence_key,
 )
-from localdpo.tokenization import TokenizedSteer
+from localdpo.steers.batches import (
+    CHOSEN_ATTENTION_MASK,
+    REJECTED_ATTENTION_MASK,
+    collate_pairs,
+    pad_right,
+)
+from localdpo.steers.tokenization import TokenizedSteer
 
 SIDES = ("chosen", "rejected")
 _HALF = (torch.float16, torch.bfloat16)
@@ -147,7 +147,7 @@ class ReferenceCache:
     `dtype` is the compute dtype of the reference forward: the model's own parameter dtype, or float16 /
     bfloat16 under autocast for a float32 model. `max_length` is the truncation setting the examples were
     tokenized with (part of the key; longer sides are rejected). `cache_dir` defaults to
-    `$LOCALDPO_REFCACHE`, else `localdpo.paths.cache_root() / "refcache"`. `batch_size` is the number of
+    `$LOCALDPO_REFCACHE`, else `localdpo.storage.paths.cache_root() / "refcache"`. `batch_size` is the number of
     examples (2 x batch_size sequences) per forward; `device` is where inputs go (default: the model's).
     `shard_size`: examples computed per shard written to disk (an interrupted build keeps every full shard).
     """

@@ -34,16 +34,16 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from localdpo.fileio import atomic_write_bytes
-from localdpo.paths import cache_root
 from localdpo.reference.fingerprint import content_hash
+from localdpo.storage.fileio import atomic_write_bytes
+from localdpo.storage.paths import cache_root
 
 FORMAT_VERSION = 1
 REFCACHE_ENV = "LOCALDPO_REFCACHE"
 CONTEXT_FILE = "context.json"
 SHARDS = "shards"
 INDEX_DIR = "index"
-"""Subdirectory of a context holding one JSON index file per shard (not the batch key `localdpo.data.INDEX`)."""
+"""Subdirectory of a context holding one JSON index file per shard (not the batch key `localdpo.steers.batches.INDEX`)."""
 _TMP_PREFIX = ".tmp."
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
@@ -91,7 +91,7 @@ class Record:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (`localdpo.fileio`); the temporary file's name,
+    """Write `data` to `path` atomically (`localdpo.storage.fileio`); the temporary file's name,
     `.tmp.<host>.<pid>.<random>.tmp`, lets `stale_temp_files` find those of killed writers."""
     atomic_write_bytes(path, data, temp_prefix=f"{_TMP_PREFIX}{_HOST}.{os.getpid()}.")
 

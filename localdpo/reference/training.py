@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from localdpo.reference.cache import ReferenceCache, padded_pair_values
-from localdpo.tokenization import TokenizedSteer
+from localdpo.steers.tokenization import TokenizedSteer
 
 if TYPE_CHECKING:  # annotations only: the trainer's config imports `ReferenceSource` from here
     from localdpo.trainer.config import RunConfig
@@ -46,7 +46,7 @@ class CachedReference:
         self, examples: Sequence[TokenizedSteer], batch: dict[str, torch.Tensor], device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: -> (B, Tc), (B, Tr) float32 matching the batch's chosen / rejected input ids."""
-        from localdpo.data import CHOSEN_ATTENTION_MASK, REJECTED_ATTENTION_MASK
+        from localdpo.steers.batches import CHOSEN_ATTENTION_MASK, REJECTED_ATTENTION_MASK
 
         masks = batch[CHOSEN_ATTENTION_MASK], batch[REJECTED_ATTENTION_MASK]  # (B, Tc), (B, Tr)
         chosen, rejected = padded_pair_values(
@@ -126,7 +126,7 @@ class EvalReference:
         """The content of a collated batch that decides its log-probs: ids, attention and loss masks, shapes."""
         import hashlib
 
-        from localdpo.data import PAIR_KEYS
+        from localdpo.steers.batches import PAIR_KEYS
 
         digest = hashlib.sha256()
         for name in PAIR_KEYS:

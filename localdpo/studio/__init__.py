@@ -4,6 +4,6 @@
 decoded text), `session` (answer sessions: generation, cuts, steers, resume; the start and tuned models),
 `store` (the steer file, written atomically under a lock), `training` (training runs from the page in a
 `localdpo train` process; the tuned model), `app` (the routes, the token check and the request limits; the
-review view shows each steer's scored tokens by `localdpo.preview.steer_view`), `server` (model loading,
+review view shows each steer's scored tokens by `localdpo.steers.preview.steer_view`), `server` (model loading,
 binding, uvicorn), `errors` (the refusal type), `static/` (the page: plain HTML, JS and CSS). See docs/studio.md.
 """

@@ -38,7 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from localdpo.preview import steer_view
+from localdpo.steers.preview import steer_view
+from localdpo.steers.tokenization import SpanMode, tokenize_steer
 from localdpo.studio.errors import StudioError
 from localdpo.studio.session import Sampling, Studio, TaskContext, degenerate_warnings, draw_task_prompt
 from localdpo.studio.training import (
@@ -51,7 +52,6 @@ from localdpo.studio.training import (
     hold_out_counts,
 )
 from localdpo.tasks import known_tasks
-from localdpo.tokenization import SpanMode, tokenize_steer
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}

@@ -20,7 +20,7 @@ def load_studio(
 ) -> Studio:
     """A studio over `model_name` (anything `load_model` loads, `tiny` included) writing `steers_path`, training
     from the page on `device`."""
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
 
     store = SteerStore(steers_path)  # before the model: a bad file fails fast
     model, tokenizer = load_model(model_name, device=device)

@@ -33,11 +33,11 @@ import torch
 
 from localdpo.generation import Sampling, eos_token_ids, stream_continuation
 from localdpo.reference.fingerprint import model_label
-from localdpo.steers import Messages, Steer
+from localdpo.steers.steer import Messages, Steer
+from localdpo.steers.text import IncrementalDecoder
+from localdpo.steers.tokenization import render_prompt, tokenize_side, tokenize_steer
 from localdpo.studio.errors import StudioError
-from localdpo.studio.text import IncrementalDecoder
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
-from localdpo.tokenization import render_prompt, tokenize_side, tokenize_steer
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,7 @@ def load_tuned(start, run_name: str, adapter_dir: Path):
     """A `ModelRunner` of the studio's starting model (`start`, a `ModelRunner`) with the adapter in
     `adapter_dir` merged into a copy of its weights: named `<start name>+<run name>`, labelled by the merged
     weights' fingerprint, writing steers of the round after the start model's."""
-    from localdpo.models import merge_adapter
+    from localdpo.models.loading import merge_adapter
 
     try:
         merged = merge_adapter(copy.deepcopy(start.model), adapter_dir)

@@ -1,10 +1,10 @@
 """The studio's steer file: appends, edits and deletes that never lose a row nor leave an unreadable file.
 
 Every change is a read-modify-write of the whole file under two locks (a thread lock for this server's
-requests, the file's write lock for other processes: `localdpo.writeguard.write_lock`, an `flock` on
+requests, the file's write lock for other processes: `localdpo.storage.writeguard.write_lock`, an `flock` on
 `.<name>.lock` beside the file); for its whole life the store also holds the studio's shared hold on the file
 (`hold_for_studio`), so that commands refuse to write the file while a studio runs. The current lines are
-read, changed, and written through `localdpo.fileio.atomic_write_text`: a temporary file beside the target,
+read, changed, and written through `localdpo.storage.fileio.atomic_write_text`: a temporary file beside the target,
 fsynced, checked with `load_steers`' rules read as the target (so id-less rows get the same default ids), and
 renamed over the target. A server killed at any moment leaves the old file or the new one. Lines the studio does not change
 are kept byte for byte (TRL rows, id-less rows, blank lines). A row is addressed by its id and its `version`
@@ -22,10 +22,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from localdpo.fileio import atomic_write_text
-from localdpo.steers import Steer, SteerFileError, jsonl_rows, load_steers, steers_from_rows
+from localdpo.steers.steer import Steer, SteerFileError, jsonl_rows, load_steers, steers_from_rows
+from localdpo.storage.fileio import atomic_write_text
+from localdpo.storage.writeguard import hold_for_studio, write_lock
 from localdpo.studio.errors import StudioError
-from localdpo.writeguard import hold_for_studio, write_lock
 
 
 @dataclass(frozen=True)

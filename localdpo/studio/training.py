@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from localdpo.fileio import atomic_write_bytes
 from localdpo.losses import LossType
+from localdpo.storage.fileio import atomic_write_bytes
 from localdpo.studio.errors import StudioError
 
 HOLD_OUT_FRACTION = 0.2

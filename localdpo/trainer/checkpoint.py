@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from localdpo.fileintegrity import file_entry, read_manifest, verify_files
-from localdpo.fileio import atomic_directory, publish_directory
+from localdpo.storage.fileintegrity import file_entry, read_manifest, verify_files
+from localdpo.storage.fileio import atomic_directory, publish_directory
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -123,7 +123,7 @@ def publish_checkpoint(
     layout: str,
 ) -> Path:
     """Finish the checkpoint being written in `tmp` (`write_checkpoint_manifest`), then move it to
-    `root/step-NNNNNN` atomically (`localdpo.fileio.publish_directory`, replacing a checkpoint of the same step)."""
+    `root/step-NNNNNN` atomically (`localdpo.storage.fileio.publish_directory`, replacing a checkpoint of the same step)."""
     write_checkpoint_manifest(tmp, step, state=state, items=items, layout=layout)
     return publish_directory(tmp, checkpoint_dir(root, step))
 

@@ -24,7 +24,7 @@ from localdpo.config import (  # noqa: F401  (the config layer, re-exported for 
 )
 from localdpo.losses import LossSpec, LossType, loss_combination
 from localdpo.reference.training import ReferenceSource
-from localdpo.tokenization import SpanMode
+from localdpo.steers.tokenization import SpanMode
 from localdpo.trainer.methods import Method
 
 
@@ -242,7 +242,7 @@ class EvalConfig:
     drift_max_new_tokens: int = 24
     """Length of the reference model's greedy continuation on which the KL is measured."""
     task: str | None = None
-    """Task name for generation accuracy (`localdpo.taskeval.evaluate_task`); None = skip."""
+    """Task name for generation accuracy (`localdpo.tasks.evaluation.evaluate_task`); None = skip."""
     task_n: int = 50
     """Held-out task prompts generated per task evaluation."""
     task_seed: int = 1234

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import torch
 
-from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, trim_to_scored
 from localdpo.forward import pair_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
-from localdpo.tokenization import TokenizedSteer
+from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs, trim_to_scored
+from localdpo.steers.tokenization import TokenizedSteer
 from localdpo.trainer.steer_metrics import SteerProbe, aggregate_steer_items, steer_items
 
 
@@ -157,9 +157,9 @@ def task_metrics(
     max_new_tokens: int | None = None,
     split: str = "heldout",
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.taskeval.evaluate_task` (greedy
+    """`eval/task_accuracy`, `eval/task_format_kept`, ... from `localdpo.tasks.evaluation.evaluate_task` (greedy
     answers), and per prompt `task_accuracy` and `format_kept` (0/1, (n,))."""
-    from localdpo.taskeval import evaluate_task
+    from localdpo.tasks.evaluation import evaluate_task
 
     result = evaluate_task(
         model,

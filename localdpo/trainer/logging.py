@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from localdpo.fileio import atomic_write_text
+from localdpo.storage.fileio import atomic_write_text
 from localdpo.trainer.config import RunConfig, WandbMode, to_dict
 
 

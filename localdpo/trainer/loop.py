@@ -17,14 +17,6 @@ from typing import Any
 
 import torch
 
-from localdpo.data import (
-    CHOSEN_ATTENTION_MASK,
-    CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
-    REJECTED_LOSS_MASK,
-    collate_pairs,
-    trim_to_scored,
-)
 from localdpo.losses import LossType
 from localdpo.reference.training import (
     CachedReference,
@@ -33,8 +25,16 @@ from localdpo.reference.training import (
     build_reference,
     eval_reference_for,
 )
-from localdpo.steers import Steer
-from localdpo.tokenization import TokenizedSteer
+from localdpo.steers.batches import (
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+    trim_to_scored,
+)
+from localdpo.steers.steer import Steer
+from localdpo.steers.tokenization import TokenizedSteer
 from localdpo.trainer import checkpoint as ckpt
 from localdpo.trainer.config import ConfigError, Distributed, RunConfig, save_config, validate
 from localdpo.trainer.device import autocast_dtype, peak_memory_gb, resolve_device

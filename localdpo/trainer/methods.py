@@ -16,9 +16,9 @@ from enum import Enum
 
 import torch
 
-from localdpo.data import CHOSEN_ATTENTION_MASK, CHOSEN_LOSS_MASK
 from localdpo.losses import LossSpec, masked_sft_loss, masked_sum
-from localdpo.tokenization import SpanMode
+from localdpo.steers.batches import CHOSEN_ATTENTION_MASK, CHOSEN_LOSS_MASK
+from localdpo.steers.tokenization import SpanMode
 
 
 class Method(str, Enum):

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from localdpo.forward.pairs import FastPaths, pair_logps
-from localdpo.models import TINY_MODEL, peft_wrapping
+from localdpo.models.loading import TINY_MODEL, peft_wrapping
 from localdpo.trainer.config import RunConfig
 
 
 def load_base_model(config: RunConfig, tokenizer=None):
     """`(model, tokenizer)` named by `config.model.name` (fp32 weights, CPU, eval mode)."""
-    from localdpo.models import load_model, tiny_model
+    from localdpo.models.loading import load_model, tiny_model
 
     if config.model.name == TINY_MODEL:
         return tiny_model(seed=config.model.tiny_seed, tokenizer=tokenizer)

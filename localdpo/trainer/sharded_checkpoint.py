@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from localdpo.fileio import fsync_file, temporary_directory_beside
+from localdpo.storage.fileio import fsync_file, temporary_directory_beside
 from localdpo.trainer import checkpoint as ckpt
 from localdpo.trainer.distributed import DistInfo
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from localdpo.generation import eos_token_ids, greedy_token_continuations, pad_token_id
+from localdpo.steers.tokenization import SpanMode, TokenizedSteer, divergent_span
 from localdpo.tasks import TaskPrompt, Verdict, get_task
-from localdpo.tokenization import SpanMode, TokenizedSteer, divergent_span
 
 STEER_METRICS = ("recurrence", "uptake", "continuation_accuracy")
 """Item keys of `steer_items`; `eval/<key>` in W&B."""
@@ -163,7 +163,7 @@ def continuation_items(
     The corrected answer gets the budget of a fresh one: `max_new_tokens` tokens of answer in all (None: the
     task's `max_new_tokens`), prefix and chosen included, so a row continues for what is left of it; an answer
     already that long is judged as it stands, cut off. A row also stops as soon as the checker judges a mistake
-    in its answer so far (the verdict is decided then, as in `localdpo.taskeval`). Each task's steers are
+    in its answer so far (the verdict is decided then, as in `localdpo.tasks.evaluation`). Each task's steers are
     continued together. The caller puts the model in eval mode.
     """
     tasked = [i for i, probe in enumerate(probes) if probe.task_prompt is not None]

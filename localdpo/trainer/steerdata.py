@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from localdpo.steers import Steer, load_steers
+from localdpo.steers.steer import Steer, load_steers
+from localdpo.steers.tokenization import SpanMode, TokenizedSteer, tokenize_steers
 from localdpo.tasks import TaskPrompt, task_prompt_of
-from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steers
 from localdpo.trainer.config import ConfigError, DataConfig, RunConfig
 
 

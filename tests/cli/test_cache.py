@@ -1,8 +1,8 @@
 import pytest
 
 from localdpo.cli import main
-from localdpo.models import tiny_model
-from localdpo.steers import Steer, save_steers
+from localdpo.models.loading import tiny_model
+from localdpo.steers.steer import Steer, save_steers
 
 
 @pytest.fixture(scope="module")

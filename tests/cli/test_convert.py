@@ -1,6 +1,6 @@
 import json
 
-from localdpo.steers import load_steers
+from localdpo.steers.steer import load_steers
 
 
 def test_convert_writes_and_summarizes(cli, tmp_path):

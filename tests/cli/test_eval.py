@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 
 
 def test_unknown_task_is_one_line_before_loading_a_model(one_line_error):

@@ -2,12 +2,12 @@
 
 
 def test_export_prints_the_files_the_check_and_how_to_run_it(cli, tmp_path, monkeypatch):
-    """The read-back itself is `tests/test_export.py`'s; here a measured one, as `read_back` returns it."""
-    import localdpo.gguf_export
-    from localdpo.gguf_export import OutType, RoundTrip
+    """The read-back itself is `tests/export/test_exporter.py`'s; here a measured one, as `read_back` returns it."""
+    import localdpo.export.gguf
+    from localdpo.export.gguf import OutType, RoundTrip
 
     trip = RoundTrip(OutType.Q8_0, "q", 0.0123, 1.25, True, True, [5, 6, 7], [5, 6, 8])
-    monkeypatch.setattr(localdpo.gguf_export, "read_back", lambda *args, **kwargs: trip)
+    monkeypatch.setattr(localdpo.export.gguf, "read_back", lambda *args, **kwargs: trip)
     status, out, err = cli("export", "tiny", tmp_path / "Steered Model", "--outtype", "q8_0")
     assert status == 0, err
     lines = out.splitlines()

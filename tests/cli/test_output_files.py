@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from localdpo.steers import Steer, load_steers
+from localdpo.steers.steer import Steer, load_steers
 from localdpo.studio.store import SteerStore
 
 # A person's hand-made steers: an id-less row, a non-ASCII one, no final newline.
@@ -29,8 +29,8 @@ def person(tmp_path):
 @pytest.fixture
 def fake_steermaking(monkeypatch):
     """`make-steers` without a model: `--n` steers per task, ids `<task>:<seed>:<i>`."""
-    import localdpo.models
-    import localdpo.steermaking
+    import localdpo.models.loading
+    import localdpo.tasks.steermaking
 
     def make_steers(model, tokenizer, task, *, n, seed, **kwargs):
         steers = [
@@ -45,8 +45,8 @@ def fake_steermaking(monkeypatch):
         ]
         return steers, SimpleNamespace(row=lambda: f"{task.name}: {n} steers", rejected_steers=[])
 
-    monkeypatch.setattr(localdpo.models, "load_model", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(localdpo.steermaking, "make_steers", make_steers)
+    monkeypatch.setattr(localdpo.models.loading, "load_model", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(localdpo.tasks.steermaking, "make_steers", make_steers)
 
 
 def exists_line(command: str, path, *, steers: bool = True) -> str:

@@ -2,7 +2,7 @@
 
 from localdpo.compare import ablation
 from localdpo.compare.config import load_compare_config, preset_path
-from localdpo.steers import load_steers
+from localdpo.steers.steer import load_steers
 
 
 def test_variants_prefix_the_method():

@@ -9,7 +9,7 @@ import pytest
 from localdpo.compare.config import load_compare_config, preset_path
 from localdpo.compare.pipeline import comparison_steers, pooled_records, run_comparison
 from localdpo.compare.results import load_records, load_summary
-from localdpo.steers import load_steers, save_steers
+from localdpo.steers.steer import load_steers, save_steers
 from localdpo.trainer.logging import read_offline_run
 
 SPELL = Path(__file__).resolve().parents[2] / "examples" / "tasks" / "spell.py"
@@ -108,7 +108,7 @@ def test_heldout_prompts_never_reach_training(tmp_path):
 
 
 def _multiples_steers(path, split, n):
-    from localdpo.steers import Steer
+    from localdpo.steers.steer import Steer
 
     start = {"train": 3, "heldout": 30, "validation": 60}[split]  # no prompt in two splits
     steers = [
@@ -264,7 +264,7 @@ def test_results_notes_name_each_variants_own_learning_rate():
 
 def _own_steers(path, n: int = 48):
     """`n` steers a person might bring (converted preference rows: no task, no meta), one prompt each."""
-    from localdpo.steers import Steer
+    from localdpo.steers.steer import Steer
 
     animals = ["cat", "dog", "owl", "fox", "eel", "yak", "ant", "bee"]
     steers = [
@@ -373,7 +373,7 @@ def test_own_steers_too_few_to_split_are_one_line_before_any_model_loads(tmp_pat
 def _spell_steers(path, split: str, n: int):
     """`n` steers on `split` prompts of the example task, as a watcher makes them: the first wrong letter of a
     written answer, its correction from the task's own `correct`."""
-    from localdpo.steers import Steer
+    from localdpo.steers.steer import Steer
     from localdpo.tasks import get_task
 
     task = get_task(f"{SPELL}:Spell")

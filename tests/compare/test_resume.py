@@ -17,7 +17,7 @@ from localdpo.cli import main
 from localdpo.compare import resume
 from localdpo.compare.config import CompareConfig, load_compare_config, preset_path, save_compare_config
 from localdpo.compare.pipeline import run_comparison
-from localdpo.steers import load_steers, save_steers
+from localdpo.steers.steer import load_steers, save_steers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def test_a_comparison_killed_mid_run_resumes_to_the_uninterrupted_tables(tmp_pat
 
 def _fake_steers(monkeypatch, calls: list[str]):
     """`make_steers` replaced by one that hands back the tiny preset's shipped steers (and counts its calls)."""
-    from localdpo import steermaking
+    from localdpo.tasks import steermaking
 
     tiny = load_compare_config(preset_path("tiny")).steers
     files = {"train": tiny.train_file, "heldout": tiny.heldout_file}

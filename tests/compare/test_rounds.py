@@ -20,7 +20,7 @@ from localdpo.compare.rounds import round_prompts, yield_items
 from localdpo.compare.rounds_report import rounds_overview
 from localdpo.config import ConfigError, to_dict
 from localdpo.reference.fingerprint import content_hash
-from localdpo.steers import Steer, load_steers
+from localdpo.steers.steer import Steer, load_steers
 from localdpo.tasks import get_task, split_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -311,7 +311,7 @@ def test_a_round_starts_from_exactly_the_weights_the_last_one_saved(tmp_path):
 
     from localdpo.compare.rounds import load_weights
     from localdpo.compare.runs import save_weights
-    from localdpo.models import tiny_model
+    from localdpo.models.loading import tiny_model
     from localdpo.reference.fingerprint import model_label
     from localdpo.trainer.config import load_config
     from localdpo.trainer.modeling import apply_lora

@@ -4,7 +4,7 @@ few refused with the numbers."""
 import pytest
 
 from localdpo.compare.splits import MIN_STEERS, TooFewSteersError, own_steers, prompt_key, steer_split
-from localdpo.steers import Steer, save_steers
+from localdpo.steers.steer import Steer, save_steers
 
 
 def _steers(n: int, *, per_prompt: int = 1, chat: bool = False) -> list[Steer]:

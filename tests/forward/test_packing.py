@@ -4,15 +4,6 @@ import shutil
 import pytest
 import torch
 
-from localdpo.data import (
-    CHOSEN_ATTENTION_MASK,
-    CHOSEN_INPUT_IDS,
-    CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
-    REJECTED_INPUT_IDS,
-    REJECTED_LOSS_MASK,
-    collate_pairs,
-)
 from localdpo.forward.packing import (
     CHOSEN,
     PAD,
@@ -25,9 +16,18 @@ from localdpo.forward.packing import (
     supports_packing,
 )
 from localdpo.forward.pairs import FastPaths, packed_pair_logps, pair_logps, sequence_token_logps
-from localdpo.models import tiny_model
-from localdpo.steers import Steer
-from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steer
+from localdpo.models.loading import tiny_model
+from localdpo.steers.batches import (
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+)
+from localdpo.steers.steer import Steer
+from localdpo.steers.tokenization import SpanMode, TokenizedSteer, tokenize_steer
 
 
 def _pair(chosen, rejected, chosen_mask, rejected_mask) -> TokenizedSteer:
@@ -231,7 +231,7 @@ def test_bf16_packing_adds_no_more_error_than_bf16_itself(smol_tokenizer):
     0.196 with transformers 5.23 and 5.24 on the same steers); this ratio is what packing must keep.
     (The tiny random model shows no gap at all in bf16, so the real model is needed here.)
     """
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
 
     model, _ = load_model(dtype=torch.bfloat16)
     examples = _examples(smol_tokenizer, SpanMode.COMPLETION)

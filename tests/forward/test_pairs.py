@@ -11,10 +11,10 @@ from localdpo.forward.pairs import PLAIN, FastPaths
 
 @pytest.fixture(scope="module")
 def tiny_batch(smol_tokenizer):
-    from localdpo.data import collate_pairs
-    from localdpo.models import tiny_model
-    from localdpo.steers import Steer
-    from localdpo.tokenization import SpanMode, tokenize_steer
+    from localdpo.models.loading import tiny_model
+    from localdpo.steers.batches import collate_pairs
+    from localdpo.steers.steer import Steer
+    from localdpo.steers.tokenization import SpanMode, tokenize_steer
 
     model, tokenizer = tiny_model(seed=0, tokenizer=smol_tokenizer)
     steers = [
@@ -40,7 +40,8 @@ def test_every_path_of_the_one_pair_forward_equals_the_plain_forward(
     """The plain forward is `sequence_token_logps` on each side; every path agrees on every scored token."""
     import torch
 
-    from localdpo.data import (
+    from localdpo.forward.pairs import FastPaths, pair_logps, sequence_token_logps
+    from localdpo.steers.batches import (
         CHOSEN_ATTENTION_MASK,
         CHOSEN_INPUT_IDS,
         CHOSEN_LOSS_MASK,
@@ -48,7 +49,6 @@ def test_every_path_of_the_one_pair_forward_equals_the_plain_forward(
         REJECTED_INPUT_IDS,
         REJECTED_LOSS_MASK,
     )
-    from localdpo.forward.pairs import FastPaths, pair_logps, sequence_token_logps
 
     model, batch, pad = tiny_batch
     expected_chosen = sequence_token_logps(model, batch[CHOSEN_INPUT_IDS], batch[CHOSEN_ATTENTION_MASK])
@@ -93,8 +93,8 @@ def test_fast_paths_are_decided_once_with_a_warning_per_path_turned_off():
 def test_unpacked_span_head_path_is_the_stacked_forward_on_scored_tokens(tiny_batch):
     """The one unpacked path with the span head: 2B stacked rows, only the loss masks' positions projected,
     0 elsewhere; on those positions the same values as the plain stacked forward."""
-    from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK
     from localdpo.forward.pairs import pair_logps
+    from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK
 
     model, batch, pad = tiny_batch
     plain_chosen, plain_rejected = pair_logps(model, batch)

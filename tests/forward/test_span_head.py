@@ -8,7 +8,7 @@ from localdpo.forward.span_head import (
     logit_transform,
     span_token_logps,
 )
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 
 
 @pytest.fixture(scope="module")

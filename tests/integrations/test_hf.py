@@ -12,15 +12,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from transformers import TrainingArguments  # noqa: E402
 
 from localdpo import Steer, localized_dpo_loss, tokenize_steer  # noqa: E402
-from localdpo.data import (  # noqa: E402
-    CHOSEN_ATTENTION_MASK,
-    CHOSEN_INPUT_IDS,
-    CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
-    REJECTED_INPUT_IDS,
-    REJECTED_LOSS_MASK,
-    collate_pairs,
-)
 from localdpo.forward import sequence_token_logps  # noqa: E402
 from localdpo.integrations.hf import (  # noqa: E402
     REF_CHOSEN_LOGPS,
@@ -30,7 +21,16 @@ from localdpo.integrations.hf import (  # noqa: E402
     SteerPairDataset,
     stacked_pair_logps,
 )
-from localdpo.models import tiny_model  # noqa: E402
+from localdpo.models.loading import tiny_model  # noqa: E402
+from localdpo.steers.batches import (  # noqa: E402
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+)
 
 STEERS = [
     Steer(
@@ -59,7 +59,7 @@ STEERS = [
 
 
 def _tiny(seed, tokenizer):
-    """The tiny SmolLM2-shaped random model (`localdpo.models.tiny_model`); weights depend only on the seed."""
+    """The tiny SmolLM2-shaped random model (`localdpo.models.loading.tiny_model`); weights depend only on the seed."""
     return tiny_model(seed=seed, tokenizer=tokenizer)[0]
 
 

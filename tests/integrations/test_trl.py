@@ -13,15 +13,6 @@ datasets = pytest.importorskip("datasets")
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from localdpo import Steer, localized_dpo_loss, tokenize_steer  # noqa: E402
-from localdpo.data import (  # noqa: E402
-    CHOSEN_ATTENTION_MASK,
-    CHOSEN_INPUT_IDS,
-    CHOSEN_LOSS_MASK,
-    REJECTED_ATTENTION_MASK,
-    REJECTED_INPUT_IDS,
-    REJECTED_LOSS_MASK,
-    collate_pairs,
-)
 from localdpo.forward import sequence_token_logps  # noqa: E402
 from localdpo.integrations.trl import (  # noqa: E402
     SPAN_COLUMNS,
@@ -32,8 +23,17 @@ from localdpo.integrations.trl import (  # noqa: E402
     trl_row_from_tokenized,
 )
 from localdpo.losses import LossSpec, masked_sft_loss  # noqa: E402
-from localdpo.models import tiny_model  # noqa: E402
-from localdpo.steers import steer_from_row  # noqa: E402
+from localdpo.models.loading import tiny_model  # noqa: E402
+from localdpo.steers.batches import (  # noqa: E402
+    CHOSEN_ATTENTION_MASK,
+    CHOSEN_INPUT_IDS,
+    CHOSEN_LOSS_MASK,
+    REJECTED_ATTENTION_MASK,
+    REJECTED_INPUT_IDS,
+    REJECTED_LOSS_MASK,
+    collate_pairs,
+)
+from localdpo.steers.steer import steer_from_row  # noqa: E402
 
 STEERS = [
     Steer(
@@ -72,7 +72,7 @@ ROWS = [
 
 
 def _tiny(seed, tokenizer):
-    """The tiny SmolLM2-shaped random model (`localdpo.models.tiny_model`); weights depend only on the seed."""
+    """The tiny SmolLM2-shaped random model (`localdpo.models.loading.tiny_model`); weights depend only on the seed."""
     return tiny_model(seed=seed, tokenizer=tokenizer)[0]
 
 

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 
-from localdpo.data import trim_to_scored
 from localdpo.forward import sequence_token_logps
 from localdpo.losses import localized_dpo_loss, masked_sum
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.reference.cache import ReferenceCache, ReferenceModelChangedError
 from localdpo.reference.fingerprint import model_fingerprint
 from localdpo.reference.store import verify_store
-from localdpo.steers import Steer, save_steers
-from localdpo.tokenization import SpanMode, tokenize_steer
+from localdpo.steers.batches import trim_to_scored
+from localdpo.steers.steer import Steer, save_steers
+from localdpo.steers.tokenization import SpanMode, tokenize_steer
 
 BATCH = 2
 
@@ -383,10 +383,10 @@ def test_a_flipped_byte_is_detected_reported_and_recomputed(tiny, examples, tmp_
 WORKER = textwrap.dedent(
     """
     import sys, time, torch
-    from localdpo.models import tiny_model
+    from localdpo.models.loading import tiny_model
     from localdpo.reference.cache import ReferenceCache
-    from localdpo.steers import load_steers
-    from localdpo.tokenization import tokenize_steer
+    from localdpo.steers.steer import load_steers
+    from localdpo.steers.tokenization import tokenize_steer
 
     steers_file, cache_dir, start, stop, hang_after, marker = sys.argv[1:7]
     model, tokenizer = tiny_model()

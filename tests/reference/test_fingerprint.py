@@ -6,7 +6,7 @@ import pytest
 import torch
 import xxhash
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.reference.fingerprint import (
     content_hash,
     model_fingerprint,

@@ -139,8 +139,8 @@ def test_a_write_killed_mid_way_leaves_a_temp_file_that_stale_detection_names(tm
     """The writer's own temporary name carries host and pid: what `stale_temp_files` reads back."""
     import os
 
-    from localdpo import fileio
     from localdpo.reference.store import _HOST, _atomic_write
+    from localdpo.storage import fileio
 
     seen = []
 

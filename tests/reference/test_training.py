@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.reference.training import EvalReference
-from localdpo.tokenization import tokenize_steers
+from localdpo.steers.tokenization import tokenize_steers
 from localdpo.trainer import Trainer
 from localdpo.trainer.evaluation import held_out_batches
 from localdpo.trainer.modeling import PolicyForward

@@ -5,13 +5,13 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from localdpo.models import tiny_model
-from localdpo.steers import Steer, load_steers, save_steers
+from localdpo.models.loading import tiny_model
+from localdpo.steers.steer import Steer, load_steers, save_steers
+from localdpo.steers.tokenization import tokenize_steer
 from localdpo.studio import session as session_module
 from localdpo.studio.app import MAX_BODY_BYTES, create_app
 from localdpo.studio.session import AnswerSession, ModelRunner, Studio
 from localdpo.studio.store import SteerStore
-from localdpo.tokenization import tokenize_steer
 
 TOKEN = "test-token"
 
@@ -374,7 +374,7 @@ def test_unknown_sessions_segments_and_cuts(client):
 @pytest.mark.embedded
 def test_the_checker_marks_the_embedded_models_mistake(tmp_path):
     """SmolLM2-135M-Instruct answers 797 + 953 = 1768 (greedy): the stream suggests the cut and the fix."""
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
 
     model, tokenizer = load_model()
     studio = Studio(

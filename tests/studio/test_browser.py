@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localdpo.steers import load_steers
+from localdpo.steers.steer import load_steers
 
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_TOKENS = "400"

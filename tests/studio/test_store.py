@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localdpo.steers import Steer, load_steers, save_steers
+from localdpo.steers.steer import Steer, load_steers, save_steers
 from localdpo.studio.errors import StudioError
 from localdpo.studio.store import SteerStore
 
@@ -108,7 +108,7 @@ def test_concurrent_appends_lose_nothing(tmp_path):
 
 WRITER = """
 import sys
-from localdpo.steers import Steer
+from localdpo.steers.steer import Steer
 from localdpo.studio.store import SteerStore
 store = SteerStore(sys.argv[1])
 print("ready", flush=True)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.reference.fingerprint import model_label
-from localdpo.steers import load_steers
+from localdpo.steers.steer import load_steers
 from localdpo.studio.app import create_app
 from localdpo.studio.errors import StudioError
 from localdpo.studio.session import ModelRunner, Studio, load_tuned

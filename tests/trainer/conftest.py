@@ -1,4 +1,4 @@
-from localdpo.steers import Steer
+from localdpo.steers.steer import Steer
 
 COLORS = [
     "red",

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from localdpo.losses import LossSpec, LossType
-from localdpo.tokenization import SpanMode
+from localdpo.steers.tokenization import SpanMode
 from localdpo.trainer.config import (
     ConfigError,
     RunConfig,

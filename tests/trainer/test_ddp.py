@@ -72,7 +72,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path, method
     assert result.returncode == 0, result.stderr[-3000:]
     final = f"checkpoints/step-{MAX_STEPS:06d}/model.safetensors"
     one, two = load_file(single / final), load_file(ddp / final)
-    from localdpo.models import tiny_model
+    from localdpo.models.loading import tiny_model
 
     start = dict(tiny_model(seed=0)[0].named_parameters())
     assert one.keys() == two.keys() and one.keys() <= start.keys()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from localdpo.generation import prompt_ids
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.trainer.drift import DriftSet, load_drift_prompts, token_kl
 
 

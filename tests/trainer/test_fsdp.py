@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.trainer import Trainer, load_config
 from localdpo.trainer.sharded_checkpoint import read_sharded_state, read_sharded_weights
 
@@ -166,7 +166,7 @@ def test_two_fsdp_processes_match_one_process_with_the_doubled_batch_ldpo(runs):
 
 @pytest.mark.slow
 def test_the_final_fsdp_model_is_a_plain_hugging_face_directory(runs):
-    from localdpo.models import load_model
+    from localdpo.models.loading import load_model
 
     model, _ = load_model(str(runs / "fsdp/final"))
     saved = read_sharded_weights(_step(runs / "fsdp", MAX_STEPS))

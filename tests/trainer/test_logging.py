@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.trainer import Trainer
 from localdpo.trainer.logging import read_offline_run, resolve_mode, run_line
 

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.trainer import ConfigError, Trainer, run_training
 
 from .conftest import make_steers, tiny_config
@@ -159,7 +159,7 @@ def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny
     import copy
 
     from localdpo.reference.cache import ReferenceCache
-    from localdpo.tokenization import tokenize_steers
+    from localdpo.steers.tokenization import tokenize_steers
 
     model, tokenizer = tiny
     reference = copy.deepcopy(model)

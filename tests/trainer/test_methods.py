@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from localdpo.data import collate_pairs
 from localdpo.forward import sequence_token_logps
 from localdpo.losses import LossSpec
-from localdpo.models import tiny_model
-from localdpo.steers import Steer
-from localdpo.tokenization import SpanMode, tokenize_steer
+from localdpo.models.loading import tiny_model
+from localdpo.steers.batches import collate_pairs
+from localdpo.steers.steer import Steer
+from localdpo.steers.tokenization import SpanMode, tokenize_steer
 from localdpo.trainer.methods import Method, full_sequence_mask, method_loss
 
 # One pair, 4 tokens per side. Chosen span = token 2, rejected span = tokens 2-3.

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from localdpo.data import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
 from localdpo.forward import pair_logps
-from localdpo.models import tiny_model
-from localdpo.tokenization import SpanMode, tokenize_steer
+from localdpo.models.loading import tiny_model
+from localdpo.steers.batches import CHOSEN_LOSS_MASK, REJECTED_LOSS_MASK, collate_pairs
+from localdpo.steers.tokenization import SpanMode, tokenize_steer
 from localdpo.trainer.methods import Method, sft_mask
 from localdpo.trainer.modeling import PolicyForward
 

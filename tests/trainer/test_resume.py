@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from localdpo.models import tiny_model
+from localdpo.models.loading import tiny_model
 from localdpo.trainer import Trainer
 from localdpo.trainer.checkpoint import latest_checkpoint, list_checkpoints
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from localdpo.generation import render_chat
-from localdpo.models import tiny_model
-from localdpo.steers import Steer, load_steers
+from localdpo.models.loading import tiny_model
+from localdpo.steers.steer import Steer, load_steers
+from localdpo.steers.tokenization import SpanMode, TokenizedSteer, tokenize_steer
 from localdpo.tasks import get_task, task_prompt_of
-from localdpo.tokenization import SpanMode, TokenizedSteer, tokenize_steer
 from localdpo.trainer import Trainer
 from localdpo.trainer.steer_metrics import (
     aggregate_steer_items,

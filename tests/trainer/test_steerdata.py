@@ -2,7 +2,7 @@
 
 import pytest
 
-from localdpo.tokenization import SpanMode
+from localdpo.steers.tokenization import SpanMode
 from localdpo.trainer.config import ConfigError
 from localdpo.trainer.steerdata import prepare_steers, split_steers
 
@@ -43,8 +43,8 @@ def test_held_out_task_prompts_follow_the_examples_by_steer_id(smol_tokenizer):
     of no prompt of its task is None with one warning (the run goes on)."""
     from dataclasses import replace
 
+    from localdpo.steers.tokenization import tokenize_steer
     from localdpo.tasks import get_task
-    from localdpo.tokenization import tokenize_steer
     from localdpo.trainer.steerdata import held_out_task_prompts
 
     addition = get_task("addition")
@@ -71,7 +71,7 @@ def test_held_out_task_prompts_follow_the_examples_by_steer_id(smol_tokenizer):
 
 def _rounds(tmp_path, sizes: list[int]) -> list:
     """`round-<r>.jsonl` files in `tmp_path` holding `sizes[r - 1]` steers each, consecutive ids."""
-    from localdpo.steers import save_steers
+    from localdpo.steers.steer import save_steers
 
     files, start = [], 0
     for r, size in enumerate(sizes, 1):
@@ -98,7 +98,7 @@ def test_round_files_train_in_round_order(tmp_path, smol_tokenizer):
 
 
 def test_round_files_that_disagree_are_one_line(tmp_path):
-    from localdpo.steers import save_steers
+    from localdpo.steers.steer import save_steers
     from localdpo.trainer.steerdata import load_round_steers
 
     files = _rounds(tmp_path, [2, 2])

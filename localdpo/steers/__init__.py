@@ -1,0 +1,1 @@
+"""Steers: the record and its files, the span rule on tokens, batches, conversion from other formats, the preview."""

@@ -1,0 +1,1 @@
+"""Files localdpo writes and reads back: atomic writes, checksums, the write guard, cache locations."""
