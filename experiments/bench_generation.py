@@ -22,10 +22,9 @@ from localdpo.generation import (
     _StopRows,
     generate_answers,
     prompt_ids,
-    stop_at_first_mistake,
 )
 from localdpo.models.loading import load_model
-from localdpo.tasks import get_task
+from localdpo.tasks import get_task, stop_at_first_mistake
 from localdpo.tasks.steermaking import STOP_AFTER_TOKENS
 
 

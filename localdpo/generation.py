@@ -4,8 +4,8 @@
   (the same plus batching), `Generation` (one answer).
 - Prompts: `render_chat` / `prompt_ids` (a user turn through the chat template, as `tokenize_steer` renders
   a prompt), `eos_token_ids` (the end-of-turn set), `pad_token_id`.
-- Stop rules: `_StopRows` (a row stops a few tokens after a predicate on its text), `stop_at_first_mistake`
-  (a task's checker as that predicate), `_StopWhenSet` (an event, checked after every step).
+- Stop rules: `_StopRows` (a row stops a few tokens after a predicate on its text, e.g.
+  `localdpo.tasks.stop_at_first_mistake`, a task's checker), `_StopWhenSet` (an event, checked after every step).
 - Decoders: `greedy_token_continuations` (greedy over token-id rows: KV cache, finished rows leave the batch,
   `_greedy_decode`), `generate_answers` (rendered prompts, greedy or sampled, decoded to text) and
   `stream_continuation` (one row token by token, greedy or sampled, stoppable: the studio). Sampling runs
@@ -26,7 +26,6 @@ import torch
 
 from localdpo.forward import kv_cache_kwargs, returned_cache
 from localdpo.steers.tokenization import render_prompt
-from localdpo.tasks import Task, TaskPrompt, Verdict
 
 
 @dataclass(frozen=True)
@@ -150,15 +149,6 @@ class _StopRows:
         new_tokens = input_ids[:, self.width :].tolist()  # one device-to-host copy per step
         done = [self.check(row, tokens) for row, tokens in enumerate(new_tokens)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (B,)
-
-
-def stop_at_first_mistake(task: Task, prompts: Sequence[TaskPrompt]):
-    """`should_stop` for `generate_answers`: True once the partial answer to prompts[i] has a judged mistake."""
-
-    def should_stop(index: int, text: str) -> bool:
-        return task.check(prompts[index], text, complete=False).verdict is Verdict.WRONG
-
-    return should_stop
 
 
 class _StopWhenSet:

@@ -126,3 +126,29 @@ def test_edges_cover_lazy_imports_and_parent_packages_but_not_type_checking(tmp_
     assert graph["pkg.other"] == {"pkg.top"}
     cycle = find_cycle(graph)
     assert cycle[0] == cycle[-1] and set(cycle) == {"pkg.sub", "pkg.sub.leaf", "pkg.top"}
+
+
+def concern_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same graph between the top-level entries of `localdpo` (its concerns, docs/architecture.md)."""
+    concerns: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        if "." not in module:
+            continue  # `localdpo/__init__.py` re-exports the public API from the concerns
+        source = module.split(".")[1]
+        concerns.setdefault(source, set())
+        for target in targets:
+            if "." in target and target.split(".")[1] != source:
+                concerns[source].add(target.split(".")[1])
+    return concerns
+
+
+def test_the_concerns_import_each_other_without_a_circle():
+    """One floor above modules: no top-level package or module of localdpo depends on itself through others."""
+    cycle = find_cycle(concern_graph(import_graph(package_modules())))
+    assert cycle is None, "circle between concerns: " + " -> ".join(cycle)
+
+
+def test_concern_graph_lifts_module_edges():
+    graph = {"localdpo": {"localdpo.a.x"}, "localdpo.a.x": {"localdpo.b"}, "localdpo.b": {"localdpo.a.y"}}
+    assert concern_graph(graph) == {"a": {"b"}, "b": {"a"}}
+    assert find_cycle(concern_graph(graph)) == ["a", "b", "a"]

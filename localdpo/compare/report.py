@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from localdpo.compare.metrics import (
+    METRICS,
+    METRICS_BY_KEY,
+    PRIMARY_METRIC,
+    Metric,
+    primary_metric,
+    score_keys,
+)
+from localdpo.compare.selection import GridPoint, edge_note
 from localdpo.compare.stats import (
     Interval,
     SeedTest,
@@ -27,53 +36,6 @@ if TYPE_CHECKING:  # the notes describe a plan; the plan does not read the repor
     from localdpo.compare.config import CompareConfig
     from localdpo.compare.plan import TaskPlan
     from localdpo.compare.runs import TaskSteers
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    higher_is_better: bool
-    percent: bool = False
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric("task_accuracy", "task accuracy", True, percent=True),
-    Metric("format_kept", "format kept", True, percent=True),
-    Metric("preference_accuracy", "held-out pref. acc.", True, percent=True),
-    Metric("chosen_nll", "chosen-span NLL", False),
-    Metric("drift_kl", "drift KL", False),
-    # at the held-out steers (`localdpo.trainer.steer_metrics`): greedy from prompt + prefix, does the model
-    # write the rejected span again, the chosen span; and is the answer continued from the correction right
-    Metric("recurrence", "recurrence", False, percent=True),
-    Metric("uptake", "uptake", True, percent=True),
-    Metric("continuation_accuracy", "continuation acc.", True, percent=True),
-    # in rounds (`localdpo.compare.rounds`): over a round's fresh train prompts, did the model entering the
-    # round still make a mistake that gave a steer (lower: fewer mistakes left to steer)
-    Metric("yield", "yield", False, percent=True),
-)
-METRICS_BY_KEY = {m.key: m for m in METRICS}
-PRIMARY_METRICS = ("task_accuracy", "uptake", "preference_accuracy")
-"""The primary metric of a comparison, the first of these it measured: its differences with the baseline form
-the Holm-corrected family, and hyperparameter selection reads it first (`localdpo.compare.selection`).
-
-With a task, held-out task accuracy: the checker's verdict on whole greedy answers, what the person wants.
-Without one (a person's own steers), uptake: greedy from prompt + prefix at each held-out steer, the model
-writes the correction token for token. It is the behaviour a steer asks for, read from generation, and
-measured the same way for every method. Held-out preference accuracy is the fallback (runs without the steer
-metrics), not the first choice: it asks whether the policy's log-ratio against the reference favours chosen
-over rejected, the quantity the DPO-family losses push up directly and SFT only indirectly, so it leans
-towards the methods that optimise it, and it is 0 for the starting model by construction (ties).
-Recurrence stays a secondary column: a method that stops writing the mistake may write anything else."""
-PRIMARY_METRIC = PRIMARY_METRICS[0]
-"""The primary metric of a comparison with a task (see `PRIMARY_METRICS`)."""
-
-
-def primary_metric(keys) -> str:
-    """The primary metric (`PRIMARY_METRICS`) of a comparison whose metric keys are `keys`: task accuracy when
-    it has a task, else uptake, else held-out preference accuracy."""
-    keys = set(keys)
-    return next((key for key in PRIMARY_METRICS if key in keys), PRIMARY_METRIC)
 
 
 STARTING_MODEL = "base"
@@ -410,6 +372,7 @@ def primary_metric_of(plan: TaskPlan) -> str:
     return "uptake" if plan.baseline.eval.steer_metrics else "preference_accuracy"
 
 
+
 SELECTION_WORDS = {
     "task_accuracy": "validation task accuracy",
     "uptake": "uptake at the validation steers",
@@ -421,8 +384,6 @@ SELECTION_WORDS = {
 
 def selection_order(primary: str) -> str:
     """`higher validation task accuracy, then higher ...`: the order `score_keys(primary)` decides in."""
-    from localdpo.compare.selection import score_keys
-
     return ", then ".join(
         f"{'higher' if higher else 'lower'} {SELECTION_WORDS[key.removeprefix('eval/')]}"
         for key, higher in score_keys(primary)
@@ -483,8 +444,6 @@ def results_notes(
     """The notes under a task's results tables: the training budget and hyperparameters, the steers and what
     each metric reads, the intervals, the machine; then the selection, the rounds, and how many runs were
     `kept` from an earlier invocation, where they apply."""
-    from localdpo.compare.selection import GridPoint, edge_note
-
     task, run = plan.task, plan.baseline
     n_train, n_heldout = len(steers.splits["train"]), len(steers.splits["heldout"])
     primary = primary_metric_of(plan)

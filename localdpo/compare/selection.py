@@ -16,20 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from localdpo.compare.report import METRICS_BY_KEY, PRIMARY_METRIC
-
-TIE_BREAKS: tuple[str, ...] = ("preference_accuracy", "chosen_nll", "drift_kl")
-"""The metrics that decide after the primary one, in order."""
-
-
-def score_keys(primary: str = PRIMARY_METRIC) -> tuple[tuple[str, bool], ...]:
-    """(`eval/` metric, higher is better) in the order they decide: `primary`, then `TIE_BREAKS`."""
-    keys = dict.fromkeys([primary, *TIE_BREAKS])
-    return tuple((f"eval/{key}", METRICS_BY_KEY[key].higher_is_better) for key in keys)
-
-
-SCORE_KEYS = score_keys()
-"""The order with a task: validation task accuracy first."""
+from localdpo.compare.metrics import METRICS_BY_KEY, PRIMARY_METRIC, score_keys
 
 
 @dataclass

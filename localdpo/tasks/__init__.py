@@ -14,6 +14,7 @@ from localdpo.tasks.base import (
     TaskPrompt,
     Verdict,
     split_of,
+    stop_at_first_mistake,
 )
 from localdpo.tasks.registry import (
     TASKS,
@@ -48,6 +49,7 @@ __all__ = [
     "load_task",
     "resolve_tasks",
     "split_of",
+    "stop_at_first_mistake",
     "task_code_digest",
     "task_prompt_of",
 ]

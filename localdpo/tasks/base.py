@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -172,3 +173,12 @@ class Task(ABC):
             if prompt.id not in chosen and split_of(prompt.id, split_seed) == split:
                 chosen[prompt.id] = prompt
         return list(chosen.values())
+
+
+def stop_at_first_mistake(task: Task, prompts: Sequence[TaskPrompt]):
+    """`should_stop` for `localdpo.generation.generate_answers`: True once the partial answer to prompts[i] has a judged mistake."""
+
+    def should_stop(index: int, text: str) -> bool:
+        return task.check(prompts[index], text, complete=False).verdict is Verdict.WRONG
+
+    return should_stop

@@ -16,8 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from localdpo.generation import GenerationConfig, generate_answers, stop_at_first_mistake
+from localdpo.generation import GenerationConfig, generate_answers
 from localdpo.tasks import Task, TaskPrompt, Verdict, get_task
+from localdpo.tasks.base import stop_at_first_mistake
 
 METRIC_KEYS = ("accuracy", "format_kept", "first_item_accuracy", "mean_first_mistake_position", "n")
 

@@ -12,10 +12,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from localdpo.generation import Generation, GenerationConfig, generate_answers, stop_at_first_mistake
+from localdpo.generation import Generation, GenerationConfig, generate_answers
 from localdpo.steers.steer import Steer
 from localdpo.steers.tokenization import tokenize_steer
 from localdpo.tasks import Mistake, MistakeKind, Task, TaskPrompt, Verdict, get_task
+from localdpo.tasks.base import stop_at_first_mistake
 
 STOP_AFTER_TOKENS = 3
 """Tokens of the original output kept in `rejected` after the wrong item: where a watcher would stop it."""
