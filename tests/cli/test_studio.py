@@ -1,7 +1,6 @@
 import pytest
 
 from localdpo.cli import main
-from localdpo.studio.server import address, bind, is_loopback
 
 
 def test_a_bad_steer_file_is_one_line_and_exit_2(tmp_path, capsys):
@@ -20,27 +19,6 @@ def test_a_bad_steer_file_is_one_line_and_exit_2(tmp_path, capsys):
 def test_bad_arguments_exit_2(argv, message, capsys):
     assert main(["studio", "--model", "tiny", *argv]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_bind_a_free_loopback_port_and_print_its_address():
-    sock = bind("127.0.0.1", 0)
-    try:
-        port = sock.getsockname()[1]
-        assert port > 0 and address(sock, "tok") == f"http://127.0.0.1:{port}/?token=tok"
-    finally:
-        sock.close()
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
-
-
-def test_bound_to_all_addresses_it_prints_a_loopback_address():
-    """A browser cannot open http://0.0.0.0:...: the printed address is the loopback one."""
-    sock = bind("0.0.0.0", 0)
-    try:
-        port = sock.getsockname()[1]
-        assert address(sock, "tok") == f"http://127.0.0.1:{port}/?token=tok"
-    finally:
-        sock.close()
 
 
 def test_a_task_that_does_not_load_is_one_line_before_the_model(capsys):
