@@ -15,7 +15,7 @@ RUN_CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CARD_METRICS = (
     "eval/preference_accuracy",
-    "eval/margin",
+    "eval/rewards_margins",
     "eval/chosen_nll",
     "eval/recurrence",
     "eval/uptake",
@@ -24,6 +24,8 @@ CARD_METRICS = (
     "eval/drift_kl",
 )
 """Held-out metrics the model card shows, at the run's first and last evaluation (those it logged)."""
+RENAMED_METRICS = {"eval/margin": "eval/rewards_margins"}
+"""Keys runs logged before a rename -> today's key (a run trained earlier still gets its card)."""
 
 
 def run_config(run_dir: str | os.PathLike):
@@ -71,6 +73,7 @@ def run_summary(run_dir: str | os.PathLike, *, steers: str | os.PathLike | None 
     metrics = run_dir / METRICS
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = [{RENAMED_METRICS.get(key, key): value for key, value in row.items()} for row in rows]
         evaluations = [r for r in rows if any(k.startswith("eval/") for k in r)]
         evaluations = evaluations[:1] + evaluations[1:][-1:]
     return RunSummary(

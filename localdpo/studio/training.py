@@ -130,7 +130,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 EVAL_KEYS = {
     "preference_accuracy": "eval/preference_accuracy",
-    "margin": "eval/margin",
+    "margin": "eval/rewards_margins",
     "recurrence": "eval/recurrence",
     "uptake": "eval/uptake",
     "chosen_nll": "eval/chosen_nll",

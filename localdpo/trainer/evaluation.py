@@ -122,7 +122,7 @@ def preference_items(
 
 
 def aggregate_preference_items(items: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
-    """`eval/preference_accuracy` (share of margins > 0), `eval/margin` (mean), mean rewards,
+    """`eval/preference_accuracy` (share of margins > 0), `eval/rewards_margins` (mean), mean rewards,
     `eval/chosen_nll` (mean NLL per chosen-span token) and, per side, the policy's span log-prob and its
     log-ratio against the reference (summed per steer and per token: likelihood displacement) from
     `preference_items`."""
@@ -137,7 +137,7 @@ def aggregate_preference_items(items: dict[str, torch.Tensor], beta: float) -> d
         spans[f"eval/logratios_{side}_span_per_token"] = float(ratios.sum()) / tokens
     return {
         "eval/preference_accuracy": float((items["margin"] > 0).float().mean()),
-        "eval/margin": float(items["margin"].mean()),
+        "eval/rewards_margins": float(items["margin"].mean()),
         "eval/rewards_chosen": float(items["chosen_reward"].mean()),
         "eval/rewards_rejected": float(items["rejected_reward"].mean()),
         "eval/chosen_nll": float(items["chosen_nll_sum"].sum()) / max(1, int(items["chosen_tokens"].sum())),

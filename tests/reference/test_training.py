@@ -42,8 +42,8 @@ def test_step0_margins_are_exactly_zero_on_the_packed_span_head_path(tmp_path, t
     trainer.close()
     start = trainer.history[0]
     assert start["step"] == 0 and start["eval/num_steers"] == len(HELD)
-    assert start["eval/margin"] == 0.0 and start["eval/preference_accuracy"] == 0.0
-    assert trainer.history[-1]["eval/margin"] != 0.0  # one step later the policy has moved
+    assert start["eval/rewards_margins"] == 0.0 and start["eval/preference_accuracy"] == 0.0
+    assert trainer.history[-1]["eval/rewards_margins"] != 0.0  # one step later the policy has moved
 
 
 def test_eval_reference_is_shared_only_when_it_holds_the_same_batches(tmp_path, tiny):
@@ -70,7 +70,7 @@ def test_eval_reference_is_shared_only_when_it_holds_the_same_batches(tmp_path, 
     lora = setup("f", "model.lora.enabled=true", "model.lora.r=4", given=first.eval_reference)
     assert lora.eval_reference is first.eval_reference  # the reference of a LoRA run is its base: same weights
     at_start = lora.evaluate()  # a fresh adapter adds exact zeros: still a tie on every steer
-    assert at_start["eval/margin"] == 0.0 and at_start["eval/preference_accuracy"] == 0.0
+    assert at_start["eval/rewards_margins"] == 0.0 and at_start["eval/preference_accuracy"] == 0.0
 
 
 def test_eval_reference_values_equal_the_forward_and_unknown_batches_are_refused(tiny):

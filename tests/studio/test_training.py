@@ -89,8 +89,8 @@ def test_methods_are_trainer_overrides():
 
 def test_read_metrics_leaves_out_a_line_being_written(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 0, "eval/margin": 0.0}\n{"step": 1, "train/lo')
-    assert read_metrics(path) == [{"step": 0, "eval/margin": 0.0}]
+    path.write_text('{"step": 0, "eval/rewards_margins": 0.0}\n{"step": 1, "train/lo')
+    assert read_metrics(path) == [{"step": 0, "eval/rewards_margins": 0.0}]
     assert read_metrics(tmp_path / "absent.jsonl") == []
 
 

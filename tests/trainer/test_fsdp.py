@@ -68,7 +68,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 def _final_eval(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "eval/margin" in r][-1]
+    return [r for r in rows if "eval/rewards_margins" in r][-1]
 
 
 def _step(run_dir: Path, step: int) -> Path:
@@ -160,7 +160,7 @@ def test_two_fsdp_processes_match_one_process_with_the_doubled_batch_ldpo(runs):
     assert state["world_size"] == 2 and state["consumed"] == MAX_STEPS * 2 * 2
     # evaluation (held-out margins, drift: direct model calls on gathered weights) agrees too
     eval_single, eval_fsdp = _final_eval(runs / "single"), _final_eval(runs / "fsdp")
-    for key in ("eval/margin", "eval/preference_accuracy", "eval/drift_kl", "eval/chosen_nll"):
+    for key in ("eval/rewards_margins", "eval/preference_accuracy", "eval/drift_kl", "eval/chosen_nll"):
         assert abs(eval_fsdp[key] - eval_single[key]) <= 1e-5, key
 
 

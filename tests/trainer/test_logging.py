@@ -61,12 +61,12 @@ def test_offline_run_holds_config_metrics_and_summary(tmp_path, smol_tokenizer, 
         assert key in train_rows[0], key
     eval_rows = [r for r in run["history"] if "eval/preference_accuracy" in r]
     assert [r["_step"] for r in eval_rows] == [0, 3]
-    assert eval_rows[0]["eval/margin"] == 0.0 and eval_rows[0]["eval/drift_kl"] == pytest.approx(
+    assert eval_rows[0]["eval/rewards_margins"] == 0.0 and eval_rows[0]["eval/drift_kl"] == pytest.approx(
         0.0, abs=1e-6
     )
     assert {"eval/chosen_nll", "eval/drift_kl"} <= set(eval_rows[1])
     assert run["summary"]["final/train/loss"] == train_rows[-1]["train/loss"]
-    assert run["summary"]["final/eval/margin"] == eval_rows[-1]["eval/margin"]
+    assert run["summary"]["final/eval/rewards_margins"] == eval_rows[-1]["eval/rewards_margins"]
 
 
 def test_disabled_writes_no_wandb_run(tmp_path, smol_tokenizer):

@@ -151,7 +151,7 @@ def test_reference_cache_gives_the_same_training_as_a_live_reference(tmp_path, t
     for a, b in zip(live.train_log, cached.train_log):
         assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-5)
         assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-5)
-    assert cached.final["eval/margin"] == pytest.approx(live.final["eval/margin"], abs=1e-5)
+    assert cached.final["eval/rewards_margins"] == pytest.approx(live.final["eval/rewards_margins"], abs=1e-5)
 
 
 def test_shared_cache_and_pretokenized_steers_are_used_in_process(tmp_path, tiny):
@@ -199,7 +199,7 @@ def test_evaluation_at_start_and_drift(tmp_path, tiny):
     )
     assert [h["step"] for h in result.history] == [0, 2, 4]
     start = result.history[0]
-    assert start["eval/margin"] == 0.0 and start["eval/preference_accuracy"] == 0.0
+    assert start["eval/rewards_margins"] == 0.0 and start["eval/preference_accuracy"] == 0.0
     assert start["eval/drift_kl"] == pytest.approx(0.0, abs=1e-6)
     assert result.final["eval/drift_kl"] > 1e-4
     assert result.final["eval/preference_accuracy"] > 0.5

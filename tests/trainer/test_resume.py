@@ -57,7 +57,7 @@ def test_resume_in_process_is_bitwise_equal(tmp_path, smol_tokenizer):
     ]
     for name, value in full.params.items():
         assert torch.equal(resumed.params[name], value), name
-    assert resumed_result.final["eval/margin"] == full_result.final["eval/margin"]
+    assert resumed_result.final["eval/rewards_margins"] == full_result.final["eval/rewards_margins"]
     # the step-0 per-item values (what comparisons pair against) come back from the checkpoint
     assert resumed_result.history[0] == full_result.history[0] and resumed_result.history[0]["step"] == 0
     keys = {"preference_accuracy", "chosen_nll", "recurrence", "uptake"}  # the steers name no task
