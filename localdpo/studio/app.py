@@ -173,59 +173,65 @@ def in_range(name: str, value, low, high):
     return value
 
 
-def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Starlette:
-    """The ASGI app serving `studio`; every request must carry `token`."""
+class StudioRoutes:
+    """The studio's request handlers, one method per route of `create_app`, over one `Studio`; `token` is
+    the one the page's cookie is set to."""
 
-    async def index(request: Request) -> Response:
+    def __init__(self, studio: Studio, token: str):
+        self.studio, self.token = studio, token
+
+    async def index(self, request: Request) -> Response:
         page = (STATIC_DIR / "index.html").read_bytes()
         response = Response(page, media_type="text/html", headers={"Cache-Control": "no-store"})
         if request.query_params.get("token"):  # the token travels on in the cookie, not in URLs
-            response.set_cookie(cookie_name(request.scope), token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(
+                cookie_name(request.scope), self.token, httponly=True, samesite="strict", path="/"
+            )
         return response
 
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC_FILES:
             raise StudioError(404, f"no static file {name!r}")
         return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
 
-    async def favicon(request: Request) -> Response:
+    async def favicon(self, request: Request) -> Response:
         return Response((STATIC_DIR / "favicon.svg").read_bytes(), media_type=STATIC_FILES["favicon.svg"])
 
-    async def info(request: Request) -> Response:
+    async def info(self, request: Request) -> Response:
         return JSONResponse(
             {
-                "model": studio.runner.name,
-                "steers_file": str(studio.store.path),
+                "model": self.studio.runner.name,
+                "steers_file": str(self.studio.store.path),
                 "tasks": [{"name": t.name, "description": t.description} for t in known_tasks().values()],
                 "span_modes": [mode.value for mode in SpanMode],
-                "token_limit": studio.token_limit,
+                "token_limit": self.studio.token_limit,
                 "defaults": dataclasses.asdict(Sampling()),
-                "steers": len(await run_in_threadpool(studio.store.list)),
-                "rejected_by": studio.runner.label,
-                "round": studio.runner.round,
-                "start_model": studio.start_runner.name,
-                "training": studio.training is not None,
+                "steers": len(await run_in_threadpool(self.studio.store.list)),
+                "rejected_by": self.studio.runner.label,
+                "round": self.studio.runner.round,
+                "start_model": self.studio.start_runner.name,
+                "training": self.studio.training is not None,
             }
         )
 
-    def model_json() -> dict:
-        active = studio.runner
+    def model_json(self) -> dict:
+        active = self.studio.runner
         return {
             "model": active.name,
             "rejected_by": active.label,
             "round": active.round,
-            "tuned": active is not studio.start_runner,
-            "start": {"model": studio.start_runner.name, "rejected_by": studio.start_runner.label},
+            "tuned": active is not self.studio.start_runner,
+            "start": {"model": self.studio.start_runner.name, "rejected_by": self.studio.start_runner.label},
         }
 
-    def training_of() -> Any:
-        if studio.training is None:
+    def training_of(self) -> Any:
+        if self.studio.training is None:
             raise StudioError(404, "training is off in this studio")
-        return studio.training
+        return self.studio.training
 
-    def training_json(steers: int) -> dict:
-        training = training_of()
+    def training_json(self, steers: int) -> dict:
+        training = self.training_of()
         train_steers, held_out = hold_out_counts(steers)
         return {
             "methods": [
@@ -242,16 +248,16 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             "runs_dir": str(training.root),
             "runs": training.finished_runs(),
             "current": None if training.current is None else training.current.status(),
-            "active": model_json(),
+            "active": self.model_json(),
         }
 
-    async def training_info(request: Request) -> Response:
-        training_of()
-        steers = len(await run_in_threadpool(studio.store.list))
-        return JSONResponse(await run_in_threadpool(training_json, steers))
+    async def training_info(self, request: Request) -> Response:
+        self.training_of()
+        steers = len(await run_in_threadpool(self.studio.store.list))
+        return JSONResponse(await run_in_threadpool(self.training_json, steers))
 
-    async def start_training(request: Request) -> Response:
-        training = training_of()
+    async def start_training(self, request: Request) -> Response:
+        training = self.training_of()
         body = await read_json(request)
         method = field(body, "method", str)
         defaults = Budget()
@@ -265,17 +271,17 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         )
 
         def start():
-            data, steers = studio.store.snapshot()
+            data, steers = self.studio.store.snapshot()
             return training.start(method, budget, data, steers).status()
 
         return JSONResponse(await run_in_threadpool(start))
 
-    async def stop_training(request: Request) -> Response:
-        run = await run_in_threadpool(training_of().stop)
+    async def stop_training(self, request: Request) -> Response:
+        run = await run_in_threadpool(self.training_of().stop)
         return JSONResponse(run.status())
 
-    async def training_stream(request: Request) -> Response:
-        training = training_of()
+    async def training_stream(self, request: Request) -> Response:
+        training = self.training_of()
         run = training.current
         if run is None:
             raise StudioError(404, "no training run yet")
@@ -295,37 +301,37 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             events(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
         )
 
-    async def use_model(request: Request) -> Response:
+    async def use_model(self, request: Request) -> Response:
         body = await read_json(request)
         run = field(body, "run", str, None)
-        training_of()
-        await run_in_threadpool(studio.use_model, run)
-        return JSONResponse(model_json())
+        self.training_of()
+        await run_in_threadpool(self.studio.use_model, run)
+        return JSONResponse(self.model_json())
 
-    async def compare(request: Request) -> Response:
+    async def compare(self, request: Request) -> Response:
         """One prompt, two greedy answers: the start model's and training run `run`'s tuned model's."""
         body = await read_json(request)
         prompt = field(body, "prompt", str)
         if not prompt.strip():
             raise StudioError(400, "field 'prompt' is empty")
         run = field(body, "run", str)
-        training_of()
+        self.training_of()
         system = field(body, "system", str, "")
         sampling = Sampling(
             max_new_tokens=in_range(
                 "max_new_tokens",
-                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, studio.token_limit)),
+                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, self.studio.token_limit)),
                 1,
-                studio.token_limit,
+                self.studio.token_limit,
             )
         )
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
             {"role": "user", "content": prompt}
         ]
-        tuned = await run_in_threadpool(studio.tuned_runner, run)
+        tuned = await run_in_threadpool(self.studio.tuned_runner, run)
         answers = {}
-        for side, runner in (("start", studio.start_runner), ("tuned", tuned)):
-            session = await run_in_threadpool(studio.open, messages, sampling, None, runner)
+        for side, runner in (("start", self.studio.start_runner), ("tuned", tuned)):
+            session = await run_in_threadpool(self.studio.open, messages, sampling, None, runner)
             answers[side] = {
                 "session": session.id,
                 "segment": 0,
@@ -334,7 +340,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             }
         return JSONResponse(answers)
 
-    async def task_prompt(request: Request) -> Response:
+    async def task_prompt(self, request: Request) -> Response:
         body = await read_json(request)
         name = field(body, "task", str)
         if name not in known_tasks():
@@ -345,7 +351,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             {"task": name, "seed": seed, "prompt": drawn.prompt.text, "prompt_id": drawn.prompt.id}
         )
 
-    async def open_session(request: Request) -> Response:
+    async def open_session(self, request: Request) -> Response:
         body = await read_json(request)
         prompt = field(body, "prompt", str)
         if not prompt.strip():
@@ -356,9 +362,9 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             top_p=in_range("top_p", field(body, "top_p", float, 1.0), 1e-6, 1.0),
             max_new_tokens=in_range(
                 "max_new_tokens",
-                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, studio.token_limit)),
+                field(body, "max_new_tokens", int, min(Sampling.max_new_tokens, self.studio.token_limit)),
                 1,
-                studio.token_limit,
+                self.studio.token_limit,
             ),
             seed=in_range("seed", field(body, "seed", int, 0), 0, 2**31 - 1),
         )
@@ -376,12 +382,12 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
             {"role": "user", "content": prompt}
         ]
-        session = await run_in_threadpool(studio.open, messages, sampling, task)
+        session = await run_in_threadpool(self.studio.open, messages, sampling, task)
         return JSONResponse({"session": session.id, "segment": 0, "task": _task_json(task)})
 
-    async def stream(request: Request) -> Response:
-        session = studio.get(request.path_params["session"])
-        segment = studio.segment(session, int(request.path_params["segment"]))
+    async def stream(self, request: Request) -> Response:
+        session = self.studio.get(request.path_params["session"])
+        segment = self.studio.segment(session, int(request.path_params["segment"]))
         first = request.query_params.get("from", "0")
         if not first.isdigit():
             raise StudioError(400, f"query parameter 'from': expected a token index, got {first!r}")
@@ -416,33 +422,33 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             events(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
         )
 
-    async def cancel(request: Request) -> Response:
-        session = studio.get(request.path_params["session"])
+    async def cancel(self, request: Request) -> Response:
+        session = self.studio.get(request.path_params["session"])
         session.cancel()
         return JSONResponse({"cancelled": session.id})
 
-    async def stop(request: Request) -> Response:
-        session = studio.get(request.path_params["session"])
-        segment = studio.segment(session, int(request.path_params["segment"]))
+    async def stop(self, request: Request) -> Response:
+        session = self.studio.get(request.path_params["session"])
+        segment = self.studio.segment(session, int(request.path_params["segment"]))
         session.stop(segment)
         return JSONResponse({"stopping": segment.index})
 
-    async def finish(request: Request) -> Response:
-        session = studio.get(request.path_params["session"])
-        segment = studio.segment(session, int(request.path_params["segment"]))
+    async def finish(self, request: Request) -> Response:
+        session = self.studio.get(request.path_params["session"])
+        segment = self.studio.segment(session, int(request.path_params["segment"]))
         written = await run_in_threadpool(session.finish, segment)
         return JSONResponse({"finishing": segment.index, "from": written})
 
-    async def save_steer(request: Request) -> Response:
-        session = studio.get(request.path_params["session"])
+    async def save_steer(self, request: Request) -> Response:
+        session = self.studio.get(request.path_params["session"])
         body = await read_json(request)
-        segment = studio.segment(session, field(body, "segment", int))
+        segment = self.studio.segment(session, field(body, "segment", int))
         cut = field(body, "cut", int)
         chosen = field(body, "chosen", str)
         chosen_complete = field(body, "chosen_complete", bool, False)
         confirm = field(body, "confirm", bool, False)
         steer, next_segment, count = await run_in_threadpool(
-            lambda: studio.save_steer(session, segment, cut, chosen, chosen_complete, confirm=confirm)
+            lambda: self.studio.save_steer(session, segment, cut, chosen, chosen_complete, confirm=confirm)
         )
         return JSONResponse(
             {
@@ -453,7 +459,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
             }
         )
 
-    async def list_steers(request: Request) -> Response:
+    async def list_steers(self, request: Request) -> Response:
         mode = request.query_params.get("span_mode", SpanMode.DIVERGENT.value)
         if mode not in {m.value for m in SpanMode}:
             raise StudioError(
@@ -466,21 +472,23 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                     "line": stored.line,
                     "version": stored.version,
                     "steer": stored.steer.to_dict(),
-                    **steer_view(stored.steer, studio.runner.tokenizer, mode),
+                    **steer_view(stored.steer, self.studio.runner.tokenizer, mode),
                 }
-                for stored in studio.store.list()
+                for stored in self.studio.store.list()
             ]
 
         rows = await run_in_threadpool(build)
-        return JSONResponse({"steers_file": str(studio.store.path), "span_mode": mode, "steers": rows})
+        return JSONResponse({"steers_file": str(self.studio.store.path), "span_mode": mode, "steers": rows})
 
-    async def edit_steer(request: Request) -> Response:
+    async def edit_steer(self, request: Request) -> Response:
         steer_id = request.path_params["steer_id"]
         body = await read_json(request)
         version = field(body, "version", str)
-        stored = next((s for s in await run_in_threadpool(studio.store.list) if s.steer.id == steer_id), None)
+        stored = next(
+            (s for s in await run_in_threadpool(self.studio.store.list) if s.steer.id == steer_id), None
+        )
         if stored is None:
-            raise StudioError(404, f"no steer {steer_id!r} in {studio.store.path.name}")
+            raise StudioError(404, f"no steer {steer_id!r} in {self.studio.store.path.name}")
         old = stored.steer
         try:
             new = dataclasses.replace(
@@ -491,50 +499,54 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
                 chosen_complete=field(body, "chosen_complete", bool, old.chosen_complete),
                 meta={**old.meta, "edited": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             )
-            tokenized = tokenize_steer(new, studio.runner.tokenizer)
+            tokenized = tokenize_steer(new, self.studio.runner.tokenizer)
         except ValueError as error:
             raise StudioError(400, f"not a usable steer: {error}") from None
         warnings = degenerate_warnings(new, tokenized)
         if warnings and not field(body, "confirm", bool, False):
             raise StudioError(409, "; ".join(warnings), confirm=True)
-        updated = await run_in_threadpool(studio.store.replace, steer_id, version, new)
+        updated = await run_in_threadpool(self.studio.store.replace, steer_id, version, new)
         return JSONResponse({"steer": updated.steer.to_dict(), "version": updated.version})
 
-    async def delete_steer(request: Request) -> Response:
+    async def delete_steer(self, request: Request) -> Response:
         version = request.query_params.get("version")
         if not version:
             raise StudioError(400, "query parameter 'version' is missing")
-        await run_in_threadpool(studio.store.delete, request.path_params["steer_id"], version)
+        await run_in_threadpool(self.studio.store.delete, request.path_params["steer_id"], version)
         return JSONResponse({"deleted": request.path_params["steer_id"]})
 
-    async def studio_error(request: Request, error: StudioError) -> Response:
+    async def studio_error(self, request: Request, error: StudioError) -> Response:
         body = {"error": str(error), **({"confirm": True} if error.confirm else {})}
         return JSONResponse(body, status_code=error.status)
 
-    async def http_error(request: Request, error: HTTPException) -> Response:
+    async def http_error(self, request: Request, error: HTTPException) -> Response:
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
 
+
+def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Starlette:
+    """The ASGI app serving `studio`; every request must carry `token`."""
+    handlers = StudioRoutes(studio, token)
     routes = [
-        Route("/", index),
-        Route("/static/{name}", static),
-        Route("/favicon.ico", favicon),
-        Route("/api/info", info),
-        Route("/api/task-prompt", task_prompt, methods=["POST"]),
-        Route("/api/sessions", open_session, methods=["POST"]),
-        Route("/api/sessions/{session}/segments/{segment:int}/stream", stream),
-        Route("/api/sessions/{session}/cancel", cancel, methods=["POST"]),
-        Route("/api/sessions/{session}/segments/{segment:int}/stop", stop, methods=["POST"]),
-        Route("/api/sessions/{session}/segments/{segment:int}/finish", finish, methods=["POST"]),
-        Route("/api/sessions/{session}/steers", save_steer, methods=["POST"]),
-        Route("/api/steers", list_steers),
-        Route("/api/steers/{steer_id}", edit_steer, methods=["PUT"]),
-        Route("/api/steers/{steer_id}", delete_steer, methods=["DELETE"]),
-        Route("/api/training", training_info),
-        Route("/api/training", start_training, methods=["POST"]),
-        Route("/api/training/stop", stop_training, methods=["POST"]),
-        Route("/api/training/stream", training_stream),
-        Route("/api/model", use_model, methods=["POST"]),
-        Route("/api/compare", compare, methods=["POST"]),
+        Route("/", handlers.index),
+        Route("/static/{name}", handlers.static),
+        Route("/favicon.ico", handlers.favicon),
+        Route("/api/info", handlers.info),
+        Route("/api/task-prompt", handlers.task_prompt, methods=["POST"]),
+        Route("/api/sessions", handlers.open_session, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/stream", handlers.stream),
+        Route("/api/sessions/{session}/cancel", handlers.cancel, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/stop", handlers.stop, methods=["POST"]),
+        Route("/api/sessions/{session}/segments/{segment:int}/finish", handlers.finish, methods=["POST"]),
+        Route("/api/sessions/{session}/steers", handlers.save_steer, methods=["POST"]),
+        Route("/api/steers", handlers.list_steers),
+        Route("/api/steers/{steer_id}", handlers.edit_steer, methods=["PUT"]),
+        Route("/api/steers/{steer_id}", handlers.delete_steer, methods=["DELETE"]),
+        Route("/api/training", handlers.training_info),
+        Route("/api/training", handlers.start_training, methods=["POST"]),
+        Route("/api/training/stop", handlers.stop_training, methods=["POST"]),
+        Route("/api/training/stream", handlers.training_stream),
+        Route("/api/model", handlers.use_model, methods=["POST"]),
+        Route("/api/compare", handlers.compare, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -550,7 +562,7 @@ def create_app(studio: Studio, *, token: str, loopback_only: bool = True) -> Sta
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={StudioError: studio_error, HTTPException: http_error},
+        exception_handlers={StudioError: handlers.studio_error, HTTPException: handlers.http_error},
     )
 
 
