@@ -28,6 +28,7 @@ from pathlib import Path
 from localdpo.losses import LossType
 from localdpo.storage.fileio import atomic_write_bytes
 from localdpo.studio.errors import StudioError
+from localdpo.trainer.steerdata import held_out_count
 
 HOLD_OUT_FRACTION = 0.2
 """Share of the steers held out for the held-out metrics (`data.eval_fraction`)."""
@@ -108,10 +109,10 @@ def runs_dir(steers_path: Path) -> Path:
 
 
 def hold_out_counts(n_steers: int) -> tuple[int, int]:
-    """(train, held out) steers of `n_steers` under the run's split (`split_steers`' arithmetic)."""
+    """(train, held out) steers of `n_steers` under the run's split (`trainer.steerdata.held_out_count`)."""
     if n_steers < 1:
         return 0, 0
-    held = max(1, round(n_steers * HOLD_OUT_FRACTION))
+    held = held_out_count(n_steers, HOLD_OUT_FRACTION)
     return n_steers - held, held
 
 

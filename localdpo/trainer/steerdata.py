@@ -18,12 +18,17 @@ from localdpo.tasks import TaskPrompt, task_prompt_of
 from localdpo.trainer.config import ConfigError, DataConfig, RunConfig
 
 
+def held_out_count(n_steers: int, fraction: float) -> int:
+    """How many of `n_steers` a split with `fraction` > 0 holds out: the rounded share, at least one."""
+    return max(1, round(n_steers * fraction))
+
+
 def split_steers(steers: Sequence[Steer], fraction: float, seed: int) -> tuple[list[Steer], list[Steer]]:
     """(train, held out): a seeded `fraction` of `steers` held out (at least one when fraction > 0)."""
     if not fraction:
         return list(steers), []
     order = torch.randperm(len(steers), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = max(1, round(len(steers) * fraction))
+    n_eval = held_out_count(len(steers), fraction)
     held = set(order[:n_eval])
     return [s for i, s in enumerate(steers) if i not in held], [s for i, s in enumerate(steers) if i in held]
 
