@@ -372,7 +372,6 @@ def primary_metric_of(plan: TaskPlan) -> str:
     return "uptake" if plan.baseline.eval.steer_metrics else "preference_accuracy"
 
 
-
 SELECTION_WORDS = {
     "task_accuracy": "validation task accuracy",
     "uptake": "uptake at the validation steers",
